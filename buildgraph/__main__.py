@@ -1,0 +1,5 @@
+"""Entry point for `python -m buildgraph`."""
+
+from buildgraph.cli import main
+
+raise SystemExit(main())

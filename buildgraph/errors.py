@@ -1,0 +1,58 @@
+"""Location and the error hierarchy; each error class owns its exit code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    path: Path | str
+    line: int | None = None  # 1-based
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}" if self.line else str(self.path)
+
+
+class BuildgraphError(Exception):
+    exit_code = 1
+
+    def __init__(self, message: str, where: Location | None = None) -> None:
+        super().__init__(message)
+        self.where = where
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.args[0]}" if self.where else self.args[0]
+
+
+class StepFailed(BuildgraphError):  # a RUN (or other step) failed
+    exit_code = 1
+
+
+class InputError(BuildgraphError):  # Buildfile, Dockerfile, image reference, usage, archive
+    exit_code = 2
+
+
+class UnsafeArchiveError(InputError):  # a tar entry that would escape its destination
+    pass
+
+
+class RegistryError(BuildgraphError):  # registry, network, authentication
+    exit_code = 3
+
+
+class AuthError(RegistryError):
+    pass
+
+
+class DigestMismatch(RegistryError):  # content does not match the digest it was asked by
+    pass
+
+
+class CacheError(BuildgraphError):  # corrupt local cache / image store entry
+    exit_code = 4
+
+
+class NotFound(InputError):  # an image or tag that does not exist
+    pass
