@@ -2,20 +2,14 @@
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from registry_server import RegistryServer
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from registry_server import RegistryServer  # noqa: E402
-
-BUSYBOX = shutil.which("busybox", path="/bin:/usr/bin") or "/bin/busybox"
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
 @pytest.fixture(scope="session")
@@ -36,29 +30,8 @@ def fresh_registry(tmp_path: Path) -> Iterator[RegistryServer]:
 
 
 def make_busybox_rootfs(root: Path) -> Path:
-    """A minimal busybox root filesystem: the static binary, applet links, passwd and group."""
-    for name in ("bin", "etc", "tmp", "root", "usr/bin", "usr/sbin", "sbin", "var", "dev", "proc"):
-        (root / name).mkdir(parents=True, exist_ok=True)
-    os.chmod(root / "tmp", 0o1777)
-    shutil.copy2(BUSYBOX, root / "bin/busybox")
-    applets = subprocess.run(
-        [BUSYBOX, "--list-full"], check=True, capture_output=True, text=True
-    ).stdout.split()
-    for applet in applets:
-        link = root / applet
-        if link.exists() or link.is_symlink():
-            continue
-        link.parent.mkdir(parents=True, exist_ok=True)
-        link.symlink_to("/bin/busybox")
-    (root / "etc/passwd").write_text(
-        "root:x:0:0:root:/root:/bin/sh\n"
-        "daemon:x:1:1:daemon:/usr/sbin:/bin/false\n"
-        "nobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"
-        "app:x:1000:1000:app:/home/app:/bin/sh\n"
-    )
-    (root / "etc/group").write_text(
-        "root:x:0:\ndaemon:x:1:\nnogroup:x:65534:\napp:x:1000:\n"
-    )
+    """A minimal busybox root filesystem, made by the same script the Quick start uses."""
+    subprocess.run([str(SCRIPTS / "make-busybox-rootfs.sh"), str(root)], check=True)
     return root
 
 

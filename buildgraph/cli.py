@@ -1,0 +1,208 @@
+"""Command line: argparse, the subcommand table, errors to exit codes. No build logic here."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from buildgraph import __version__
+from buildgraph.errors import BuildgraphError, InputError
+
+EXIT_INTERRUPTED = 130
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises InputError (exit 2, one line) instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _store(args: argparse.Namespace):
+    from buildgraph.cache.local import LocalStore
+
+    return LocalStore(Path(args.cache_dir))
+
+
+def _client(args: argparse.Namespace):
+    from buildgraph.registry.auth import CredentialStore
+    from buildgraph.registry.client import RegistryClient
+
+    return RegistryClient(
+        credentials=CredentialStore.from_environment(),
+        insecure=tuple(args.insecure_registry or ()),
+        ca_bundle=args.ca_bundle,
+    )
+
+
+def _platform(args: argparse.Namespace):
+    from buildgraph.image.oci import default_platform, parse_platform
+
+    return parse_platform(args.platform) if args.platform else default_platform()
+
+
+# -- subcommands ------------------------------------------------------------------------------
+def cmd_image_import(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import import_rootfs
+    from buildgraph.registry.reference import parse_reference
+
+    name = parse_reference(args.tag)
+    image = import_rootfs(
+        _store(args),
+        Path(args.source),
+        name,
+        platform=_platform(args),
+        compression=args.compression,
+    )
+    print(f"{image.name} {image.descriptor.digest}")
+    return 0
+
+
+def cmd_images(args: argparse.Namespace) -> int:
+    store = _store(args)
+    images = store.images() if store.index_path.exists() else []
+    if args.quiet:
+        for image in images:
+            print(image.name)
+        return 0
+    rows = [("NAME", "DIGEST", "SIZE")]
+    for image in images:
+        manifest = store.read_manifest(image.descriptor)
+        size = manifest.config.size + sum(layer.size for layer in manifest.layers)
+        rows.append((image.name, image.descriptor.digest[:19], _human(size)))
+    width = max(len(row[0]) for row in rows)
+    for name, digest, size in rows:
+        print(f"{name:<{width}}  {digest:<19}  {size:>9}")
+    return 0
+
+
+def cmd_image_export(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import export_image
+
+    for spec in args.output:
+        _say(f"exported {args.name} to {export_image(_store(args), args.name, spec)}")
+    return 0
+
+
+def cmd_image_rm(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import find_image
+
+    store = _store(args)
+    for name in args.names:
+        store.untag(find_image(store, name).name)
+        print(f"untagged {name}")
+    return 0
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import pull_image
+
+    image = pull_image(
+        _client(args), _store(args), args.ref, platform=_platform(args), progress=_progress(args)
+    )
+    print(f"{image.name} {image.descriptor.digest}")
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import push_image
+
+    ref, digest = push_image(
+        _client(args), _store(args), args.name, args.ref, progress=_progress(args)
+    )
+    print(f"{ref} {digest}")
+    return 0
+
+
+def _progress(args: argparse.Namespace) -> Callable[[str], None]:
+    return (lambda _: None) if args.quiet else _say
+
+
+def _human(size: int) -> str:
+    value = float(size)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.1f}{unit}" if unit != "B" else f"{size}B"
+        value /= 1000
+    return f"{size}B"
+
+
+# -- parser ----------------------------------------------------------------------------------
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--cache-dir",
+        default=os.environ.get("BUILDGRAPH_CACHE_DIR", "cache"),
+        help="local cache and image store, an OCI layout (default ./cache)",
+    )
+    parser.add_argument("--platform", help="os/arch[/variant] (default: the host's)")
+    parser.add_argument(
+        "--insecure-registry", action="append", metavar="HOST", help="use plain HTTP for HOST"
+    )
+    parser.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for registry TLS")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="buildgraph", description="Build container images like make.")
+    parser.add_argument("--version", action="version", version=f"buildgraph {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    image = commands.add_parser("image", help="manage images in the local store")
+    image_commands = image.add_subparsers(dest="image_command", required=True)
+    imp = image_commands.add_parser("import", help="import a root filesystem (like docker import)")
+    imp.add_argument("source", help="ROOTFS.tar[.gz|.xz|.zst] or a directory")
+    imp.add_argument("-t", "--tag", required=True, help="NAME[:TAG]")
+    imp.add_argument("--compression", choices=("gzip", "zstd", "none"), default="gzip")
+    imp.set_defaults(handler=cmd_image_import)
+    exp = image_commands.add_parser("export", help="write a stored image somewhere")
+    exp.add_argument("name")
+    exp.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        required=True,
+        help="type=oci,dest=DIR | type=docker,dest=FILE.tar | type=local,dest=DIR",
+    )
+    exp.set_defaults(handler=cmd_image_export)
+    rm = image_commands.add_parser("rm", help="remove names from the local store")
+    rm.add_argument("names", nargs="+")
+    rm.set_defaults(handler=cmd_image_rm)
+    ls = image_commands.add_parser("ls", help="list the local store (same as `images`)")
+    ls.set_defaults(handler=cmd_images)
+
+    images = commands.add_parser("images", help="list the local image store")
+    images.set_defaults(handler=cmd_images)
+
+    pull = commands.add_parser("pull", help="pull an image from a registry into the store")
+    pull.add_argument("ref")
+    pull.set_defaults(handler=cmd_pull)
+
+    push = commands.add_parser("push", help="push a stored image to a registry")
+    push.add_argument("name", help="image in the local store")
+    push.add_argument("ref", nargs="?", help="destination (default: the image's own name)")
+    push.set_defaults(handler=cmd_push)
+
+    for sub in (imp, exp, rm, ls, images, pull, push):
+        _common(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        return args.handler(args)
+    except BuildgraphError as err:
+        _say(f"buildgraph: error: {err}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        _say("buildgraph: interrupted")
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        return 0

@@ -1,0 +1,108 @@
+"""Pull images from a registry into the local store, push stored images to a registry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.errors import InputError
+from buildgraph.image.oci import Descriptor, Index, Manifest, Platform, parse_document
+from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.reference import Reference, parse_reference
+
+Progress = Callable[[str], None]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def pull(
+    client: RegistryClient,
+    store: LocalStore,
+    ref: Reference,
+    *,
+    platform: Platform,
+    jobs: int = 4,
+    progress: Progress = _quiet,
+) -> StoredImage:
+    """Fetch `ref` for `platform` into the store and tag it; the tag is written last,
+    so an interrupted pull leaves no name pointing at a missing blob."""
+    response = client.get_manifest(ref)
+    document = parse_document(response.data, response.media_type)
+    if isinstance(document, Index):
+        chosen = document.select(platform)
+        response = client.get_manifest(ref.with_digest(chosen.digest))
+        document = parse_document(response.data, response.media_type)
+        if not isinstance(document, Manifest):
+            raise InputError(f"{ref}: nested image indexes are not supported")
+    manifest: Manifest = document
+    missing = [b for b in (manifest.config, *manifest.layers) if not store.has_blob(b.digest)]
+    _fetch_all(client, store, ref, missing, jobs, progress)
+    descriptor = store.put_blob(response.data, response.media_type)
+    return store.tag(ref.familiar, str(ref), descriptor)
+
+
+def _fetch_all(
+    client: RegistryClient,
+    store: LocalStore,
+    ref: Reference,
+    blobs: list[Descriptor],
+    jobs: int,
+    progress: Progress,
+) -> None:
+    def fetch(blob: Descriptor) -> None:
+        if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
+            return
+        with store.ingest(blob.digest) as writer:
+            client.fetch_blob(ref, blob.digest, writer)
+        progress(f"fetched {blob.digest[:19]} ({blob.size} bytes)")
+
+    unique = list({blob.digest: blob for blob in blobs}.values())
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(fetch, blob) for blob in unique]:
+            future.result()
+
+
+def push(
+    client: RegistryClient,
+    store: LocalStore,
+    image: StoredImage,
+    ref: Reference,
+    *,
+    jobs: int = 4,
+    progress: Progress = _quiet,
+) -> str:
+    """Upload the image's blobs (mounting them where the registry already has them),
+    then its manifest under `ref`; returns the manifest digest."""
+    manifest = store.read_manifest(image.descriptor)
+    source = _mount_source(image, ref)
+
+    def upload(blob: Descriptor) -> None:
+        if client.blob_exists(ref, blob.digest):
+            return
+        if source and client.mount_blob(ref, blob.digest, source):
+            progress(f"mounted {blob.digest[:19]} from {source.repository}")
+            return
+        with store.open_blob(blob.digest) as handle:
+            client.upload_blob(ref, blob.digest, blob.size, handle)
+        progress(f"pushed {blob.digest[:19]} ({blob.size} bytes)")
+
+    unique = list({b.digest: b for b in (manifest.config, *manifest.layers)}.values())
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        for future in [pool.submit(upload, blob) for blob in unique]:
+            future.result()
+    data = store.read_blob(image.descriptor.digest)
+    return client.put_manifest(ref, data, image.descriptor.media_type)
+
+
+def _mount_source(image: StoredImage, ref: Reference) -> Reference | None:
+    """The repository the image came from, when it is on the same registry as `ref`."""
+    try:
+        origin = parse_reference(image.full_name)
+    except InputError:
+        return None
+    if origin.registry != ref.registry or origin.repository == ref.repository:
+        return None
+    return origin
