@@ -1,0 +1,352 @@
+"""Docker's word expansion: quotes, escapes and ${VAR} forms, as moby's shell lexer does them."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from buildgraph.errors import InputError, Location
+
+# Instructions whose arguments get ${VAR} expansion before they run (moby: `replaceEnvAllowed`
+# plus ARG). RUN, CMD, ENTRYPOINT and SHELL are left to the shell at run time; ONBUILD is
+# expanded only when it triggers in a child build; HEALTHCHECK/MAINTAINER never.
+EXPANDING_INSTRUCTIONS = frozenset(
+    {"ADD", "ARG", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME",
+     "WORKDIR"}
+)  # fmt: skip
+
+# Build args that can be passed without an ARG line and are never reported as unused.
+PROXY_ARGS = (
+    "HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "FTP_PROXY", "ftp_proxy",
+    "NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy",
+)  # fmt: skip
+PLATFORM_ARGS = (
+    "TARGETPLATFORM", "TARGETOS", "TARGETARCH", "TARGETVARIANT",
+    "BUILDPLATFORM", "BUILDOS", "BUILDARCH", "BUILDVARIANT",
+)  # fmt: skip
+
+_SPECIAL_PARAMS = frozenset("@*#?-$!0")
+
+
+def platform_args(target: str, build: str) -> dict[str, str]:
+    """The automatic TARGET*/BUILD* args for "os/arch[/variant]" platforms."""
+    result: dict[str, str] = {}
+    for prefix, platform in (("TARGET", target), ("BUILD", build)):
+        parts = platform.split("/")
+        if len(parts) < 2 or not all(parts):
+            raise InputError(f"invalid platform {platform!r}: expected os/arch[/variant]")
+        result[f"{prefix}PLATFORM"] = platform
+        result[f"{prefix}OS"] = parts[0]
+        result[f"{prefix}ARCH"] = parts[1]
+        result[f"{prefix}VARIANT"] = parts[2] if len(parts) > 2 else ""
+    return result
+
+
+def expand(
+    text: str,
+    env: Mapping[str, str],
+    *,
+    escape: str = "\\",
+    where: Location | None = None,
+    quotes: bool = True,
+) -> str:
+    """`text` with quotes removed and variables substituted (moby `ProcessWord`).
+
+    quotes=False treats quotes as plain characters, for heredoc bodies (SkipProcessQuotes)."""
+    lexer = _Lexer(text, env, escape, where)
+    lexer.quotes = quotes
+    return lexer.run()[0]
+
+
+def expand_words(
+    text: str, env: Mapping[str, str], *, escape: str = "\\", where: Location | None = None
+) -> list[str]:
+    """Expand, then split on unquoted whitespace (moby `ProcessWords`)."""
+    return _Lexer(text, env, escape, where).run()[1]
+
+
+def split_raw_words(text: str, *, escape: str = "\\") -> list[str]:
+    """Words with quotes and escapes kept and no variable substituted (for finding heredocs)."""
+    lexer = _Lexer(text, {}, escape, None, raw=True)
+    try:
+        return lexer.run()[1]
+    except InputError:
+        return text.split()
+
+
+class _Stop(Exception):
+    """Internal: the end of input was hit while looking for a closing character."""
+
+
+@dataclass(slots=True)
+class _Words:
+    words: list[str] = field(default_factory=list)
+    word: str = ""
+    in_word: bool = False
+
+    def add_char(self, ch: str) -> None:
+        if ch.isspace():
+            if self.in_word and self.word:
+                self.words.append(self.word)
+                self.word, self.in_word = "", False
+        else:
+            self.add_raw(ch)
+
+    def add_raw(self, text: str) -> None:
+        self.word += text
+        self.in_word = True
+
+    def finish(self) -> list[str]:
+        if self.word:
+            self.words.append(self.word)
+            self.word, self.in_word = "", False
+        return self.words
+
+
+class _Lexer:
+    """One pass over one word; mirrors buildkit's shellWord so edge cases match docker."""
+
+    def __init__(
+        self,
+        text: str,
+        env: Mapping[str, str],
+        escape: str,
+        where: Location | None,
+        *,
+        raw: bool = False,
+    ) -> None:
+        self.text, self.pos, self.env, self.escape, self.where = text, 0, env, escape, where
+        self.raw = raw  # keep quotes, escapes and unset variables verbatim
+        self.raw_escapes = raw
+        self.quotes = True
+
+    def fail(self, message: str) -> InputError:
+        return InputError(f"{message} (in {self.text!r})", self.where)
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def next(self) -> str:
+        ch = self.peek()
+        self.pos += 1 if ch else 0
+        return ch
+
+    def run(self) -> tuple[str, list[str]]:
+        try:
+            return self.until("", self.raw_escapes)
+        except _Stop as stop:
+            raise self.fail(str(stop)) from None
+
+    def until(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
+        saved, self.raw_escapes = self.raw_escapes, raw_escapes
+        try:
+            return self._until(stop)
+        finally:
+            self.raw_escapes = saved
+
+    def _until(self, stop: str) -> tuple[str, list[str]]:
+        result: list[str] = []
+        words = _Words()
+        while ch := self.peek():
+            if stop and ch == stop:
+                self.next()
+                return "".join(result), words.finish()
+            if ch == "$":
+                value = self.dollar()
+                result.append(value)
+                for each in value:  # substituted text splits into words
+                    words.add_char(each)
+            elif ch in "'\"" and self.quotes:
+                value = self.single_quote() if ch == "'" else self.double_quote()
+                result.append(value)
+                words.add_raw(value)
+            else:
+                ch = self.next()
+                if ch == self.escape:
+                    if self.raw_escapes:
+                        words.add_raw(ch)
+                        result.append(ch)
+                    ch = self.next()
+                    if not ch:  # a trailing escape is dropped
+                        break
+                    words.add_raw(ch)
+                else:
+                    words.add_char(ch)
+                result.append(ch)
+        if stop:
+            raise _Stop(f"unexpected end of statement while looking for matching {stop}")
+        return "".join(result), words.finish()
+
+    def single_quote(self) -> str:
+        quote = self.next()
+        out = [quote] if self.raw else []
+        while True:
+            ch = self.next()
+            if not ch:
+                raise _Stop("unexpected end of statement while looking for matching single-quote")
+            if ch == "'":
+                return "".join([*out, ch] if self.raw else out)
+            out.append(ch)
+
+    def double_quote(self) -> str:
+        quote = self.next()
+        out = [quote] if self.raw else []
+        while True:
+            ch = self.peek()
+            if not ch:
+                raise _Stop("unexpected end of statement while looking for matching double-quote")
+            if ch == '"':
+                self.next()
+                return "".join([*out, ch] if self.raw else out)
+            if ch == "$":
+                out.append(self.dollar())
+                continue
+            ch = self.next()
+            if ch == self.escape:
+                if self.raw_escapes:
+                    out.append(ch)
+                following = self.peek()
+                if not following:
+                    continue
+                if following in ('"', "$", self.escape):  # only these can be escaped in "..."
+                    ch = self.next()
+            out.append(ch)
+
+    def lookup(self, name: str) -> str | None:
+        return self.env.get(name)
+
+    def dollar(self) -> str:
+        self.next()
+        if self.peek() != "{":
+            name = self.name()
+            if not name:
+                return "$"
+            value = self.lookup(name)
+            if value is None and self.raw:
+                return "$" + name
+            return value or ""
+        self.next()
+        if not self.peek():
+            raise self.fail("syntax error: missing '}'")
+        if self.peek() in "{}:":
+            raise self.fail("syntax error: bad substitution")
+        name = self.name()
+        ch = self.next()
+        if ch == "}":
+            value = self.lookup(name)
+            if value is None and self.raw:
+                return "${" + name + "}"
+            return value or ""
+        if ch == "/":
+            return self.replace(name)
+        modifier = ch
+        null_is_unset = ch == ":"
+        if null_is_unset:
+            ch = self.next()
+            modifier += ch
+        if ch not in ("+", "-", "?", "#", "%"):
+            raise self.fail(f"unsupported modifier ({modifier}) in substitution")
+        try:
+            word, _ = self.until("}", ch in "#%")
+        except _Stop:
+            raise self.fail("syntax error: missing '}'") from None
+        value = self.lookup(name)
+        if value is None and self.raw:
+            return "${" + name + modifier + word + "}"
+        unset = value is None or (null_is_unset and value == "")
+        if ch == "-":
+            return word if unset else value or ""
+        if ch == "+":
+            return "" if unset else word
+        if ch == "?":
+            if unset:
+                default = (
+                    "is not allowed to be unset" if value is None else "is not allowed to be empty"
+                )
+                raise self.fail(f"{name}: {word or default}")
+            return value or ""
+        greedy = word.startswith(ch)
+        pattern = word[1:] if greedy else word
+        if ch == "%":
+            return _trim_suffix(pattern, value or "", greedy, self)
+        return _trim_prefix(pattern, value or "", greedy, self)
+
+    def replace(self, name: str) -> str:
+        replace_all = self.peek() == "/"
+        if replace_all:
+            self.next()
+        try:
+            pattern, _ = self.until("/", True)
+        except _Stop:
+            raise self.fail("syntax error: missing '/' in ${}") from None
+        try:
+            replacement, _ = self.until("}", True)
+        except _Stop:
+            raise self.fail("syntax error: missing '}'") from None
+        value = self.lookup(name)
+        if value is None and self.raw:
+            return "${" + name + "/" + pattern + "/" + replacement + "}"
+        regex = _shell_pattern(pattern, greedy=True, anchored=False, lexer=self)
+        return regex.sub(lambda _: replacement, value or "", count=0 if replace_all else 1)
+
+    def name(self) -> str:
+        start = self.pos
+        ch = self.peek()
+        if ch.isdecimal():  # $1, $12: positional, always empty here
+            while self.peek().isdecimal():
+                self.next()
+            return self.text[start : self.pos]
+        if ch and ch in _SPECIAL_PARAMS:
+            return self.next()
+        while (ch := self.peek()) and (ch.isalnum() or ch == "_"):
+            self.next()
+        return self.text[start : self.pos]
+
+
+def _shell_pattern(pattern: str, *, greedy: bool, anchored: bool, lexer: _Lexer) -> re.Pattern[str]:
+    """moby convertShellPatternToRegex: `*` and `?` wildcards, `\\` escapes, no brackets."""
+    out = ["^"] if anchored else []
+    i = 0
+    while i < len(pattern):
+        ch = pattern[i]
+        i += 1
+        if ch == "*":
+            out.append(".*" if greedy else ".*?")
+        elif ch == "?":
+            out.append(".")
+        elif ch == "\\":
+            following = pattern[i] if i < len(pattern) else ""
+            if following in ("}", "/"):  # escaped separators of ${...} are not part of it
+                continue
+            if following not in ("*", "?", "\\"):
+                raise lexer.fail(f"invalid pattern ({pattern}) in substitution")
+            out.append(re.escape(following))
+            i += 1
+        else:
+            out.append(re.escape(ch))
+    return re.compile("".join(out), re.DOTALL)
+
+
+def _trim_prefix(pattern: str, value: str, greedy: bool, lexer: _Lexer) -> str:
+    match = _shell_pattern(pattern, greedy=greedy, anchored=True, lexer=lexer).search(value)
+    return value[match.end() :] if match else value
+
+
+def _reverse_pattern(pattern: str) -> str:
+    """Reverse, keeping `\\x` escapes in front of their character."""
+    tokens: list[str] = []
+    i = 0
+    while i < len(pattern):
+        if pattern[i] == "\\" and i + 1 < len(pattern):
+            tokens.append(pattern[i : i + 2])
+            i += 2
+        else:
+            tokens.append(pattern[i])
+            i += 1
+    return "".join(reversed(tokens))
+
+
+def _trim_suffix(pattern: str, value: str, greedy: bool, lexer: _Lexer) -> str:
+    # Regexes find leftmost matches, so trim a prefix of the reversed value instead.
+    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy, lexer)[::-1]
