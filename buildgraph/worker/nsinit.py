@@ -1,0 +1,396 @@
+"""The forked side of the RUN sandbox: namespaces, mounts, chroot, user and exec.
+
+Everything here runs in a child of `os.fork()` and must never return into the caller's stack:
+`child_main` ends in `os._exit` or `execve`. It imports nothing after the fork and touches no
+locks, so it is safe to fork from a threaded buildgraph. Process tree:
+
+    buildgraph ── keeper (new mount/pid/ipc/uts[/net] ns, waits) ── init = the command (pid 1)
+
+Both children die with their parent (PR_SET_PDEATHSIG); when pid 1 exits the kernel kills the
+rest of its pid namespace, and when the keeper exits the mount namespace and its mounts go away.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import os
+import select
+import signal
+import socket
+import stat
+import struct
+from dataclasses import dataclass
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REMOUNT = 32
+MS_BIND = 4096
+MS_REC = 16384
+MS_PRIVATE = 1 << 18
+MS_STRICTATIME = 1 << 24
+
+PR_SET_PDEATHSIG = 1
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+STUB_FD = 3  # the message pipe to buildgraph: "stub\t...", "error\t..." lines; close-on-exec
+SETUP_FAILED = 125  # keeper/init exit code when the message pipe carries the reason
+
+_LIBC = ctypes.CDLL(None, use_errno=True)
+_LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
+_LIBC.mount.argtypes += [ctypes.c_void_p]
+_LIBC.unshare.argtypes = [ctypes.c_int]
+_LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+_LIBC.prctl.argtypes += [ctypes.c_ulong]
+_LIBC.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+
+DEVICES = (  # name, major, minor: what docker puts in a container's /dev
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+)
+DEV_LINKS = (
+    ("fd", "/proc/self/fd"),
+    ("stdin", "/proc/self/fd/0"),
+    ("stdout", "/proc/self/fd/1"),
+    ("stderr", "/proc/self/fd/2"),
+    ("ptmx", "pts/ptmx"),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MountOp:
+    """One mount inside the new root, made after chroot so `target` resolves inside it."""
+
+    target: str  # absolute path inside the root
+    fstype: str  # "bind" or a filesystem type
+    source: str = ""  # host path for "bind" (opened before chroot)
+    flags: int = 0
+    data: str = ""
+    directory: bool = True  # the kind of mount point to create if it is missing
+    optional: bool = False  # skip (instead of failing) if the mount point has the wrong type
+
+
+@dataclass(frozen=True, slots=True)
+class ChildPlan:
+    lowers: tuple[str, ...]  # absolute, topmost first
+    upper: str
+    work: str  # an empty dir on the upper's filesystem
+    mounts: tuple[MountOp, ...]
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...]
+    user: str
+    workdir: str
+    hostname: str
+    new_net: bool
+
+
+class SetupError(Exception):
+    """A one-line reason the sandbox could not start the command."""
+
+
+def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int) -> None:
+    """The keeper: enter new namespaces, fork init, wait for it, exit with its status."""
+    code = SETUP_FAILED
+    try:
+        _arrange_fds(stdout_fd, message_fd)
+        _die_with_parent(parent_pid)
+        flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
+        _check(_LIBC.unshare(flags | (CLONE_NEWNET if plan.new_net else 0)), "unshare")
+        alive_read, alive_write = os.pipe()  # init sees EOF here if the keeper is gone
+        pid = os.fork()
+        if pid == 0:
+            os.close(alive_write)
+            _init_main(plan, alive_read)
+        os.close(alive_read)
+        os.close(STUB_FD)  # only init reports; buildgraph then sees EOF once init execs or dies
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # buildgraph decides; we die with it
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        code = 128 - code if code < 0 else code
+    except BaseException as err:  # never unwind into the forked copy of the caller
+        _report(f"error\tsandbox: {_describe(err)}")
+    finally:
+        os._exit(code)
+
+
+def _init_main(plan: ChildPlan, alive_fd: int) -> None:
+    """Pid 1 of the new pid namespace: build the root, become the user, exec the command."""
+    try:
+        _die_with_parent(0, alive_fd)
+        name = plan.hostname.encode()
+        _check(_LIBC.sethostname(name, len(name)), f"sethostname {plan.hostname!r}")
+        if plan.new_net:
+            _loopback_up()
+        _check(_LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        sources = {m.source: os.open(m.source, os.O_PATH) for m in plan.mounts if m.source}
+        _mount_root(plan)
+        os.chroot("r")
+        os.chdir("/")
+        os.umask(0)
+        for op in plan.mounts:
+            _apply(op, sources)
+        os.umask(0o022)
+        for fd in sources.values():
+            os.close(fd)
+        uid, gid, groups = resolve_user(plan.user)
+        if not os.path.isdir(plan.workdir):
+            _make_workdir(plan.workdir)
+        os.chdir(plan.workdir)
+        os.setgroups(groups)
+        os.setgid(gid)
+        os.setuid(uid)
+        _die_with_parent(0, alive_fd)  # a credential change clears the death signal
+        _reset_signals()
+        env = dict(plan.env)
+        try:
+            os.execvpe(plan.argv[0], list(plan.argv), env)
+        except OSError as err:
+            raise SetupError(_exec_error(plan.argv[0], err)) from err
+    except BaseException as err:
+        _report(f"error\t{_describe(err)}")
+    finally:
+        os._exit(SETUP_FAILED)
+
+
+def _mount_root(plan: ChildPlan) -> None:
+    """Mount the overlay on /dev/r, using a tmpfs over the host's /dev (hidden in this mount
+    namespace only, and nothing of ours lives there) for what needs no disk: short relative
+    names for the lowers, so their list fits the one-page limit of mount options (500 lowers),
+    the skeleton, and the mount point. The skeleton holds every mount point and is the bottom
+    lower: the image's own entries win, and nothing is copied up to mount on them."""
+    _mount(
+        b"tmpfs",
+        b"/dev",
+        b"tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=700,size=1m",
+        "mount scratch",
+    )
+    os.chdir("/dev")
+    for index, lower in enumerate(plan.lowers):
+        os.symlink(lower, str(index))
+    os.symlink(plan.upper, "u")
+    os.symlink(plan.work, "w")
+    os.mkdir("r")
+    os.mkdir("s")
+    for op in plan.mounts:
+        path = "s" + op.target
+        os.makedirs(path if op.directory else os.path.dirname(path), 0o755, exist_ok=True)
+        if not op.directory:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
+    lowers = ":".join([*map(str, range(len(plan.lowers))), "s"])
+    # redirect_dir/metacopy/index off: the upper dir must be a plain diff the layer code reads.
+    # volatile: no fsync into the upper dir; a crashed step is thrown away anyway.
+    options = "upperdir=u,workdir=w,redirect_dir=off,metacopy=off,index=off,volatile"
+    _mount(b"overlay", b"r", b"overlay", 0, f"lowerdir={lowers},{options}", "mount overlay")
+
+
+def _arrange_fds(stdout_fd: int, message_fd: int) -> None:
+    null = os.open("/dev/null", os.O_RDONLY)
+    os.dup2(null, 0)
+    os.dup2(stdout_fd, 1)
+    os.dup2(stdout_fd, 2)
+    os.dup2(message_fd, STUB_FD)
+    os.set_inheritable(STUB_FD, False)
+    os.closerange(STUB_FD + 1, 1 << 20)  # other threads' pipes must not stay open in here
+
+
+def _die_with_parent(parent_pid: int, alive_fd: int | None = None) -> None:
+    """Arm SIGKILL-on-parent-death, then make sure the parent did not die before that."""
+    _check(_LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    if alive_fd is None:  # the keeper: its parent is buildgraph
+        if os.getppid() != parent_pid:
+            os._exit(SETUP_FAILED)
+    elif select.select([alive_fd], [], [], 0)[0]:  # init: getppid() is 0 across the pid ns
+        os._exit(SETUP_FAILED)  # EOF: the keeper is gone
+
+
+def _apply(op: MountOp, sources: dict[str, int]) -> None:
+    if not _mount_point(op):
+        return
+    target = op.target.encode()
+    if op.fstype == "bind":
+        source = f"/proc/self/fd/{sources[op.source]}".encode()
+        _mount(source, target, None, MS_BIND | MS_REC, "", f"bind {op.source} on {op.target}")
+        if op.flags & MS_RDONLY:
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | (op.flags & ~MS_RDONLY)
+            _mount(None, target, None, flags, "", f"read-only {op.target}")
+        return
+    what = f"mount {op.fstype} on {op.target}"
+    _mount(op.fstype.encode(), target, op.fstype.encode(), op.flags, op.data, what)
+    if op.target == "/dev":
+        _populate_dev()
+
+
+def _mount_point(op: MountOp) -> bool:
+    """Make sure the mount point exists; say whether to mount (optional ones may be skipped)."""
+    try:
+        mode = os.lstat(op.target).st_mode
+    except FileNotFoundError:
+        _make_stub(op.target, op.directory)
+        return True
+    except OSError as err:  # e.g. a parent is a file or a symlink loop in the image
+        if op.optional:
+            return False
+        raise SetupError(f"mount point {op.target}: {err.strerror}") from err
+    if stat.S_ISDIR(mode) == op.directory and not stat.S_ISLNK(mode):
+        return True
+    if op.optional:
+        return False
+    kind = "directory" if op.directory else "file"
+    raise SetupError(f"mount point {op.target} exists in the image but is not a {kind}")
+
+
+def _make_stub(path: str, directory: bool) -> None:
+    """Create a missing mount point (hidden by a whiteout), reporting it so it can be removed."""
+    parts = [p for p in path.split("/") if p]
+    created = len(parts)
+    for depth in range(1, len(parts)):
+        prefix = "/" + "/".join(parts[:depth])
+        if not os.path.lexists(prefix):
+            os.mkdir(prefix, 0o755)
+            created = min(created, depth)
+    if directory:
+        os.mkdir(path, 0o755)
+    else:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    _report(f"stub\t{created}\t{path}")
+
+
+def _populate_dev() -> None:
+    for name, major, minor in DEVICES:
+        os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
+    for name, target in DEV_LINKS:
+        os.symlink(target, f"/dev/{name}")
+    os.mkdir("/dev/pts", 0o755)
+    os.mkdir("/dev/shm", 0o1777)
+    _mount(
+        b"devpts",
+        b"/dev/pts",
+        b"devpts",
+        MS_NOSUID | MS_NOEXEC,
+        "newinstance,ptmxmode=0666,mode=0620",
+        "mount devpts",
+    )
+    _mount(
+        b"shm",
+        b"/dev/shm",
+        b"tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=1777,size=65536k",
+        "mount /dev/shm",
+    )
+
+
+def _make_workdir(workdir: str) -> None:
+    try:
+        os.makedirs(workdir, 0o755, exist_ok=True)
+    except OSError as err:
+        raise SetupError(f"cannot create workdir {workdir}: {err.strerror}") from err
+
+
+def resolve_user(user: str) -> tuple[int, int, list[int]]:
+    """uid, gid and supplementary groups of `user` from the root's /etc/passwd and /etc/group."""
+    name, _, group = user.partition(":")
+    passwd = _read_db("/etc/passwd")
+    if not name or name.isdigit():
+        uid = int(name or 0)
+        entry = next((e for e in passwd if e[2] == str(uid)), None)
+    else:
+        entry = next((e for e in passwd if e[0] == name), None)
+        if entry is None:
+            raise SetupError(f"unable to find user {name}: no matching entries in passwd file")
+        uid = _number(entry[2], "uid", name)
+    gid = _number(entry[3], "gid", name) if entry else 0
+    login = entry[0] if entry else None
+    groups_db = _read_db("/etc/group")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = next((e for e in groups_db if e[0] == group), None)
+            if found is None:
+                raise SetupError(f"unable to find group {group}: no matching entries in group file")
+            gid = _number(found[2], "gid", group)
+        return uid, gid, [gid]
+    extra = [int(e[2]) for e in groups_db if login and login in e[3].split(",") and e[2].isdigit()]
+    return uid, gid, list(dict.fromkeys([gid, *extra]))
+
+
+def _read_db(path: str) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            lines = handle.read().splitlines()
+    except OSError:
+        return []
+    rows = [line.split(":") for line in lines if line and not line.startswith("#")]
+    return [(row + [""] * 4)[: max(4, len(row))] for row in rows if len(row) >= 3]
+
+
+def _number(text: str, what: str, name: str) -> int:
+    if not text.isdigit() or int(text) >= 2**32 - 1:
+        raise SetupError(f"invalid {what} {text!r} for {name}")
+    return int(text)
+
+
+def _loopback_up() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sH14x", b"lo", 0)
+        flags = struct.unpack("16sH14x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sH14x", b"lo", flags | IFF_UP))
+
+
+def _reset_signals() -> None:
+    """Undo what Python (SIGPIPE ignored) and buildgraph did to signals; exec keeps SIG_IGN."""
+    for number in signal.valid_signals():
+        if number in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        with contextlib.suppress(OSError, ValueError):  # reserved real-time signals
+            signal.signal(number, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _exec_error(program: str, err: OSError) -> str:
+    if err.errno == errno.ENOENT and "/" not in program:
+        return f'exec: "{program}": executable file not found in $PATH'
+    return f'exec: "{program}": {os.strerror(err.errno or 0).lower()}'
+
+
+def _mount(
+    source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: str, what: str
+) -> None:
+    _check(_LIBC.mount(source, target, fstype, flags, data.encode() or None), what)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        number = ctypes.get_errno()
+        raise SetupError(f"{what}: {os.strerror(number)}")
+
+
+def _report(line: str) -> None:
+    data = (line.replace("\n", " ") + "\n").encode(errors="replace")
+    with contextlib.suppress(OSError):
+        os.write(STUB_FD, data)
+
+
+def _describe(err: BaseException) -> str:
+    if isinstance(err, SetupError):
+        return str(err)
+    return f"{type(err).__name__}: {err}"
