@@ -1,0 +1,306 @@
+"""HTTP to registries: http or https, authentication, retries with backoff, error translation."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from buildgraph import __version__
+from buildgraph.errors import AuthError, DigestMismatch, NotFound, RegistryError
+from buildgraph.registry.auth import Authenticator, CredentialStore, describe_scopes
+from buildgraph.registry.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST
+
+T = TypeVar("T")
+_CONNECT_TIMEOUT = 15.0  # seconds; never more than what is left of the total
+_READ_TIMEOUT = 60.0  # seconds of silence from the server while reading
+_PROBE_TIMEOUT = 5.0
+_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
+RETRYABLE_ERRORS = (
+    requests.ConnectionError,
+    requests.Timeout,
+    requests.exceptions.ChunkedEncodingError,
+)
+
+
+class Retry(Exception):  # a signal to the retry loop, not an error
+    """One attempt failed in a way that another attempt may fix."""
+
+    def __init__(self, reason: str, delay: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.delay = delay  # seconds the server asked for (Retry-After)
+
+
+@dataclass(frozen=True, slots=True)
+class Deadline:
+    end: float  # time.monotonic() by which the whole operation must be done
+
+    def remaining(self) -> float:
+        return self.end - time.monotonic()
+
+    def timeout(self) -> tuple[float, float]:
+        """(connect, read) for requests: a read timeout bounds silence, not the transfer."""
+        left = max(self.remaining(), 0.05)
+        return min(left, _CONNECT_TIMEOUT), min(left, _READ_TIMEOUT)
+
+
+def api_host(registry: str) -> str:
+    return DOCKER_HUB_API_HOST if registry == DEFAULT_DOMAIN else registry
+
+
+class Transport:
+    """One requests.Session shared by all threads; tokens and schemes cached under locks."""
+
+    def __init__(
+        self,
+        *,
+        credentials: CredentialStore | None,
+        insecure: Iterable[str],
+        ca_bundle: str | None,
+        total_timeout: float,
+        retries: int,
+        backoff: float,
+    ) -> None:
+        self.session = requests.Session()
+        self.session.headers["User-Agent"] = f"buildgraph/{__version__}"
+        self._trust: bool | str = ca_bundle or True  # requests' verify=: a CA bundle or default
+        self.session.verify = self._trust  # for token servers too
+        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self._auth = Authenticator(self.session, credentials)
+        self._insecure = frozenset(insecure)
+        self._total_timeout = total_timeout
+        self._retries = retries
+        self._backoff = backoff
+        self._lock = threading.Lock()
+        self._schemes: dict[str, str] = {}
+
+    def close(self) -> None:
+        self.session.close()
+
+    def run(self, registry: str, attempt: Callable[[Deadline], T]) -> T:
+        """Call `attempt` until it succeeds, retrying `Retry` and connection errors."""
+        deadline = Deadline(time.monotonic() + self._total_timeout)
+        failures = 0
+        while True:
+            try:
+                return attempt(deadline)
+            except Retry as retry:
+                reason, delay, cause = retry.reason, retry.delay, retry
+            except RETRYABLE_ERRORS as err:
+                if _find_cause(err, ssl.SSLCertVerificationError):  # retrying will not help
+                    raise RegistryError(f"registry {registry}: {short_reason(err)}") from err
+                reason, delay, cause = short_reason(err), None, err
+            except requests.exceptions.InvalidHeader:  # its text would quote the header
+                raise RegistryError(f"registry {registry}: invalid request header") from None
+            except requests.RequestException as err:  # a bad URL, a redirect loop: no retry
+                raise RegistryError(f"registry {registry}: {type(err).__name__}") from err
+            failures += 1
+            wait = delay if delay is not None else self._backoff * 2 ** (failures - 1)
+            if failures > self._retries or wait >= deadline.remaining():
+                raise RegistryError(f"registry {registry} unreachable: {reason}") from cause
+            time.sleep(wait)
+
+    def send(
+        self,
+        method: str,
+        registry: str,
+        target: str,
+        *,
+        scopes: Sequence[str],
+        deadline: Deadline,
+        headers: Mapping[str, str] | None = None,
+        params: Any = None,
+        data: Any = None,
+        stream: bool = False,
+        replayable: bool = True,
+        authenticate: bool = True,
+    ) -> requests.Response:
+        """One exchange (plus one retry with a token after a 401); 5xx and 429 raise Retry.
+
+        `target` is a path below the registry's base URL or an absolute URL (a Location).
+        """
+        host = api_host(registry)
+        url = target if "://" in target else self._base_url(host, deadline) + target
+        headers = dict(headers or {})
+        timeout = deadline.timeout()
+        options = {"params": params, "data": data, "stream": stream, "timeout": timeout}
+        options["verify"] = self._verify(host)
+        if authenticate:
+            authorization = self._auth.authorization(registry, scopes, timeout[1])
+            if authorization:
+                headers["Authorization"] = authorization
+        response = self.session.request(method, url, headers=headers, **options)
+        if response.status_code == 401 and authenticate and replayable:
+            challenge = response.headers.get("WWW-Authenticate", "")
+            refused = headers.get("Authorization")
+            authorization = self._auth.respond(registry, challenge, scopes, timeout[1], refused)
+            if authorization is not None:
+                response.close()
+                headers["Authorization"] = authorization
+                response = self.session.request(method, url, headers=headers, **options)
+        if response.status_code == 429 or response.status_code >= 500:
+            reason = f"HTTP {response.status_code} {response.reason}".rstrip()
+            code = error_code(response)[0]
+            delay = _retry_after(response)
+            response.close()
+            raise Retry(f"{reason} ({code})" if code else reason, delay)
+        return response
+
+    def request(self, method: str, registry: str, target: str, **options: Any) -> requests.Response:
+        """`send` inside `run`: the usual call for a body-less or bytes-bodied request."""
+        return self.run(
+            registry,
+            lambda deadline: self.send(method, registry, target, deadline=deadline, **options),
+        )
+
+    def remember_challenge(self, registry: str, header: str) -> None:
+        self._auth.remember(registry, header)
+
+    def _base_url(self, host: str, deadline: Deadline) -> str:
+        return f"{self._scheme(host, deadline)}://{host}"
+
+    def _verify(self, host: str) -> bool | str:
+        return False if self._listed_insecure(host) else self._trust
+
+    def _scheme(self, host: str, deadline: Deadline) -> str:
+        """https, except that local and insecure hosts fall back to http when TLS is absent."""
+        if not (self._listed_insecure(host) or _is_loopback(host)):
+            return "https"
+        with self._lock:
+            known = self._schemes.get(host)
+        if known:
+            return known
+        try:
+            timeout = min(_PROBE_TIMEOUT, max(deadline.remaining(), 0.05))
+            self.session.get(
+                f"https://{host}/v2/", timeout=timeout, verify=self._verify(host)
+            ).close()
+            scheme = "https"
+        except requests.exceptions.SSLError as err:
+            if _find_cause(err, ssl.SSLCertVerificationError):
+                raise RegistryError(f"registry {host}: {short_reason(err)}") from err
+            scheme = "http"  # a plain-HTTP server answered our TLS handshake with garbage
+        except RETRYABLE_ERRORS:
+            return "http"  # down right now: decide on a later attempt
+        with self._lock:
+            self._schemes[host] = scheme
+        return scheme
+
+    def _listed_insecure(self, host: str) -> bool:
+        hostname = _hostname(host)
+        if host in self._insecure or hostname in self._insecure:
+            return True
+        try:
+            address = ipaddress.ip_address(hostname)
+        except ValueError:
+            return False
+        for entry in self._insecure:
+            with contextlib.suppress(ValueError):
+                if "/" in entry and address in ipaddress.ip_network(entry, strict=False):
+                    return True
+        return False
+
+
+def _hostname(host: str) -> str:
+    """The host of "host:port" or "[v6]:port"."""
+    if host.startswith("["):
+        return host[1:].split("]", 1)[0]
+    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
+
+
+def _is_loopback(host: str) -> bool:
+    hostname = _hostname(host)
+    if hostname == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(hostname)
+    except ValueError:
+        return False
+    return any(address in network for network in _LOOPBACK)
+
+
+def _retry_after(response: requests.Response) -> float | None:
+    value = response.headers.get("Retry-After", "")
+    try:
+        return max(float(value), 0.0)
+    except ValueError:
+        return None  # an HTTP date, or nothing: use our own backoff
+
+
+def error_code(response: requests.Response) -> tuple[str, str]:
+    """The first (code, message) of a registry's {"errors": [...]} body, or ("", "")."""
+    try:
+        errors = response.json().get("errors") or []
+        first = errors[0]
+        return str(first.get("code", "")), " ".join(str(first.get("message", "")).split())[:200]
+    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
+        return "", ""
+
+
+def raise_for_status(
+    response: requests.Response, registry: str, scopes: Sequence[str], subject: str
+) -> None:
+    """Translate a non-2xx answer; `subject` names what was asked for, e.g. "manifest x:1"."""
+    status = response.status_code
+    if status < 300:
+        return
+    code, message = error_code(response)
+    response.close()
+    if status == 401:
+        raise AuthError(describe_scopes(registry, scopes))
+    if status == 403:
+        raise AuthError(f"{describe_scopes(registry, scopes)}: access denied")
+    if code in ("DIGEST_INVALID", "SIZE_INVALID"):
+        raise DigestMismatch(f"registry {registry} rejected {subject}: {code}: {message}")
+    detail = f"{code}: {message}" if code else f"HTTP {status} {response.reason}".rstrip()
+    if status == 404:
+        raise NotFound(f"{subject} not found on {registry} ({detail})")
+    raise RegistryError(f"registry {registry} refused {subject}: {detail}")
+
+
+def short_reason(err: BaseException) -> str:
+    """One line about a connection failure, without URLs, headers or traceback text."""
+    if isinstance(err, requests.Timeout):
+        return "timed out"
+    verify = _find_cause(err, ssl.SSLCertVerificationError)
+    if verify is not None:
+        return f"TLS certificate not trusted ({verify.verify_message})"
+    if isinstance(err, requests.exceptions.SSLError):
+        return "TLS handshake failed"
+    if isinstance(err, requests.exceptions.ChunkedEncodingError):
+        return "connection broken while reading the response"
+    os_error = _find_cause(err, OSError, lambda found: bool(found.strerror))
+    if os_error is not None:
+        return os_error.strerror.lower()
+    if "RemoteDisconnected" in repr(err) or "Connection aborted" in str(err):
+        return "connection closed by the server"
+    return type(err).__name__
+
+
+def _find_cause(
+    err: BaseException, kind: type[BaseException], accept: Callable[[Any], bool] = bool
+) -> Any:
+    """The first exception of `kind` in err's cause/context/args chain (urllib3 nests them)."""
+    seen: set[int] = set()
+    stack: list[object] = [err]
+    while stack:
+        item = stack.pop()
+        if not isinstance(item, BaseException) or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, kind) and item is not err and accept(item):
+            return item
+        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
+        stack.extend(item.args)
+    return None
