@@ -39,6 +39,7 @@ def _client(args: argparse.Namespace):
         credentials=CredentialStore.from_environment(),
         insecure=tuple(args.insecure_registry or ()),
         ca_bundle=args.ca_bundle,
+        total_timeout=args.registry_timeout,
     )
 
 
@@ -121,6 +122,61 @@ def cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build(args: argparse.Namespace) -> int:
+    from buildgraph.commands.build import BuildRequest, build
+    from buildgraph.commands.image import build_timestamp
+
+    context = Path(args.context)
+    dockerfile = Path(args.file) if args.file else context / "Dockerfile"
+    request = BuildRequest(
+        context=context,
+        dockerfile=dockerfile,
+        target=args.target,
+        build_args=_build_args(args.build_arg or ()),
+        tags=tuple(args.tag or ()),
+        outputs=tuple(args.output or ()),
+        platform=_platform(args),
+        no_cache=args.no_cache,
+        pull=args.pull,
+        push=args.push,
+        jobs=args.jobs or (os.cpu_count() or 2),
+    )
+    _, epoch = build_timestamp()
+    sink = _renderer(args)
+    result = build(
+        request, store=_store(args), client=lambda: _client(args), sink=sink, epoch=epoch
+    )
+    for warning in result.plan.warnings:
+        _say(f"buildgraph: warning: {warning}")
+    print(
+        result.image.digest if not result.tags else f"{result.image.digest} {' '.join(result.tags)}"
+    )
+    return 0
+
+
+def _build_args(items: Sequence[str]) -> dict[str, str]:
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not key:
+            raise InputError(f"invalid --build-arg {item!r}: expected KEY=VALUE")
+        if not sep:  # docker: `--build-arg KEY` takes the value from the environment
+            if key not in os.environ:
+                continue
+            value = os.environ[key]
+        values[key] = value
+    return values
+
+
+def _renderer(args: argparse.Namespace):
+    from buildgraph.ui.jsonl import JsonRenderer
+    from buildgraph.ui.plain import PlainRenderer
+
+    if args.progress == "json":
+        return JsonRenderer()
+    return PlainRenderer(show_output=not args.quiet)
+
+
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     return (lambda _: None) if args.quiet else _say
 
@@ -146,6 +202,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         "--insecure-registry", action="append", metavar="HOST", help="use plain HTTP for HOST"
     )
     parser.add_argument("--ca-bundle", metavar="FILE", help="CA certificates for registry TLS")
+    parser.add_argument(
+        "--registry-timeout",
+        type=float,
+        default=120.0,
+        metavar="SECONDS",
+        help="give up on a registry after retrying this long (default 120)",
+    )
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
 
 
@@ -189,7 +252,29 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("ref", nargs="?", help="destination (default: the image's own name)")
     push.set_defaults(handler=cmd_push)
 
-    for sub in (imp, exp, rm, ls, images, pull, push):
+    bld = commands.add_parser("build", help="build one Dockerfile (like docker build / kaniko)")
+    bld.add_argument("context", nargs="?", default=".", help="build context directory")
+    bld.add_argument("-f", "--file", help="Dockerfile (default CONTEXT/Dockerfile)")
+    bld.add_argument("--target", help="the stage to build (default: the last)")
+    bld.add_argument("--build-arg", action="append", metavar="KEY[=VALUE]")
+    bld.add_argument("-t", "--tag", action="append", metavar="NAME[:TAG]")
+    bld.add_argument(
+        "-o",
+        "--output",
+        action="append",
+        metavar="SPEC",
+        help="type=oci,dest=DIR | type=docker,dest=FILE | type=local,dest=DIR | type=registry",
+    )
+    bld.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    bld.add_argument("--pull", action="store_true", help="always pull FROM images")
+    bld.add_argument("--push", action="store_true", help="push every -t tag")
+    bld.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    bld.add_argument(
+        "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
+    )
+    bld.set_defaults(handler=cmd_build)
+
+    for sub in (imp, exp, rm, ls, images, pull, push, bld):
         _common(sub)
     return parser
 

@@ -1,0 +1,74 @@
+"""The step index: cache key -> what the finished step left (its image's layers and history)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildgraph.errors import CacheError, Location
+from buildgraph.fs import atomic_write
+from buildgraph.image.config import HistoryEntry
+from buildgraph.image.oci import Descriptor, canonical_json
+
+
+@dataclass(frozen=True, slots=True)
+class LayerRef:
+    descriptor: Descriptor  # the compressed blob in the store
+    diff_id: str  # sha256 of the uncompressed tar: names the snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class StepRecord:
+    """The image as it stands after a step: every layer and history entry from the base up."""
+
+    layers: tuple[LayerRef, ...]
+    history: tuple[HistoryEntry, ...]
+
+    def to_json(self) -> bytes:
+        return canonical_json(
+            {
+                "layers": [
+                    {"descriptor": ref.descriptor.to_dict(), "diff_id": ref.diff_id}
+                    for ref in self.layers
+                ],
+                "history": [entry.to_dict() for entry in self.history],
+            }
+        )
+
+    @classmethod
+    def from_json(cls, data: bytes) -> StepRecord:
+        doc = json.loads(data)
+        layers = tuple(
+            LayerRef(Descriptor.from_dict(item["descriptor"]), item["diff_id"])
+            for item in doc["layers"]
+        )
+        history = tuple(HistoryEntry.from_dict(item) for item in doc["history"])
+        return cls(layers, history)
+
+
+class StepIndex:
+    """One small JSON file per key under cache/steps/; written atomically."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> StepRecord | None:
+        path = self.path(key)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            return None
+        try:
+            return StepRecord.from_json(data)
+        except (ValueError, KeyError, TypeError) as err:
+            raise CacheError(f"corrupt step record: {err}", Location(path)) from err
+
+    def put(self, key: str, record: StepRecord) -> None:
+        atomic_write(self.path(key), record.to_json())
+
+    def forget(self, key: str) -> None:
+        self.path(key).unlink(missing_ok=True)

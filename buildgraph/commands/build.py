@@ -1,0 +1,185 @@
+"""`buildgraph build`: one Dockerfile and its context in, an image in the store (and beyond) out."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.steps import StepIndex
+from buildgraph.errors import BuildgraphError, InputError, Location, StepFailed
+from buildgraph.frontend.dockerfile import parse_dockerfile
+from buildgraph.frontend.ignore import load_dockerignore
+from buildgraph.graph.context import StatCache
+from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, lower_dockerfile
+from buildgraph.graph.steps import inputs_of
+from buildgraph.image.assemble import assemble_image
+from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
+from buildgraph.image.oci import Descriptor, Platform
+from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.reference import parse_reference
+from buildgraph.registry.transfer import pull, push
+from buildgraph.solver.events import EventSink, LogEvent
+from buildgraph.solver.scheduler import Outcome, add_step, run
+from buildgraph.worker.execute import Worker
+from buildgraph.worker.snapshot import SnapshotStore
+
+ClientFactory = Callable[[], RegistryClient]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildRequest:
+    context: Path
+    dockerfile: Path
+    target: str | None = None
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
+    outputs: tuple[str, ...] = ()
+    platform: Platform = field(default_factory=Platform)
+    no_cache: bool = False
+    pull: bool = False  # always ask the registry for FROM images
+    push: bool = False
+    jobs: int = os.cpu_count() or 2
+
+
+@dataclass(frozen=True, slots=True)
+class BuildResult:
+    image: Descriptor
+    tags: tuple[str, ...]
+    outcome: Outcome
+    plan: BuildPlan
+
+
+def relocate(err: BuildgraphError, where: Location | None) -> BuildgraphError:
+    """The same error, naming the Dockerfile line it came from (if it named none)."""
+    if err.where is None and where is not None:
+        err.where = where
+    return err
+
+
+def base_resolver(
+    store: LocalStore, client: ClientFactory, platform: Platform, *, always_pull: bool
+) -> BaseResolver:
+    """FROM name looks in the local store first, then asks the registry (once per run)."""
+    seen: dict[str, BaseImage] = {}
+
+    def resolve(text: str, where: Location | None) -> BaseImage:
+        if text in seen:
+            return seen[text]
+        try:
+            ref = parse_reference(text)
+            image = (
+                None if always_pull else (store.resolve(ref.familiar) or store.resolve(str(ref)))
+            )
+            if image is None:
+                image = pull(client(), store.ensure(), ref, platform=platform)
+            config = store.read_config(store.read_manifest(image.descriptor))
+        except BuildgraphError as err:
+            raise relocate(err, where) from err.__cause__
+        seen[text] = BaseImage(str(ref), image.descriptor.digest, config)
+        return seen[text]
+
+    return resolve
+
+
+def build(
+    request: BuildRequest,
+    *,
+    store: LocalStore,
+    client: ClientFactory,
+    sink: EventSink,
+    epoch: int | None,
+) -> BuildResult:
+    dockerfile_path = request.dockerfile
+    if not request.context.is_dir():
+        raise InputError(f"build context {request.context} is not a directory")
+    if not dockerfile_path.is_file():
+        raise InputError(f"Dockerfile {dockerfile_path} not found")
+    dockerfile = parse_dockerfile(dockerfile_path)
+    context = request.context.resolve()
+    ignore = load_dockerignore(context, dockerfile_path)
+    store.ensure()
+    plan = lower_dockerfile(
+        dockerfile,
+        target=request.target,
+        build_args=request.build_args,
+        context=context,
+        ignore=ignore,
+        resolve_base=base_resolver(store, client, request.platform, always_pull=request.pull),
+        stat_cache=StatCache(),
+        platform=request.platform,
+    )
+    graph = compile_graph(plan)
+    worker = Worker(
+        store=store,
+        snapshots=SnapshotStore(store.root / "snapshots"),
+        ignores={str(context): ignore},
+        epoch=epoch,
+        output=lambda title, data: sink.emit(LogEvent(title, data)),
+    )
+    outcome = run(
+        graph,
+        worker=worker,
+        index=StepIndex(store.root / "steps"),
+        sink=sink,
+        jobs=request.jobs,
+        no_cache=request.no_cache,
+    )
+    if outcome.failures:
+        first = next(iter(outcome.failures.values()))
+        raise first if isinstance(first, StepFailed) else relocate(first, None)
+    image = assemble_image(store, plan.target, outcome.records[plan.target.key], epoch=epoch)
+    tags = _tag(store, image, request.tags)
+    for spec in request.outputs:
+        _export(store, image, tags, spec, client, dockerfile_path)
+    if request.push:
+        for tag in tags:
+            stored = store.resolve(tag)
+            assert stored is not None
+            push(client(), store, stored, parse_reference(tag))
+    return BuildResult(image, tags, outcome, plan)
+
+
+def compile_graph(plan: BuildPlan) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    for key, step in plan.steps.items():
+        add_step(graph, key, step, inputs_of(step))
+    return graph
+
+
+def _tag(store: LocalStore, image: Descriptor, tags: Sequence[str]) -> tuple[str, ...]:
+    names = []
+    for tag in tags:
+        ref = parse_reference(tag)
+        store.tag(ref.familiar, str(ref), image)
+        names.append(ref.familiar)
+    return tuple(names)
+
+
+def _export(
+    store: LocalStore,
+    image: Descriptor,
+    tags: tuple[str, ...],
+    text: str,
+    client: ClientFactory,
+    dockerfile: Path,
+) -> None:
+    spec = parse_output(text)
+    name = spec.attr("name") or (tags[0] if tags else "")
+    stored = StoredImage(name or "image", name or "image", image)
+    if spec.type == "oci":
+        export_oci(store, stored, Path(spec.dest), name or "latest")
+    elif spec.type == "docker":
+        export_docker_archive(store, stored, Path(spec.dest), [name] if name else [])
+    elif spec.type == "local":
+        export_local(store, stored, Path(spec.dest))
+    elif spec.type in ("registry", "image"):
+        if not name:
+            raise InputError(
+                "--output type=registry needs a name= or a -t tag", Location(dockerfile)
+            )
+        push(client(), store, stored, parse_reference(name))

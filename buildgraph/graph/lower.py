@@ -1,0 +1,386 @@
+"""Lower a Dockerfile to steps: one frozen step per instruction, keys computed as we go."""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from buildgraph.errors import InputError, Location
+from buildgraph.frontend import instructions as ins
+from buildgraph.frontend.dockerfile import Dockerfile, Stage, parse_dockerfile
+from buildgraph.frontend.ignore import IgnoreMatcher
+from buildgraph.frontend.scope import (
+    GlobalScope,
+    ResolvedInstruction,
+    resolve_from,
+    resolve_stage,
+    resolve_stages,
+)
+from buildgraph.graph.context import StatCache, context_digest, select_sources
+from buildgraph.graph.keys import step_key
+from buildgraph.graph.steps import (
+    ConfigStep,
+    CopySource,
+    CopyStep,
+    RunStep,
+    SourceStep,
+    Step,
+)
+from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
+from buildgraph.image.oci import Platform
+
+DEFAULT_SHELL = ("/bin/sh", "-c")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+URL_PREFIXES = ("http://", "https://", "git@", "git://")
+
+
+@dataclass(frozen=True, slots=True)
+class BaseImage:
+    """A `FROM image` pinned: where it came from, its manifest digest and its config."""
+
+    reference: str
+    digest: str
+    config: ImageConfig
+
+
+BaseResolver = Callable[[str, Location | None], BaseImage]
+
+
+@dataclass(frozen=True, slots=True)
+class StagePlan:
+    index: int
+    name: str | None
+    key: str  # the key of the stage's last step: the stage's result
+    config: RuntimeConfig  # the runtime config of the stage's image
+    author: str
+    platform: Platform
+
+
+@dataclass(frozen=True, slots=True)
+class BuildPlan:
+    steps: Mapping[str, Step]  # key -> step, in an order where inputs come first
+    target: StagePlan
+    stages: Mapping[int, StagePlan]  # every stage the target needs
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class _Lowering:
+    """Mutable scratch state of one lowering; the result is frozen."""
+
+    dockerfile: Dockerfile
+    scope: GlobalScope
+    build_args: Mapping[str, str]
+    context: Path
+    ignore: IgnoreMatcher
+    resolve_base: BaseResolver
+    stat_cache: StatCache
+    platform: Platform
+    steps: dict[str, Step] = field(default_factory=dict)
+    stages: dict[int, StagePlan] = field(default_factory=dict)
+    images: dict[str, str] = field(default_factory=dict)  # image ref -> source step key
+
+    def add(self, step: Step) -> str:
+        key = step_key(step)
+        self.steps.setdefault(key, step)
+        return key
+
+
+def lower_dockerfile(
+    dockerfile: Dockerfile,
+    *,
+    target: str | None,
+    build_args: Mapping[str, str],
+    context: Path,
+    ignore: IgnoreMatcher,
+    resolve_base: BaseResolver,
+    stat_cache: StatCache,
+    platform: Platform,
+) -> BuildPlan:
+    """Steps for the `target` stage (default: the last) and every stage it needs."""
+    resolved = resolve_stages(
+        dockerfile, build_args, target_platform=str(platform), build_platform=str(platform)
+    )
+    if target:
+        wanted = dockerfile.stage(target)
+        if wanted is None:
+            names = ", ".join(s.name or str(s.index) for s in dockerfile.stages)
+            raise InputError(
+                f"target stage {target!r} not found (stages: {names})", Location(dockerfile.path)
+            )
+    else:
+        wanted = dockerfile.stages[-1]
+    state = _Lowering(
+        dockerfile, resolved.scope, build_args, context, ignore, resolve_base, stat_cache, platform
+    )
+    plan = _lower_stage(state, wanted.index, ())
+    warnings = tuple(f"build arg {name} is not used" for name in resolved.unused_build_args)
+    return BuildPlan(dict(state.steps), plan, dict(state.stages), warnings + dockerfile.warnings)
+
+
+def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> StagePlan:
+    if index in state.stages:
+        return state.stages[index]
+    if index in visiting:
+        raise InputError(
+            "stages depend on each other in a cycle", state.dockerfile.stages[index].base.where
+        )
+    stage = state.dockerfile.stages[index]
+    base = resolve_from(state.dockerfile, stage, state.scope)
+    if base.base_stage is not None:
+        parent_plan = _lower_stage(state, base.base_stage, (*visiting, index))
+        key, config, author = parent_plan.key, parent_plan.config, parent_plan.author
+    elif base.image is None:
+        key = state.add(
+            SourceStep("scratch", "", str(state.platform), "FROM scratch", stage.base.where)
+        )
+        config, author = RuntimeConfig(), ""
+    else:
+        key, image = _source(state, base.image, stage.base.where)
+        config, author = image.config.config, image.config.author
+    stage = _with_triggers(stage, config.on_build)
+    config = replace(config, on_build=())
+    resolved = resolve_stage(
+        stage, config.env, state.scope, state.build_args, escape=state.dockerfile.escape
+    )
+    walker = _StageWalker(state, (*visiting, index), stage, key, config, author)
+    for item in resolved.instructions:
+        walker.lower(item)
+    plan = StagePlan(index, stage.name, walker.key, walker.config, walker.author, state.platform)
+    state.stages[index] = plan
+    return plan
+
+
+def _source(state: _Lowering, reference: str, where: Location | None) -> tuple[str, BaseImage]:
+    image = state.resolve_base(reference, where)
+    key = state.add(
+        SourceStep(
+            image.reference, image.digest, str(state.platform), f"FROM {image.reference}", where
+        )
+    )
+    state.images[reference] = key
+    return key, image
+
+
+def _with_triggers(stage: Stage, triggers: tuple[str, ...]) -> Stage:
+    """ONBUILD triggers of the base image run first, as if written after FROM."""
+    if not triggers:
+        return stage
+    text = "FROM scratch\n" + "\n".join(triggers) + "\n"
+    where = stage.base.where
+    parsed = parse_dockerfile(Path(f"{where.path}:ONBUILD" if where else "ONBUILD"), text)
+    located = tuple(replace(each, where=where) for each in parsed.stages[0].instructions)
+    return replace(stage, instructions=located + stage.instructions)
+
+
+class _StageWalker:
+    """Turns each resolved instruction of one stage into steps."""
+
+    def __init__(
+        self,
+        state: _Lowering,
+        visiting: tuple[int, ...],
+        stage: Stage,
+        key: str,
+        config: RuntimeConfig,
+        author: str,
+    ) -> None:
+        self.state = state
+        self.visiting = visiting
+        self.stage = stage
+        self.key = key
+        self.config = config
+        self.author = author
+        self.cmd_set = False  # a new ENTRYPOINT clears only an inherited CMD
+
+    def title(self, instruction: ins.Instruction) -> str:
+        name = self.stage.name or f"stage-{self.stage.index}"
+        return f"[{name}] {instruction.original}"
+
+    def lower(self, item: ResolvedInstruction) -> None:
+        instruction = item.instruction
+        match instruction:
+            case ins.Run():
+                self._run(instruction, item)
+            case ins.Copy() | ins.Add():
+                self._copy(instruction)
+            case ins.Arg():
+                pass  # ARG changes what later steps see (their keys), not the image
+            case ins.Workdir():
+                path = posixpath.normpath(
+                    posixpath.join(self.config.working_dir or "/", instruction.path)
+                )
+                self._config(instruction, replace(self.config, working_dir=path))
+                self._mkdir(instruction, path)
+            case _:
+                self._config(instruction, self._configured(instruction))
+
+    # -- filesystem steps -----------------------------------------------------------------------
+    def _run(self, run: ins.Run, item: ResolvedInstruction) -> None:
+        if run.mounts:
+            kinds = ", ".join(sorted({m.type for m in run.mounts}))
+            raise InputError(f"RUN --mount ({kinds}) is not supported yet", run.where)
+        env = {**dict(self.state.scope.proxy), **item.visible()}
+        env.setdefault("PATH", DEFAULT_PATH)
+        step = RunStep(
+            parent=self.key,
+            argv=self._argv(run),
+            env=tuple(sorted(env.items())),
+            user=self.config.user,
+            workdir=self.config.working_dir or "/",
+            network="none" if run.network == "none" else "host",
+            title=self.title(run),
+            where=run.where,
+        )
+        self.key = self.state.add(step)
+
+    def _argv(self, run: ins.Run) -> tuple[str, ...]:
+        if not run.shell:
+            return run.command
+        shell = self.config.shell or DEFAULT_SHELL
+        command = run.command[0]
+        if run.heredocs:
+            if (
+                len(run.heredocs) == 1
+                and command.strip().lstrip("<-").strip("'\"") == run.heredocs[0].name
+            ):
+                return (*shell, run.heredocs[0].content)  # the heredoc is the script
+            # Otherwise the shell reads the heredocs itself, as BuildKit arranges it.
+            bodies = "".join(f"{doc.content}{doc.name}\n" for doc in run.heredocs)
+            return (*shell, f"{command}\n{bodies}")
+        return (*shell, command)
+
+    def _copy(self, copy: ins.Copy | ins.Add) -> None:
+        add = isinstance(copy, ins.Add)
+        if add and any(source.startswith(URL_PREFIXES) for source in copy.sources):
+            raise InputError("ADD from a URL or git repository is not supported yet", copy.where)
+        dest = copy.dest
+        if not dest.startswith("/"):
+            joined = posixpath.join(self.config.working_dir or "/", dest)
+            dest = joined if not dest.endswith("/") or joined.endswith("/") else joined + "/"
+        from_ = copy.from_ if isinstance(copy, ins.Copy) else None
+        if from_:
+            source = self._stage_source(from_, copy.where)
+        elif copy.sources:
+            selected = select_sources(
+                self.state.context, copy.sources, self.state.ignore, copy.where
+            )
+            digest = context_digest(
+                self.state.context,
+                selected,
+                self.state.ignore,
+                self.state.stat_cache,
+                include_modes=not copy.chmod,
+            )
+            source = CopySource("", str(self.state.context), selected, digest)
+        else:
+            source = CopySource("", "", (), "")
+        step = CopyStep(
+            parent=self.key,
+            source=source,
+            patterns=copy.sources,
+            dest=dest,
+            inline=tuple((doc.name, doc.content) for doc in copy.heredocs),
+            chown=copy.chown or "",
+            chmod=copy.chmod or "",
+            add=add,
+            title=self.title(copy),
+            where=copy.where,
+        )
+        self.key = self.state.add(step)
+
+    def _stage_source(self, reference: str, where: Location | None) -> CopySource:
+        stage = self.state.dockerfile.stage(reference, before=self.stage.index)
+        if stage is None and self.state.dockerfile.stage(reference) is not None:
+            raise InputError(
+                f"COPY --from={reference}: a stage can only copy from an earlier stage", where
+            )
+        if stage is not None:
+            key = _lower_stage(self.state, stage.index, self.visiting).key
+        else:
+            key = self.state.images.get(reference) or _source(self.state, reference, where)[0]
+        return CopySource(key, "", (), "")
+
+    def _mkdir(self, instruction: ins.Instruction, path: str) -> None:
+        step = CopyStep(
+            self.key,
+            CopySource("", "", (), ""),
+            (),
+            path.rstrip("/") + "/",
+            title=self.title(instruction),
+            where=instruction.where,
+        )
+        self.key = self.state.add(step)
+
+    # -- metadata steps ---------------------------------------------------------------------
+    def _config(self, instruction: ins.Instruction, config: RuntimeConfig) -> None:
+        self.config = config
+        step = ConfigStep(
+            self.key,
+            _created_by(instruction),
+            config,
+            self.author,
+            self.title(instruction),
+            instruction.where,
+        )
+        self.key = self.state.add(step)
+
+    def _configured(self, instruction: ins.Instruction) -> RuntimeConfig:
+        config = self.config
+        match instruction:
+            case ins.Env():
+                for key, value in instruction.pairs:
+                    config = config.with_env(key, value)
+                return config
+            case ins.Label():
+                labels = dict(config.labels) | dict(instruction.pairs)
+                return replace(config, labels=tuple(sorted(labels.items())))
+            case ins.User():
+                return replace(config, user=instruction.user)
+            case ins.Expose():
+                ports = {p if "/" in p else f"{p}/tcp" for p in instruction.ports}
+                return replace(
+                    config, exposed_ports=tuple(sorted(set(config.exposed_ports) | ports))
+                )
+            case ins.Volume():
+                volumes = set(config.volumes) | set(instruction.paths)
+                return replace(config, volumes=tuple(sorted(volumes)))
+            case ins.Cmd():
+                self.cmd_set = True
+                return replace(config, cmd=self._command(instruction))
+            case ins.Entrypoint():
+                cmd = config.cmd if self.cmd_set else None
+                return replace(config, entrypoint=self._command(instruction), cmd=cmd)
+            case ins.Shell():
+                return replace(config, shell=instruction.command)
+            case ins.StopSignal():
+                return replace(config, stop_signal=instruction.signal)
+            case ins.Healthcheck():
+                check = Healthcheck(
+                    instruction.test,
+                    instruction.interval,
+                    instruction.timeout,
+                    instruction.start_period,
+                    instruction.start_interval,
+                    instruction.retries,
+                )
+                return replace(config, healthcheck=check)
+            case ins.Onbuild():
+                return replace(config, on_build=(*config.on_build, instruction.expression))
+            case ins.Maintainer():
+                self.author = instruction.name
+                return config
+        raise InputError(
+            f"{type(instruction).__name__.upper()} cannot be used here", instruction.where
+        )
+
+    def _command(self, instruction: ins.Cmd | ins.Entrypoint) -> tuple[str, ...]:
+        if instruction.shell:
+            return (*(self.config.shell or DEFAULT_SHELL), instruction.command[0])
+        return instruction.command
+
+
+def _created_by(instruction: ins.Instruction) -> str:
+    return instruction.original.strip()

@@ -1,0 +1,89 @@
+"""The four step kinds a Dockerfile lowers to: frozen plan data, one graph node each."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from buildgraph.errors import Location
+from buildgraph.image.config import RuntimeConfig
+
+Pairs = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SourceStep:
+    """`FROM image` or `FROM scratch`: the base image, pinned by manifest digest."""
+
+    image: str  # canonical reference, or "scratch"
+    digest: str  # manifest digest; "" for scratch
+    platform: str
+    title: str = field(default="", compare=False)
+    where: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class RunStep:
+    parent: str  # cache key of the previous step
+    argv: tuple[str, ...]  # after SHELL wrapping; heredoc bodies are in `files`
+    env: Pairs  # sorted; everything the command can see
+    user: str
+    workdir: str
+    network: str  # default | none | host
+    files: Pairs = ()  # (path inside the sandbox, content): heredoc scripts fed to the command
+    title: str = field(default="", compare=False)
+    where: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class CopySource:
+    """Where COPY/ADD reads from: the build context or another stage's filesystem."""
+
+    stage_key: str  # "" for the build context, else the last key of the source stage
+    context: str  # the context directory (not in the key; `digest` stands for its content)
+    paths: tuple[str, ...]  # relative paths selected in the context, or patterns for a stage
+    digest: str  # content digest of the selected context files; "" for a stage
+
+
+@dataclass(frozen=True, slots=True)
+class CopyStep:
+    parent: str
+    source: CopySource
+    patterns: tuple[str, ...]  # the sources as written (after expansion)
+    dest: str  # absolute, resolved against WORKDIR
+    inline: Pairs = ()  # heredoc files: (name, content)
+    chown: str = ""  # user[:group] as written; resolved in the image's /etc/passwd
+    chmod: str = ""  # octal as written
+    add: bool = False  # ADD: auto-extract local archives
+    title: str = field(default="", compare=False)
+    where: Location | None = field(default=None, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStep:
+    """A metadata-only instruction (ENV, LABEL, CMD, ...): changes the config, not the files."""
+
+    parent: str
+    instruction: str  # the instruction as written after expansion: it is the change
+    config: RuntimeConfig  # the runtime config after this step
+    author: str = ""  # MAINTAINER
+    title: str = field(default="", compare=False)
+    where: Location | None = field(default=None, compare=False)
+
+
+Step = SourceStep | RunStep | CopyStep | ConfigStep
+
+
+def parent_of(step: Step) -> str | None:
+    return None if isinstance(step, SourceStep) else step.parent
+
+
+def inputs_of(step: Step) -> tuple[str, ...]:
+    """Keys this step needs finished first: its parent and a COPY --from stage."""
+    parents = () if isinstance(step, SourceStep) else (step.parent,)
+    if isinstance(step, CopyStep) and step.source.stage_key:
+        return (*parents, step.source.stage_key)
+    return parents
+
+
+def changes_files(step: Step) -> bool:
+    return isinstance(step, RunStep | CopyStep)

@@ -1,0 +1,143 @@
+"""Run a step graph: cached steps cost nothing, ready steps run in parallel, longest path first."""
+
+from __future__ import annotations
+
+import heapq
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+
+import networkx as nx
+
+from buildgraph.cache.steps import StepIndex, StepRecord
+from buildgraph.errors import BuildgraphError, CacheError
+from buildgraph.graph.steps import SourceStep, Step
+from buildgraph.solver.events import EventSink, StepEvent, StepState
+from buildgraph.worker.execute import Worker
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    records: dict[str, StepRecord]  # every step that finished (built or cached)
+    failures: dict[str, BuildgraphError]  # key -> why it failed
+    skipped: tuple[str, ...]  # not run because something they need failed
+
+
+def add_step(dag: nx.DiGraph, key: str, step: Step, inputs: tuple[str, ...]) -> None:
+    if key not in dag:  # an equal step from another target is the same node
+        dag.add_node(key, step=step)
+        dag.add_edges_from((parent, key) for parent in inputs)
+
+
+def run(
+    graph: nx.DiGraph,
+    *,
+    worker: Worker,
+    index: StepIndex,
+    sink: EventSink,
+    jobs: int,
+    no_cache: bool = False,
+    keep_going: bool = False,
+) -> Outcome:
+    """Execute every node of `graph` (edges: input -> step)."""
+    priority = _remaining_path_lengths(graph)
+    waiting = {key: graph.in_degree(key) for key in graph}
+    ready: list[tuple[int, str]] = []
+    for key, count in waiting.items():
+        if count == 0:
+            heapq.heappush(ready, (-priority[key], key))
+    records: dict[str, StepRecord] = {}
+    failures: dict[str, BuildgraphError] = {}
+    skipped: set[str] = set()
+
+    def finish(key: str) -> None:
+        for child in graph.successors(key):
+            waiting[child] -= 1
+            if waiting[child] == 0 and child not in skipped:
+                heapq.heappush(ready, (-priority[child], child))
+
+    def skip_below(key: str) -> None:
+        for child in nx.descendants(graph, key):
+            if child not in skipped:
+                skipped.add(child)
+                sink.emit(
+                    StepEvent(
+                        child,
+                        StepState.SKIPPED,
+                        _title(graph, child),
+                        reason="an input step failed",
+                    )
+                )
+
+    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        running: dict[Future[StepRecord], str] = {}
+        while ready or running:
+            stop = failures and not keep_going
+            while ready and not stop:
+                _, key = heapq.heappop(ready)
+                step: Step = graph.nodes[key]["step"]
+                cached = (
+                    None
+                    if no_cache and not isinstance(step, SourceStep)
+                    else _cached(index, key, sink, step)
+                )
+                if cached is not None:
+                    records[key] = cached
+                    sink.emit(StepEvent(key, StepState.CACHED, _title(graph, key)))
+                    finish(key)
+                    continue
+                inputs = {parent: records[parent] for parent in graph.predecessors(key)}
+                sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
+                running[pool.submit(_timed, worker, step, inputs)] = key
+            if not running:
+                break
+            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            for future in done:
+                key = running.pop(future)
+                try:
+                    record, seconds = future.result()
+                except BuildgraphError as err:
+                    failures[key] = err
+                    sink.emit(StepEvent(key, StepState.FAILED, _title(graph, key), reason=str(err)))
+                    skip_below(key)
+                    continue
+                index.put(key, record)
+                records[key] = record
+                parent = records.get(getattr(graph.nodes[key]["step"], "parent", ""))
+                added = parent is not None and len(record.layers) > len(parent.layers)
+                size = record.layers[-1].descriptor.size if added else 0
+                sink.emit(
+                    StepEvent(
+                        key, StepState.DONE, _title(graph, key), duration_s=seconds, bytes=size
+                    )
+                )
+                finish(key)
+    not_run = tuple(k for k in graph if k not in records and k not in failures)
+    return Outcome(records, failures, tuple(sorted(set(not_run) | skipped)))
+
+
+def _timed(worker: Worker, step: Step, inputs: dict[str, StepRecord]) -> tuple[StepRecord, float]:
+    start = time.monotonic()
+    record = worker.execute(step, inputs)
+    return record, time.monotonic() - start
+
+
+def _cached(index: StepIndex, key: str, sink: EventSink, step: Step) -> StepRecord | None:
+    try:
+        return index.get(key)
+    except CacheError as err:  # a corrupt entry is rebuilt, not trusted
+        sink.emit(StepEvent(key, StepState.TO_BUILD, getattr(step, "title", ""), reason=str(err)))
+        index.forget(key)
+        return None
+
+
+def _title(graph: nx.DiGraph, key: str) -> str:
+    return graph.nodes[key]["step"].title or key[:12]
+
+
+def _remaining_path_lengths(graph: nx.DiGraph) -> dict[str, int]:
+    """Steps on the longest remaining chain start first, so the critical path never waits."""
+    lengths: dict[str, int] = {}
+    for key in reversed(list(nx.topological_sort(graph))):
+        lengths[key] = 1 + max((lengths[child] for child in graph.successors(key)), default=0)
+    return lengths

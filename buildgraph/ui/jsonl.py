@@ -1,0 +1,37 @@
+"""JSON progress: one object per line, for machines."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import TextIO
+
+from buildgraph.solver.events import LogEvent, StepEvent
+
+
+class JsonRenderer:
+    def __init__(self, stream: TextIO | None = None, targets: dict[str, list[str]] | None = None):
+        self.stream = stream or sys.stdout
+        self.targets = targets or {}  # step key -> every target it serves
+
+    def emit(self, event: StepEvent | LogEvent) -> None:
+        if isinstance(event, LogEvent):
+            doc = {
+                "state": "log",
+                "instruction": event.title,
+                "output": event.data.decode(errors="replace"),
+            }
+        else:
+            doc = {
+                "state": event.state.value.replace(" ", "_"),
+                "key": event.key,
+                "target": self.targets.get(event.key, []),
+                "instruction": event.title,
+                "duration_s": round(event.duration_s, 4),
+                "bytes": event.bytes,
+                "time": time.time(),
+            }
+            if event.reason:
+                doc["reason"] = event.reason
+        print(json.dumps(doc, ensure_ascii=False), file=self.stream, flush=True)

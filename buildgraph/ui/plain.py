@@ -1,0 +1,33 @@
+"""Plain progress: one timestamped line per event, for CI logs."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from buildgraph.solver.events import LogEvent, StepEvent, StepState
+
+
+class PlainRenderer:
+    def __init__(self, stream: TextIO | None = None, *, show_output: bool = True) -> None:
+        self.stream = stream or sys.stderr
+        self.show_output = show_output
+        self.start = time.monotonic()
+
+    def emit(self, event: StepEvent | LogEvent) -> None:
+        stamp = f"{time.monotonic() - self.start:7.2f}s"
+        if isinstance(event, LogEvent):
+            if self.show_output:
+                for line in event.data.decode(errors="replace").splitlines():
+                    self._write(f"{stamp} {event.title} | {line}")
+            return
+        detail = ""
+        if event.state is StepState.DONE:
+            detail = f" {event.duration_s:.2f}s" + (f" {event.bytes}B" if event.bytes else "")
+        elif event.reason:
+            detail = f": {event.reason}"
+        self._write(f"{stamp} {event.state.value.upper():8} {event.title}{detail}")
+
+    def _write(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)

@@ -1,0 +1,139 @@
+"""Execute one step: the single place that sends each step kind to the module that runs it."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import assert_never
+
+from buildgraph.cache.local import LocalStore
+from buildgraph.cache.steps import LayerRef, StepRecord
+from buildgraph.errors import StepFailed
+from buildgraph.frontend.ignore import IgnoreMatcher
+from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, Step
+from buildgraph.image.config import HistoryEntry, ImageConfig
+from buildgraph.image.layer import write_layer
+from buildgraph.image.oci import Descriptor
+from buildgraph.worker.copy import CopyJob, copy_in_overlay
+from buildgraph.worker.sandbox import RunSpec, run_in_sandbox
+from buildgraph.worker.snapshot import SnapshotStore
+
+Output = Callable[[str, bytes], None]  # (step title, bytes the command printed)
+HISTORY_SUFFIX = " # buildgraph"
+
+
+def _no_output(_title: str, _data: bytes) -> None:
+    pass
+
+
+@dataclass
+class Worker:
+    store: LocalStore
+    snapshots: SnapshotStore
+    ignores: Mapping[str, IgnoreMatcher] = field(default_factory=dict)  # context -> matcher
+    epoch: int | None = None  # SOURCE_DATE_EPOCH: clamp mtimes, fix history times
+    compression: str = "gzip"
+    output: Output = _no_output
+
+    def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
+        """Run `step` given the records of its inputs; the result is not cached here."""
+        match step:
+            case SourceStep():
+                return self._source(step)
+            case RunStep():
+                return self._run(step, inputs[step.parent])
+            case CopyStep():
+                return self._copy(step, inputs)
+            case ConfigStep():
+                parent = inputs[step.parent]
+                entry = HistoryEntry(self._now(), step.instruction, empty_layer=True)
+                return StepRecord(parent.layers, (*parent.history, entry))
+            case _:
+                assert_never(step)
+
+    def _now(self) -> str:
+        moment = self.epoch if self.epoch is not None else time.time()
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(moment))
+
+    def _source(self, step: SourceStep) -> StepRecord:
+        if step.image == "scratch":
+            return StepRecord((), ())
+        manifest = self.store.read_manifest(Descriptor("", step.digest, 0))
+        config: ImageConfig = self.store.read_config(manifest)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise StepFailed(f"{step.image}: manifest and config disagree on the layer count")
+        layers = tuple(
+            LayerRef(layer, diff_id)
+            for layer, diff_id in zip(manifest.layers, config.diff_ids, strict=True)
+        )
+        return StepRecord(layers, config.history)
+
+    def lowers(self, record: StepRecord) -> list[Path]:
+        """Snapshot dirs of an image, topmost first (overlay's lowerdir order)."""
+        paths = [
+            self.snapshots.ensure(self.store, layer.descriptor, layer.diff_id)
+            for layer in record.layers
+        ]
+        return paths[::-1]
+
+    def _run(self, step: RunStep, parent: StepRecord) -> StepRecord:
+        lowers = self.lowers(parent)
+        spec = RunSpec(step.argv, step.env, step.user, step.workdir, step.network)
+        with self.snapshots.scratch() as scratch:
+            upper = scratch / "upper"
+            upper.mkdir()
+            result = run_in_sandbox(
+                spec, lowers, upper, work=scratch, output=lambda data: self.output(step.title, data)
+            )
+            if result.exit_code != 0:
+                tail = result.output_tail.strip().splitlines()[-5:]
+                detail = (": " + " | ".join(tail)) if tail else ""
+                raise StepFailed(
+                    f"{step.title}: command {' '.join(step.argv)!r} exited with code "
+                    f"{result.exit_code}{detail}",
+                    step.where,
+                )
+            created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
+            return self._commit(upper, parent, created_by)
+
+    def _copy(self, step: CopyStep, inputs: Mapping[str, StepRecord]) -> StepRecord:
+        parent = inputs[step.parent]
+        lowers = self.lowers(parent)
+        source = step.source
+        job = CopyJob(
+            sources=source.paths if not source.stage_key else step.patterns,
+            dest=step.dest,
+            inline=step.inline,
+            chown=step.chown,
+            chmod=step.chmod,
+            add=step.add,
+            patterns_from_stage=bool(source.stage_key),
+        )
+        with self.snapshots.scratch() as scratch:
+            upper = scratch / "upper"
+            upper.mkdir()
+            if source.stage_key:
+                source_lowers = self.lowers(inputs[source.stage_key])
+                copy_in_overlay(job, lowers, upper, source_lowers=source_lowers)
+            else:
+                context = Path(source.context) if source.context else None
+                ignore = self.ignores.get(source.context) if source.context else None
+                copy_in_overlay(job, lowers, upper, context=context, ignore=ignore)
+            created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
+            return self._commit(upper, parent, created_by)
+
+    def _commit(self, upper: Path, parent: StepRecord, created_by: str) -> StepRecord:
+        """Turn the upper dir into a layer and a snapshot; an unchanged tree adds no layer."""
+        if not any(upper.iterdir()):
+            entry = HistoryEntry(self._now(), created_by, empty_layer=True)
+            return StepRecord(parent.layers, (*parent.history, entry))
+        with self.store.ingest() as writer:
+            blob = write_layer(
+                upper, writer, compression=self.compression, epoch=self.epoch, whiteouts="overlay"
+            )
+        self.snapshots.adopt(upper, blob.diff_id)
+        layer = LayerRef(Descriptor(blob.media_type, blob.digest, blob.size), blob.diff_id)
+        entry = HistoryEntry(self._now(), created_by)
+        return StepRecord((*parent.layers, layer), (*parent.history, entry))
