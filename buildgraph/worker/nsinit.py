@@ -174,17 +174,8 @@ def _mount_root(plan: ChildPlan) -> None:
     names for the lowers, so their list fits the one-page limit of mount options (500 lowers),
     the skeleton, and the mount point. The skeleton holds every mount point and is the bottom
     lower: the image's own entries win, and nothing is copied up to mount on them."""
-    _mount(
-        b"tmpfs",
-        b"/dev",
-        b"tmpfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "mode=700,size=1m",
-        "mount scratch",
-    )
-    os.chdir("/dev")
-    for index, lower in enumerate(plan.lowers):
-        os.symlink(lower, str(index))
+    mount_scratch()
+    lowers = link_names(plan.lowers, "")
     os.symlink(plan.upper, "u")
     os.symlink(plan.work, "w")
     os.mkdir("r")
@@ -194,11 +185,42 @@ def _mount_root(plan: ChildPlan) -> None:
         os.makedirs(path if op.directory else os.path.dirname(path), 0o755, exist_ok=True)
         if not op.directory:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
-    lowers = ":".join([*map(str, range(len(plan.lowers))), "s"])
+    mount_overlay("r", [*lowers, "s"], "u", "w")
+
+
+def mount_scratch() -> None:
+    """A small tmpfs over /dev (this mount namespace only) and chdir into it: room for short
+    names and mount points. Call after making / private in a new mount namespace."""
+    _mount(
+        b"tmpfs",
+        b"/dev",
+        b"tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        "mode=700,size=1m",
+        "mount scratch",
+    )
+    os.chdir("/dev")
+
+
+def link_names(paths: tuple[str, ...] | list[str], prefix: str) -> list[str]:
+    """Short symlinks in the cwd (`prefix`0, `prefix`1, ...) to `paths`, for mount options."""
+    names = [f"{prefix}{index}" for index in range(len(paths))]
+    for name, path in zip(names, paths, strict=True):
+        os.symlink(path, name)
+    return names
+
+
+def mount_overlay(target: str, lowers: list[str], upper: str = "", work: str = "") -> None:
+    """Overlay `lowers` (topmost first, names relative to the cwd) on `target`; read-only
+    without `upper`. Lowers may not be empty: the kernel needs at least one."""
     # redirect_dir/metacopy/index off: the upper dir must be a plain diff the layer code reads.
     # volatile: no fsync into the upper dir; a crashed step is thrown away anyway.
-    options = "upperdir=u,workdir=w,redirect_dir=off,metacopy=off,index=off,volatile"
-    _mount(b"overlay", b"r", b"overlay", 0, f"lowerdir={lowers},{options}", "mount overlay")
+    options = f"lowerdir={':'.join(lowers)},redirect_dir=off,metacopy=off,index=off"
+    if upper:
+        options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
+        options += ",redirect_dir=off,metacopy=off,index=off,volatile"
+    flags = 0 if upper else MS_RDONLY
+    _mount(b"overlay", target.encode(), b"overlay", flags, options, f"mount overlay on {target}")
 
 
 def _arrange_fds(stdout_fd: int, message_fd: int) -> None:
