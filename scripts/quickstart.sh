@@ -8,14 +8,19 @@ export PATH="$PWD/.venv/bin:$PATH"
 
 case "${1:-run}" in
   run)
-    # Main job: a busybox base image made from Debian's busybox-static, imported into the
-    # local store (./cache, an OCI layout), then the store listed.
-    if ! buildgraph images -q | grep -qx 'busybox:latest'; then
+    # Main job (the seed scenario): a Debian bookworm minbase root filesystem made with
+    # debootstrap and imported into the local store (./cache, an OCI layout) as
+    # debian:bookworm, once; then workspace/Dockerfile built on it without a Docker daemon.
+    if ! buildgraph images -q | grep -qx 'debian:bookworm'; then
       rootfs=$(mktemp -d)
       trap 'rm -rf "$rootfs"' EXIT
-      scripts/make-busybox-rootfs.sh "$rootfs/rootfs"
-      buildgraph image import "$rootfs/rootfs" -t busybox:latest
+      mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+      echo "quickstart: debootstrap --variant=minbase bookworm (once)" >&2
+      debootstrap --variant=minbase bookworm "$rootfs/rootfs" "$mirror" >"$rootfs/debootstrap.log" 2>&1 \
+        || { tail -20 "$rootfs/debootstrap.log" >&2; exit 1; }
+      buildgraph image import "$rootfs/rootfs" -t debian:bookworm
     fi
+    buildgraph build workspace -t workspace:latest
     buildgraph images
     ;;
   test)

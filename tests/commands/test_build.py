@@ -1,0 +1,233 @@
+"""`buildgraph build` end to end on a real busybox image, overlayfs and namespaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from buildgraph.cli import main
+
+
+@pytest.fixture(scope="module")
+def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
+    """A store holding busybox:latest; tests copy it so each starts with a clean cache."""
+    cache = tmp_path_factory.mktemp("store") / "cache"
+    assert (
+        main(["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)])
+        == 0
+    )
+    return cache
+
+
+@pytest.fixture
+def cache(busybox_cache: Path, tmp_path: Path) -> Path:
+    target = tmp_path / "cache"
+    subprocess.run(["cp", "-a", str(busybox_cache), str(target)], check=True)
+    return target
+
+
+def write_context(root: Path, dockerfile: str, files: dict[str, str] | None = None) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "Dockerfile").write_text(dockerfile)
+    for name, content in (files or {}).items():
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(content)
+    return root
+
+
+def build(cache: Path, context: Path, *extra: str) -> int:
+    return main(["build", str(context), "--cache-dir", str(cache), "--progress", "plain", *extra])
+
+
+def digest_of(cache: Path, name: str) -> str:
+    for entry in json.loads((cache / "index.json").read_text())["manifests"]:
+        if entry["annotations"]["org.opencontainers.image.ref.name"] == name:
+            return entry["digest"]
+    raise AssertionError(name)
+
+
+def unpack(cache: Path, name: str, dest: Path) -> Path:
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{cache}:{name}", str(dest)],
+        check=True,
+        capture_output=True,
+    )
+    return dest / "rootfs"
+
+
+def our_mounts(*roots: Path) -> list[str]:
+    text = Path("/proc/mounts").read_text()
+    return [line for line in text.splitlines() if any(str(root) in line for root in roots)]
+
+
+SERVICE = """FROM busybox AS build
+ENV GREETING=hello
+WORKDIR /src
+COPY app.txt ./
+RUN echo "$GREETING $(cat app.txt)" > /built.txt && rm /bin/ls
+
+FROM busybox
+COPY --from=build /built.txt /srv/built.txt
+USER app
+CMD ["cat", "/srv/built.txt"]
+"""
+
+
+def test_build_then_rebuild_hits_the_cache(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", SERVICE, {"app.txt": "world"})
+    assert build(cache, context, "-t", "svc:1") == 0
+    first = digest_of(cache, "svc:1")
+    capsys.readouterr()
+    assert build(cache, context, "-t", "svc:1") == 0
+    log = capsys.readouterr().err
+    assert "STARTED" not in log and "CACHED" in log
+    assert digest_of(cache, "svc:1") == first
+    root = unpack(cache, "svc:1", tmp_path / "bundle")
+    assert (root / "srv/built.txt").read_text() == "hello world\n"
+    assert (root / "bin/ls").is_symlink()  # the final stage did not delete it
+    config = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--config", f"oci:{cache}:svc:1"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert config["config"]["User"] == "app"
+    assert config["config"]["Cmd"] == ["cat", "/srv/built.txt"]
+    assert our_mounts(cache, tmp_path) == []
+
+
+def test_a_changed_file_rebuilds_only_what_reads_it(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", SERVICE, {"app.txt": "world"})
+    assert build(cache, context, "-t", "svc:1") == 0
+    (context / "app.txt").write_text("there")
+    capsys.readouterr()
+    assert build(cache, context, "-t", "svc:1") == 0
+    started = [line for line in capsys.readouterr().err.splitlines() if "STARTED" in line]
+    assert [line.split("] ", 1)[1] for line in started] == [
+        "COPY app.txt ./",
+        'RUN echo "$GREETING $(cat app.txt)" > /built.txt && rm /bin/ls',
+        "COPY --from=build /built.txt /srv/built.txt",
+        "USER app",  # metadata steps after a changed step get new keys too (no work)
+        'CMD ["cat", "/srv/built.txt"]',
+    ]
+    root = unpack(cache, "svc:1", tmp_path / "bundle")
+    assert (root / "srv/built.txt").read_text() == "hello there\n"
+
+
+def test_same_input_gives_the_same_digest_with_source_date_epoch(
+    busybox_cache: Path, tmp_path: Path, monkeypatch
+) -> None:
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+    context = write_context(tmp_path / "ctx", SERVICE, {"app.txt": "world"})
+    digests = []
+    for name, jobs in (("one", "1"), ("two", "4")):
+        cache = tmp_path / name
+        subprocess.run(["cp", "-a", str(busybox_cache), str(cache)], check=True)
+        assert build(cache, context, "-t", "svc:1", "-j", jobs) == 0
+        digests.append(digest_of(cache, "svc:1"))
+    assert digests[0] == digests[1]
+
+
+def test_a_failed_run_exits_1_naming_the_line_and_caches_nothing(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    context = write_context(
+        tmp_path / "ctx", "FROM busybox\nRUN echo before\nRUN echo oops && exit 3\n"
+    )
+    steps_before = set((cache / "steps").rglob("*.json")) if (cache / "steps").exists() else set()
+    assert build(cache, context) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"buildgraph: error: {context / 'Dockerfile'}:3: ")
+    assert "exited with code 3" in err and "oops" in err
+    new = set((cache / "steps").rglob("*.json")) - steps_before
+    assert len(new) == 2  # FROM and the first RUN; the failed step is not cached
+    assert our_mounts(cache, tmp_path) == []
+
+
+BAD_INPUT = [
+    ("FROM busybox\nFROBNICATE x\n", {}, 2, 2),
+    ("FROM busybox\nCOPY missing.txt /x\n", {}, 2, 2),
+    ("FROM busybox\nCOPY ../outside /x\n", {}, 2, 2),
+    ("FROM busybox\nRUN true\nCOPY link /x\n", {"link": "symlink:/etc/passwd"}, 3, 2),
+    ("FROM ${NOPE}\n", {}, 1, 2),
+    ("FROM busybox\nRUN true\nEXPOSE\n", {}, 3, 2),
+    ("FROM busybox\nCOPY --from=0 /x /y\n", {}, 2, 2),
+]
+
+
+@pytest.mark.parametrize(("dockerfile", "files", "line", "code"), BAD_INPUT)
+def test_bad_input_names_the_dockerfile_line(
+    cache: Path, tmp_path: Path, capsys, dockerfile: str, files: dict, line: int, code: int
+) -> None:
+    context = tmp_path / "ctx"
+    plain = {k: v for k, v in files.items() if not v.startswith("symlink:")}
+    write_context(context, dockerfile, plain)
+    for name, value in files.items():
+        if value.startswith("symlink:"):
+            (context / name).symlink_to(value.removeprefix("symlink:"))
+    assert build(cache, context) == code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len([e for e in err if e.startswith("buildgraph: error:")]) == 1
+    assert f"{context / 'Dockerfile'}:{line}: " in err[-1]
+
+
+def test_unknown_target_stage_is_bad_input(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox AS one\n")
+    assert build(cache, context, "--target", "two") == 2
+    assert "target stage 'two' not found" in capsys.readouterr().err
+
+
+def test_unreachable_base_image_exits_3_naming_the_line(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    context = write_context(tmp_path / "ctx", "# base\nFROM 127.0.0.1:1/nothing:1\n")
+    code = main(["build", str(context), "--cache-dir", str(cache), "--registry-timeout", "1"])
+    assert code == 3
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{context / 'Dockerfile'}:2: " in err and "unreachable" in err
+
+
+def test_sigkill_during_run_leaves_no_mount_and_the_next_build_works(
+    cache: Path, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo started && sleep 30\n")
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "buildgraph",
+            "build",
+            str(context),
+            "--cache-dir",
+            str(cache),
+            "--progress",
+            "plain",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    deadline = time.monotonic() + 30
+    for line in process.stderr:
+        if "| started" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    deadline = time.monotonic() + 5
+    while our_mounts(cache) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert our_mounts(cache) == []
+    leftover = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout
+    assert not [pid for pid in leftover.split() if int(pid) != os.getpid()]
+    write_context(context, "FROM busybox\nRUN echo again\n")
+    assert build(cache, context) == 0

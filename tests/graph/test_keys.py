@@ -1,0 +1,166 @@
+"""Keys: every listed field counts, nothing else does; lowering keeps keys stable."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from buildgraph.errors import Location
+from buildgraph.frontend.dockerfile import parse_dockerfile
+from buildgraph.frontend.ignore import load_dockerignore
+from buildgraph.graph.context import StatCache
+from buildgraph.graph.keys import (
+    CONFIG_KEY_FIELDS,
+    COPY_KEY_FIELDS,
+    RUN_KEY_FIELDS,
+    SOURCE_KEY_FIELDS,
+    step_key,
+)
+from buildgraph.graph.lower import BaseImage, lower_dockerfile
+from buildgraph.graph.steps import ConfigStep, CopySource, CopyStep, RunStep, SourceStep
+from buildgraph.image.config import ImageConfig, RuntimeConfig
+from buildgraph.image.oci import Platform
+
+RUN = RunStep("p" * 32, ("/bin/sh", "-c", "true"), (("A", "1"),), "root", "/", "host")
+COPY = CopyStep("p" * 32, CopySource("", "/ctx", ("a",), "d" * 32), ("a",), "/a")
+CONFIG = ConfigStep("p" * 32, "ENV A=1", RuntimeConfig(env=("A=1",)))
+SOURCE = SourceStep("docker.io/library/busybox:latest", "sha256:" + "0" * 64, "linux/amd64")
+
+CHANGED = {
+    "parent": "q" * 32,
+    "argv": ("/bin/sh", "-c", "false"),
+    "env": (("A", "2"),),
+    "user": "app",
+    "workdir": "/srv",
+    "network": "none",
+    "files": (("/x", "y"),),
+    "patterns": ("b",),
+    "dest": "/b",
+    "inline": (("f", "x"),),
+    "chown": "app",
+    "chmod": "755",
+    "add": True,
+    "instruction": "ENV A=2",
+    "config": RuntimeConfig(env=("A=2",)),
+    "author": "me",
+    "image": "docker.io/library/alpine:latest",
+    "digest": "sha256:" + "1" * 64,
+    "platform": "linux/arm64",
+}
+CASES = [
+    *((RUN, name) for name in RUN_KEY_FIELDS),
+    *((COPY, name) for name in COPY_KEY_FIELDS),
+    *((CONFIG, name) for name in CONFIG_KEY_FIELDS),
+    *((SOURCE, name) for name in SOURCE_KEY_FIELDS),
+]
+
+
+@pytest.mark.parametrize(("step", "name"), CASES, ids=[f"{type(s).__name__}.{n}" for s, n in CASES])
+def test_each_listed_field_changes_the_key(step, name: str) -> None:
+    assert step_key(replace(step, **{name: CHANGED[name]})) != step_key(step)
+
+
+@pytest.mark.parametrize("step", [RUN, COPY, CONFIG, SOURCE])
+def test_title_and_location_are_not_in_the_key(step) -> None:
+    moved = replace(step, title="other", where=Location("elsewhere", 9))
+    assert step_key(moved) == step_key(step)
+
+
+def test_copy_source_content_and_stage_change_the_key() -> None:
+    other_content = replace(COPY, source=replace(COPY.source, digest="e" * 32))
+    other_stage = replace(COPY, source=replace(COPY.source, stage_key="s" * 32))
+    moved_context = replace(COPY, source=replace(COPY.source, context="/elsewhere"))
+    assert step_key(other_content) != step_key(COPY)
+    assert step_key(other_stage) != step_key(COPY)
+    assert step_key(moved_context) == step_key(COPY)  # a moved checkout still hits
+
+
+# -- lowering ----------------------------------------------------------------------------------
+BASE = BaseImage("docker.io/library/busybox:latest", "sha256:" + "a" * 64, ImageConfig())
+
+
+def keys_of(context: Path, text: str, **build_args: str) -> list[str]:
+    dockerfile = context / "Dockerfile"
+    dockerfile.write_text(text)
+    plan = lower_dockerfile(
+        parse_dockerfile(dockerfile),
+        target=None,
+        build_args=build_args,
+        context=context,
+        ignore=load_dockerignore(context),
+        resolve_base=lambda ref, where: BASE,
+        stat_cache=StatCache(),
+        platform=Platform(),
+    )
+    return list(plan.steps)
+
+
+DOCKERFILE = """FROM busybox
+RUN echo one
+ARG V=1
+RUN echo $V
+COPY app.txt /app.txt
+RUN cat /app.txt
+"""
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    (tmp_path / "app.txt").write_text("v1")
+    return tmp_path
+
+
+def test_a_comment_line_changes_no_key(context: Path) -> None:
+    before = keys_of(context, DOCKERFILE)
+    after = keys_of(
+        context, "# a comment\n" + DOCKERFILE.replace("RUN echo one", "RUN echo one\n# x")
+    )
+    assert before == after
+
+
+def test_a_build_arg_changes_keys_from_where_it_is_visible(context: Path) -> None:
+    before = keys_of(context, DOCKERFILE)
+    after = keys_of(context, DOCKERFILE, V="2")
+    assert before[:2] == after[:2]  # FROM and the first RUN cannot see V
+    assert all(a != b for a, b in zip(before[2:], after[2:], strict=True))
+
+
+def test_file_content_changes_the_copy_and_everything_after(context: Path) -> None:
+    before = keys_of(context, DOCKERFILE)
+    (context / "app.txt").write_text("v2")
+    after = keys_of(context, DOCKERFILE)
+    assert before[:3] == after[:3]
+    assert before[3] != after[3] and before[4] != after[4]
+
+
+def test_touching_a_file_changes_no_key(context: Path) -> None:
+    before = keys_of(context, DOCKERFILE)
+    path = context / "app.txt"
+    stat = path.stat()
+    os.utime(path, ns=(stat.st_atime_ns + 10**9, stat.st_mtime_ns + 10**9))
+    assert keys_of(context, DOCKERFILE) == before
+
+
+def test_chmod_keeps_source_modes_out_of_the_key(context: Path) -> None:
+    text = "FROM busybox\nCOPY --chmod=644 app.txt /app.txt\n"
+    before = keys_of(context, text)
+    (context / "app.txt").chmod(0o600)
+    assert keys_of(context, text) == before
+    plain = "FROM busybox\nCOPY app.txt /app.txt\n"
+    first = keys_of(context, plain)
+    (context / "app.txt").chmod(0o644)
+    assert keys_of(context, plain) != first
+
+
+def test_equal_stages_in_one_dockerfile_are_one_step(context: Path) -> None:
+    text = (
+        "FROM busybox AS a\nRUN echo x\n"
+        "FROM busybox AS b\nRUN echo x\n"
+        "FROM a\nCOPY --from=b /x /x\n"
+    )
+    keys = keys_of(context, text)
+    assert len(keys) == len(set(keys))
+    assert len(keys) == 3  # FROM, one RUN shared by stages a and b, COPY
