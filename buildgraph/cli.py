@@ -116,7 +116,12 @@ def cmd_push(args: argparse.Namespace) -> int:
     from buildgraph.commands.image import push_image
 
     ref, digest = push_image(
-        _client(args), _store(args), args.name, args.ref, progress=_progress(args)
+        _client(args),
+        _store(args),
+        args.name,
+        args.ref,
+        progress=_progress(args),
+        manifest_format=args.format,
     )
     print(f"{ref} {digest}")
     return 0
@@ -250,6 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     push = commands.add_parser("push", help="push a stored image to a registry")
     push.add_argument("name", help="image in the local store")
     push.add_argument("ref", nargs="?", help="destination (default: the image's own name)")
+    push.add_argument(
+        "--format", choices=("oci", "docker"), default="oci", help="manifest format to push"
+    )
     push.set_defaults(handler=cmd_push)
 
     bld = commands.add_parser("build", help="build one Dockerfile (like docker build / kaniko)")

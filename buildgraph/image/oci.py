@@ -135,6 +135,23 @@ class Manifest:
         return self.media_type == mt.DOCKER_MANIFEST
 
 
+DOCKER_LAYER_TYPES = {mt.OCI_LAYER_GZIP: mt.DOCKER_LAYER_GZIP, mt.OCI_LAYER: mt.PLAIN_LAYERS[1]}
+
+
+def as_docker_manifest(manifest: Manifest) -> Manifest:
+    """The same image as a Docker schema2 manifest (only media types change)."""
+    if manifest.is_docker:
+        return manifest
+    layers = []
+    for layer in manifest.layers:
+        kind = DOCKER_LAYER_TYPES.get(layer.media_type, layer.media_type)
+        if kind not in mt.GZIP_LAYERS and kind not in mt.PLAIN_LAYERS:
+            raise InputError(f"layer type {layer.media_type} has no Docker schema2 equivalent")
+        layers.append(replace(layer, media_type=kind))
+    config = replace(manifest.config, media_type=mt.DOCKER_CONFIG)
+    return Manifest(config, tuple(layers), mt.DOCKER_MANIFEST)
+
+
 @dataclass(frozen=True, slots=True)
 class Index:
     manifests: tuple[Descriptor, ...]

@@ -324,3 +324,21 @@ def test_bad_input_is_one_line_and_exit_2(
     )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("buildgraph: error:")
+
+
+def test_push_as_docker_schema2_round_trips(
+    imported: Path, registry: RegistryServer, busybox_rootfs: Path, tmp_path: Path
+) -> None:
+    ref = f"{registry.host}/schema2/busybox:1"
+    assert run("push", "busybox", ref, "--format", "docker", "--cache-dir", str(imported)) == 0
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}"))
+    assert raw["mediaType"] == "application/vnd.docker.distribution.manifest.v2+json"
+    assert raw["config"]["mediaType"] == "application/vnd.docker.container.image.v1+json"
+    assert raw["layers"][0]["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"
+    fresh = tmp_path / "fresh"
+    assert run("pull", ref, "--cache-dir", str(fresh)) == 0
+    out = tmp_path / "out"
+    assert (
+        run("image", "export", ref, "-o", f"type=local,dest={out}", "--cache-dir", str(fresh)) == 0
+    )
+    assert tree(out) == tree(busybox_rootfs)
