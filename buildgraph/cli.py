@@ -128,7 +128,7 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from buildgraph.commands.build import BuildRequest, build
+    from buildgraph.commands.build import BuildRequest, build, parse_secret
     from buildgraph.commands.image import build_timestamp
 
     context = Path(args.context)
@@ -145,6 +145,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         pull=args.pull,
         push=args.push,
         jobs=args.jobs or (os.cpu_count() or 2),
+        network=args.network,
+        secrets=dict(parse_secret(item) for item in args.secret or ()),
     )
     _, epoch = build_timestamp()
     sink = _renderer(args)
@@ -272,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         metavar="SPEC",
         help="type=oci,dest=DIR | type=docker,dest=FILE | type=local,dest=DIR | type=registry",
+    )
+    bld.add_argument(
+        "--secret", action="append", metavar="id=ID,src=FILE", help="for RUN --mount=type=secret"
+    )
+    bld.add_argument(
+        "--network", choices=("host", "none"), default="host", help="network for RUN steps"
     )
     bld.add_argument("--no-cache", action="store_true", help="rebuild every step")
     bld.add_argument("--pull", action="store_true", help="always pull FROM images")

@@ -44,6 +44,8 @@ class BuildRequest:
     pull: bool = False  # always ask the registry for FROM images
     push: bool = False
     jobs: int = os.cpu_count() or 2
+    network: str = "host"  # what RUN uses unless it says --network
+    secrets: Mapping[str, Path] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +54,19 @@ class BuildResult:
     tags: tuple[str, ...]
     outcome: Outcome
     plan: BuildPlan
+
+
+def parse_secret(text: str) -> tuple[str, Path]:
+    """`--secret id=ID,src=FILE` (also `source=`, or `env=VAR` read into a temp-less value)."""
+    fields = dict(item.partition("=")[::2] for item in text.split(","))
+    secret_id = fields.get("id", "")
+    source = fields.get("src") or fields.get("source") or ""
+    if not secret_id or not source:
+        raise InputError(f"invalid --secret {text!r}: expected id=ID,src=FILE")
+    path = Path(source)
+    if not path.is_file():
+        raise InputError(f"--secret {secret_id}: no such file {source}")
+    return secret_id, path
 
 
 def relocate(err: BuildgraphError, where: Location | None) -> BuildgraphError:
@@ -120,6 +135,8 @@ def build(
         ignores={str(context): ignore},
         epoch=epoch,
         output=lambda title, data: sink.emit(LogEvent(title, data)),
+        network=request.network,
+        secrets=request.secrets,
     )
     outcome = run(
         graph,

@@ -12,7 +12,7 @@ from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, St
 KEY_VERSION = 1  # bump when the meaning of a key changes; old cache entries then miss
 
 SOURCE_KEY_FIELDS = ("image", "digest", "platform")
-RUN_KEY_FIELDS = ("parent", "argv", "env", "user", "workdir", "network", "files")
+RUN_KEY_FIELDS = ("parent", "argv", "env", "user", "workdir", "network", "files", "mounts")
 # The context path is not in the key: its content digest is, so a moved checkout still hits.
 COPY_KEY_FIELDS = ("parent", "patterns", "dest", "inline", "chown", "chmod", "add")
 CONFIG_KEY_FIELDS = ("parent", "instruction", "config", "author")
@@ -46,4 +46,6 @@ def _digest(kind: str, step: Step, names: tuple[str, ...], **extra: object) -> s
 def _plain(value: object) -> object:
     if hasattr(value, "__dataclass_fields__"):
         return asdict(value)  # type: ignore[call-overload]
+    if isinstance(value, tuple):
+        return [_plain(item) for item in value]
     return value

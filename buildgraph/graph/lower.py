@@ -24,6 +24,7 @@ from buildgraph.graph.steps import (
     ConfigStep,
     CopySource,
     CopyStep,
+    RunMount,
     RunStep,
     SourceStep,
     Step,
@@ -219,9 +220,6 @@ class _StageWalker:
 
     # -- filesystem steps -----------------------------------------------------------------------
     def _run(self, run: ins.Run, item: ResolvedInstruction) -> None:
-        if run.mounts:
-            kinds = ", ".join(sorted({m.type for m in run.mounts}))
-            raise InputError(f"RUN --mount ({kinds}) is not supported yet", run.where)
         env = {**dict(self.state.scope.proxy), **item.visible()}
         env.setdefault("PATH", DEFAULT_PATH)
         step = RunStep(
@@ -230,11 +228,64 @@ class _StageWalker:
             env=tuple(sorted(env.items())),
             user=self.config.user,
             workdir=self.config.working_dir or "/",
-            network="none" if run.network == "none" else "host",
+            network=run.network,
+            mounts=tuple(self._mount(mount, run.where) for mount in run.mounts),
+            context=str(self.state.context),
             title=self.title(run),
             where=run.where,
         )
         self.key = self.state.add(step)
+
+    def _mount(self, mount: ins.Mount, where: Location | None) -> RunMount:
+        target = mount.target
+        if target and not target.startswith("/"):
+            target = posixpath.join(self.config.working_dir or "/", target)
+        match mount.type:
+            case "cache":
+                if not target:
+                    raise InputError("RUN --mount=type=cache needs a target", where)
+                if mount.from_:
+                    raise InputError("RUN --mount=type=cache,from= is not supported yet", where)
+                return RunMount(
+                    "cache",
+                    target,
+                    id=mount.id or target,
+                    mode=mount.mode,
+                    uid=mount.uid,
+                    gid=mount.gid,
+                )
+            case "tmpfs":
+                if not target:
+                    raise InputError("RUN --mount=type=tmpfs needs a target", where)
+                return RunMount("tmpfs", target, size=mount.size)
+            case "secret":
+                secret_id = mount.id or posixpath.basename(target)
+                if not secret_id:
+                    raise InputError("RUN --mount=type=secret needs an id or a target", where)
+                return RunMount(
+                    "secret",
+                    target or f"/run/secrets/{secret_id}",
+                    id=secret_id,
+                    required=mount.required,
+                    mode=mount.mode,
+                    uid=mount.uid,
+                    gid=mount.gid,
+                )
+            case "bind":
+                if mount.from_:
+                    raise InputError("RUN --mount=type=bind,from= is not supported yet", where)
+                if not target:
+                    raise InputError("RUN --mount=type=bind needs a target", where)
+                selected = select_sources(
+                    self.state.context, [mount.source or "."], self.state.ignore, where
+                )
+                digest = context_digest(
+                    self.state.context, selected, self.state.ignore, self.state.stat_cache
+                )
+                return RunMount(
+                    "bind", target, source=selected[0], digest=digest, readonly=mount.readonly
+                )
+        raise InputError(f"RUN --mount=type={mount.type} is not supported", where)
 
     def _argv(self, run: ins.Run) -> tuple[str, ...]:
         if not run.shell:

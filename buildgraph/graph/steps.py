@@ -22,14 +22,33 @@ class SourceStep:
 
 
 @dataclass(frozen=True, slots=True)
+class RunMount:
+    """A `RUN --mount`: what the command sees at `target`, never part of the layer."""
+
+    type: str  # cache | tmpfs | secret | bind
+    target: str
+    id: str = ""  # cache and secret id (a secret's content is never in the key)
+    source: str = ""  # bind: a path in the build context
+    digest: str = ""  # bind: content digest of that source
+    readonly: bool = False
+    required: bool = False  # secret: fail when it is not provided
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int | None = None  # tmpfs bytes
+
+
+@dataclass(frozen=True, slots=True)
 class RunStep:
     parent: str  # cache key of the previous step
     argv: tuple[str, ...]  # after SHELL wrapping; heredoc bodies are in `files`
     env: Pairs  # sorted; everything the command can see
     user: str
     workdir: str
-    network: str  # default | none | host
+    network: str  # default | none | host, as written; "default" is the build's choice
     files: Pairs = ()  # (path inside the sandbox, content): heredoc scripts fed to the command
+    mounts: tuple[RunMount, ...] = ()
+    context: str = field(default="", compare=False)  # where bind mounts read from; not keyed
     title: str = field(default="", compare=False)
     where: Location | None = field(default=None, compare=False)
 

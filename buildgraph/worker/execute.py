@@ -17,6 +17,7 @@ from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.layer import write_layer
 from buildgraph.image.oci import Descriptor
 from buildgraph.worker.copy import CopyJob, copy_in_overlay
+from buildgraph.worker.mounts import run_mounts
 from buildgraph.worker.sandbox import RunSpec, run_in_sandbox
 from buildgraph.worker.snapshot import SnapshotStore
 
@@ -36,6 +37,8 @@ class Worker:
     epoch: int | None = None  # SOURCE_DATE_EPOCH: clamp mtimes, fix history times
     compression: str = "gzip"
     output: Output = _no_output
+    network: str = "host"  # what RUN --network=default means in this build
+    secrets: Mapping[str, Path] = field(default_factory=dict)  # secret id -> host file
 
     def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         """Run `step` given the records of its inputs; the result is not cached here."""
@@ -80,8 +83,10 @@ class Worker:
 
     def _run(self, step: RunStep, parent: StepRecord) -> StepRecord:
         lowers = self.lowers(parent)
-        spec = RunSpec(step.argv, step.env, step.user, step.workdir, step.network)
+        network = self.network if step.network == "default" else step.network
         with self.snapshots.scratch() as scratch:
+            binds = run_mounts(step, scratch, self.store.root / "mounts", self.secrets)
+            spec = RunSpec(step.argv, step.env, step.user, step.workdir, network, extra_binds=binds)
             upper = scratch / "upper"
             upper.mkdir()
             result = run_in_sandbox(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import signal
@@ -231,3 +232,57 @@ def test_sigkill_during_run_leaves_no_mount_and_the_next_build_works(
     assert not [pid for pid in leftover.split() if int(pid) != os.getpid()]
     write_context(context, "FROM busybox\nRUN echo again\n")
     assert build(cache, context) == 0
+
+
+def test_run_mounts_cache_secret_tmpfs_bind(cache: Path, tmp_path: Path) -> None:
+    dockerfile = """FROM busybox
+RUN --mount=type=cache,target=/var/cache/app \\
+    echo run >> /var/cache/app/log && cp /var/cache/app/log /log
+RUN --mount=type=secret,id=token wc -c < /run/secrets/token > /secret-size
+RUN --mount=type=tmpfs,target=/scratch echo x > /scratch/file && ls /scratch > /tmpfs-list
+RUN --mount=type=bind,source=data,target=/data cat /data/input > /from-bind
+"""
+    context = write_context(tmp_path / "ctx", dockerfile, {"data/input": "bound\n"})
+    secret = tmp_path / "token.txt"
+    secret.write_text("s3cret\n")
+    assert build(cache, context, "-t", "mounts:1", "--secret", f"id=token,src={secret}") == 0
+    root = unpack(cache, "mounts:1", tmp_path / "bundle")
+    assert (root / "log").read_text() == "run\n"
+    assert (root / "secret-size").read_text().strip() == "7"
+    assert (root / "tmpfs-list").read_text() == "file\n"
+    assert (root / "from-bind").read_text() == "bound\n"
+    for absent in ("var/cache/app/log", "run/secrets/token", "scratch/file", "data/input"):
+        assert not (root / absent).exists(), absent
+    # The secret is in no layer and no cache record.
+    blobs = list((cache / "blobs/sha256").iterdir()) + list((cache / "steps").rglob("*.json"))
+    for blob in blobs:
+        data = blob.read_bytes()
+        if blob.suffix == ".json" or data[:2] != b"\x1f\x8b":
+            assert b"s3cret" not in data
+        else:
+            assert b"s3cret" not in gzip.decompress(data)
+    # The cache mount persists: a rebuild of the first step (new key) sees the old content.
+    changed = dockerfile.replace("echo run", "echo again")
+    write_context(context, changed)
+    assert build(cache, context, "-t", "mounts:2", "--secret", f"id=token,src={secret}") == 0
+    root = unpack(cache, "mounts:2", tmp_path / "bundle2")
+    assert (root / "log").read_text() == "run\nagain\n"
+
+
+def test_a_required_secret_that_is_missing_fails_the_step(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    context = write_context(
+        tmp_path / "ctx", "FROM busybox\nRUN --mount=type=secret,id=tok,required=true true\n"
+    )
+    assert build(cache, context) == 1
+    assert "secret 'tok' is required" in capsys.readouterr().err
+
+
+def test_network_none_has_only_loopback(cache: Path, tmp_path: Path) -> None:
+    context = write_context(
+        tmp_path / "ctx", "FROM busybox\nRUN --network=none ls /sys/class/net > /nets\n"
+    )
+    assert build(cache, context, "-t", "net:1") == 0
+    root = unpack(cache, "net:1", tmp_path / "bundle")
+    assert (root / "nets").read_text().split() == ["lo"]
