@@ -16,6 +16,7 @@ from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import load_dockerignore
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, lower_dockerfile
+from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import inputs_of
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
@@ -127,6 +128,7 @@ def build(
         resolve_base=base_resolver(store, client, request.platform, always_pull=request.pull),
         stat_cache=StatCache(),
         platform=request.platform,
+        fetch_url=url_fetcher(store.root / "downloads"),
     )
     graph = compile_graph(plan)
     worker = Worker(

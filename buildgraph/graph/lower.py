@@ -20,6 +20,7 @@ from buildgraph.frontend.scope import (
 )
 from buildgraph.graph.context import StatCache, context_digest, select_sources
 from buildgraph.graph.keys import step_key
+from buildgraph.graph.remote import UrlFetcher
 from buildgraph.graph.steps import (
     ConfigStep,
     CopySource,
@@ -79,6 +80,7 @@ class _Lowering:
     resolve_base: BaseResolver
     stat_cache: StatCache
     platform: Platform
+    fetch_url: UrlFetcher | None = None
     steps: dict[str, Step] = field(default_factory=dict)
     stages: dict[int, StagePlan] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # image ref -> source step key
@@ -99,6 +101,7 @@ def lower_dockerfile(
     resolve_base: BaseResolver,
     stat_cache: StatCache,
     platform: Platform,
+    fetch_url: UrlFetcher | None = None,
 ) -> BuildPlan:
     """Steps for the `target` stage (default: the last) and every stage it needs."""
     resolved = resolve_stages(
@@ -114,7 +117,15 @@ def lower_dockerfile(
     else:
         wanted = dockerfile.stages[-1]
     state = _Lowering(
-        dockerfile, resolved.scope, build_args, context, ignore, resolve_base, stat_cache, platform
+        dockerfile,
+        resolved.scope,
+        build_args,
+        context,
+        ignore,
+        resolve_base,
+        stat_cache,
+        platform,
+        fetch_url,
     )
     plan = _lower_stage(state, wanted.index, ())
     warnings = tuple(f"build arg {name} is not used" for name in resolved.unused_build_args)
@@ -305,8 +316,12 @@ class _StageWalker:
 
     def _copy(self, copy: ins.Copy | ins.Add) -> None:
         add = isinstance(copy, ins.Add)
-        if add and any(source.startswith(URL_PREFIXES) for source in copy.sources):
-            raise InputError("ADD from a URL or git repository is not supported yet", copy.where)
+        urls = [source for source in copy.sources if source.startswith(URL_PREFIXES)]
+        if urls:
+            if not add:
+                raise InputError("COPY cannot take a URL; use ADD", copy.where)
+            self._add_url(copy, urls)
+            return
         dest = copy.dest
         if not dest.startswith("/"):
             joined = posixpath.join(self.config.working_dir or "/", dest)
@@ -339,6 +354,33 @@ class _StageWalker:
             add=add,
             title=self.title(copy),
             where=copy.where,
+        )
+        self.key = self.state.add(step)
+
+    def _add_url(self, add: ins.Add, urls: list[str]) -> None:
+        if len(add.sources) != 1 or not urls[0].startswith(("http://", "https://")):
+            raise InputError(
+                "ADD takes one http(s) URL at a time (git sources are not supported yet)", add.where
+            )
+        if self.state.fetch_url is None:
+            raise InputError("ADD of a URL is not available here", add.where)
+        download = self.state.fetch_url(urls[0], add.checksum, add.where)
+        dest = add.dest
+        if not dest.startswith("/"):
+            dest = posixpath.join(self.config.working_dir or "/", dest) + (
+                "/" if dest.endswith("/") else ""
+            )
+        source = CopySource("", str(download.directory), (download.name,), download.digest)
+        step = CopyStep(
+            self.key,
+            source,
+            add.sources,
+            dest,
+            chown=add.chown or "",
+            chmod=add.chmod or "",
+            add=False,
+            title=self.title(add),
+            where=add.where,
         )
         self.key = self.state.add(step)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
+import hashlib
+import http.server
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -286,3 +290,41 @@ def test_network_none_has_only_loopback(cache: Path, tmp_path: Path) -> None:
     assert build(cache, context, "-t", "net:1") == 0
     root = unpack(cache, "net:1", tmp_path / "bundle")
     assert (root / "nets").read_text().split() == ["lo"]
+
+
+@pytest.fixture
+def file_server(tmp_path: Path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_add_url_keys_on_content_and_checks_checksum(
+    cache: Path, tmp_path: Path, file_server, capsys
+) -> None:
+    www, url = file_server
+    (www / "tool.sh").write_text("echo v1\n")
+    context = write_context(tmp_path / "ctx", f"FROM busybox\nADD {url}/tool.sh /opt/\n")
+    assert build(cache, context, "-t", "url:1") == 0
+    root = unpack(cache, "url:1", tmp_path / "b1")
+    assert (root / "opt/tool.sh").read_text() == "echo v1\n"
+    assert (root / "opt/tool.sh").stat().st_mode & 0o777 == 0o600
+    capsys.readouterr()
+    (www / "tool.sh").write_text("echo v2\n")  # same URL, new content: the step reruns
+    assert build(cache, context, "-t", "url:1") == 0
+    assert "STARTED  [stage-0] ADD" in capsys.readouterr().err
+    digest = "sha256:" + hashlib.sha256(b"echo v2\n").hexdigest()
+    good = f"FROM busybox\nADD --checksum={digest} {url}/tool.sh /opt/\n"
+    write_context(context, good)
+    assert build(cache, context) == 0
+    write_context(context, good.replace(digest, "sha256:" + "0" * 64))
+    assert build(cache, context) == 2
+    assert "checksum mismatch" in capsys.readouterr().err
