@@ -181,6 +181,10 @@ def _renderer(args: argparse.Namespace):
 
     if args.progress == "json":
         return JsonRenderer()
+    if args.progress == "tty" or (args.progress == "auto" and sys.stderr.isatty()):
+        from buildgraph.ui.tty import TtyRenderer
+
+        return TtyRenderer()
     return PlainRenderer(show_output=not args.quiet)
 
 

@@ -59,7 +59,7 @@ class BlobWriter:
 
 class LocalStore:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
 
     # -- layout ---------------------------------------------------------------------------
     @property

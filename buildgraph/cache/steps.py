@@ -51,7 +51,7 @@ class StepIndex:
     """One small JSON file per key under cache/steps/; written atomically."""
 
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
 
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"

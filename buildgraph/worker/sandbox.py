@@ -81,7 +81,7 @@ def run_in_sandbox(
     """
     _check_spec(spec, lowers, upper)
     upper = Path(upper).absolute()
-    scratch = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=work or upper.parent))
+    scratch = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=work or upper.parent)).absolute()
     try:
         plan = nsinit.ChildPlan(
             lowers=tuple(str(Path(lower).absolute()) for lower in lowers),

@@ -17,7 +17,7 @@ from buildgraph.image.unpack import unpack_layer
 
 class SnapshotStore:
     def __init__(self, root: Path) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
 
     def path(self, diff_id: str) -> Path:
         return self.root / diff_id.removeprefix("sha256:")

@@ -328,3 +328,13 @@ def test_add_url_keys_on_content_and_checks_checksum(
     write_context(context, good.replace(digest, "sha256:" + "0" * 64))
     assert build(cache, context) == 2
     assert "checksum mismatch" in capsys.readouterr().err
+
+
+def test_relative_context_and_cache_dir(cache: Path, tmp_path: Path, monkeypatch) -> None:
+    write_context(
+        tmp_path / "ctx", "FROM busybox\nWORKDIR /w\nCOPY f ./\nRUN cat f > g\n", {"f": "x"}
+    )
+    monkeypatch.chdir(tmp_path)
+    assert main(["build", "ctx", "--cache-dir", "cache", "-t", "rel:1", "--progress", "plain"]) == 0
+    root = unpack(cache, "rel:1", tmp_path / "bundle")
+    assert (root / "w/g").read_text() == "x"
