@@ -8,7 +8,7 @@ APT_PACKAGES=(
   python3 python3-venv python3-dev gcc git ca-certificates
   busybox-static debootstrap      # base images: busybox (fast suite), Debian minbase (slow suite)
   docker-registry                 # the CNCF distribution registry the tests run on 127.0.0.1
-  skopeo umoci                    # outside checks of what buildgraph writes
+  skopeo umoci buildah            # outside checks of what buildgraph writes; the peer we match
   apache2-utils openssl           # htpasswd for the registry auth tests
 )
 missing=()

@@ -12,7 +12,17 @@ from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, St
 KEY_VERSION = 1  # bump when the meaning of a key changes; old cache entries then miss
 
 SOURCE_KEY_FIELDS = ("image", "digest", "platform")
-RUN_KEY_FIELDS = ("parent", "argv", "env", "user", "workdir", "network", "files", "mounts")
+RUN_KEY_FIELDS = (
+    "parent",
+    "argv",
+    "env",
+    "user",
+    "workdir",
+    "network",
+    "files",
+    "mounts",
+    "volumes",
+)
 # The context path is not in the key: its content digest is, so a moved checkout still hits.
 COPY_KEY_FIELDS = ("parent", "patterns", "dest", "inline", "chown", "chmod", "add")
 CONFIG_KEY_FIELDS = ("parent", "instruction", "config", "author")

@@ -154,6 +154,8 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
         config, author = image.config.config, image.config.author
     stage = _with_triggers(stage, config.on_build)
     config = replace(config, on_build=())
+    if "PATH" not in config.env_dict():  # BuildKit gives every stage a PATH when it has none
+        config = config.with_env("PATH", DEFAULT_PATH)
     resolved = resolve_stage(
         stage, config.env, state.scope, state.build_args, escape=state.dockerfile.escape
     )
@@ -241,6 +243,7 @@ class _StageWalker:
             workdir=self.config.working_dir or "/",
             network=run.network,
             mounts=tuple(self._mount(mount, run.where) for mount in run.mounts),
+            volumes=self.config.volumes,
             context=str(self.state.context),
             title=self.title(run),
             where=run.where,
@@ -433,7 +436,7 @@ class _StageWalker:
             case ins.User():
                 return replace(config, user=instruction.user)
             case ins.Expose():
-                ports = {p if "/" in p else f"{p}/tcp" for p in instruction.ports}
+                ports = {port for text in instruction.ports for port in _ports(text, instruction)}
                 return replace(
                     config, exposed_ports=tuple(sorted(set(config.exposed_ports) | ports))
                 )
@@ -473,6 +476,23 @@ class _StageWalker:
         if instruction.shell:
             return (*(self.config.shell or DEFAULT_SHELL), instruction.command[0])
         return instruction.command
+
+
+def _ports(text: str, instruction: ins.Instruction) -> list[str]:
+    """EXPOSE 80, 53/udp, 8000-8002/tcp -> one "port/proto" each, as Docker records them."""
+    number, _, protocol = text.partition("/")
+    protocol = (protocol or "tcp").lower()
+    first, _, last = number.partition("-")
+    if (
+        not first.isdigit()
+        or (last and not last.isdigit())
+        or protocol not in ("tcp", "udp", "sctp")
+    ):
+        raise InputError(f"invalid port {text!r} in EXPOSE", instruction.where)
+    high = int(last) if last else int(first)
+    if high < int(first) or high > 65535:
+        raise InputError(f"invalid port range {text!r} in EXPOSE", instruction.where)
+    return [f"{port}/{protocol}" for port in range(int(first), high + 1)]
 
 
 def _created_by(instruction: ins.Instruction) -> str:

@@ -48,6 +48,7 @@ class RunStep:
     network: str  # default | none | host, as written; "default" is the build's choice
     files: Pairs = ()  # (path inside the sandbox, content): heredoc scripts fed to the command
     mounts: tuple[RunMount, ...] = ()
+    volumes: tuple[str, ...] = ()  # VOLUME paths: what RUN changes below them is discarded
     context: str = field(default="", compare=False)  # where bind mounts read from; not keyed
     title: str = field(default="", compare=False)
     where: Location | None = field(default=None, compare=False)

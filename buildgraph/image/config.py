@@ -67,8 +67,12 @@ class RuntimeConfig:
         return {key: value for key, _, value in pairs}
 
     def with_env(self, key: str, value: str) -> RuntimeConfig:
-        kept = tuple(item for item in self.env if item.partition("=")[0] != key)
-        return replace(self, env=(*kept, f"{key}={value}"))
+        """Set `key`; an existing variable keeps its place (as Docker does), a new one is added."""
+        entry = f"{key}={value}"
+        if any(item.partition("=")[0] == key for item in self.env):
+            env = tuple(entry if item.partition("=")[0] == key else item for item in self.env)
+            return replace(self, env=env)
+        return replace(self, env=(*self.env, entry))
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {}

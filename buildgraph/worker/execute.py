@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -27,6 +29,22 @@ HISTORY_SUFFIX = " # buildgraph"
 
 def _no_output(_title: str, _data: bytes) -> None:
     pass
+
+
+def discard_volumes(upper: Path, volumes: tuple[str, ...]) -> None:
+    """Docker discards what a RUN changes inside a declared VOLUME: drop it from the diff."""
+    for volume in volumes:
+        parts = [part for part in volume.split("/") if part not in ("", ".", "..")]
+        parents = [upper.joinpath(*parts[:depth]) for depth in range(1, len(parts))]
+        if not parts or any(parent.is_symlink() for parent in parents):
+            continue  # never follow a link the command made: it may point at the host
+        path = upper.joinpath(*parts)
+        if not os.path.lexists(path):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 @dataclass
@@ -100,6 +118,7 @@ class Worker:
                     f"{result.exit_code}{detail}",
                     step.where,
                 )
+            discard_volumes(upper, step.volumes)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
             return self._commit(upper, parent, created_by)
 

@@ -158,6 +158,7 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         _die_with_parent(0, alive_fd)  # a credential change clears the death signal
         _reset_signals()
         env = dict(plan.env)
+        env.setdefault("HOME", home_of(uid))  # as runc does: the user's home, else "/"
         try:
             os.execvpe(plan.argv[0], list(plan.argv), env)
         except OSError as err:
@@ -353,6 +354,11 @@ def resolve_user(user: str) -> tuple[int, int, list[int]]:
         return uid, gid, [gid]
     extra = [int(e[2]) for e in groups_db if login and login in e[3].split(",") and e[2].isdigit()]
     return uid, gid, list(dict.fromkeys([gid, *extra]))
+
+
+def home_of(uid: int) -> str:
+    entry = next((e for e in _read_db("/etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
+    return entry[5] if entry and entry[5] else "/"
 
 
 def _read_db(path: str) -> list[list[str]]:

@@ -128,7 +128,7 @@ def test_config_round_trip_keeps_every_field() -> None:
     assert doc["rootfs"] == {"type": "layers", "diff_ids": [DIGEST]}
 
 
-def test_with_env_replaces_existing_key_in_place_of_last() -> None:
-    runtime = RuntimeConfig(env=("A=1", "B=2")).with_env("A", "3")
-    assert runtime.env == ("B=2", "A=3")
-    assert runtime.env_dict() == {"B": "2", "A": "3"}
+def test_with_env_replaces_an_existing_key_in_place() -> None:
+    runtime = RuntimeConfig(env=("A=1", "B=2")).with_env("A", "3").with_env("C", "4")
+    assert runtime.env == ("A=3", "B=2", "C=4")
+    assert runtime.env_dict() == {"A": "3", "B": "2", "C": "4"}

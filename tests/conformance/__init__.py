@@ -1,0 +1,1 @@
+"""Conformance corpus: Dockerfiles that buildgraph must build exactly like buildah does."""
