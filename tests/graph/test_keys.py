@@ -20,7 +20,14 @@ from buildgraph.graph.keys import (
     step_key,
 )
 from buildgraph.graph.lower import BaseImage, lower_dockerfile
-from buildgraph.graph.steps import ConfigStep, CopySource, CopyStep, RunStep, SourceStep
+from buildgraph.graph.steps import (
+    ConfigStep,
+    CopySource,
+    CopyStep,
+    RunMount,
+    RunStep,
+    SourceStep,
+)
 from buildgraph.image.config import ImageConfig, RuntimeConfig
 from buildgraph.image.oci import Platform
 
@@ -37,6 +44,8 @@ CHANGED = {
     "workdir": "/srv",
     "network": "none",
     "files": (("/x", "y"),),
+    "mounts": (RunMount("cache", "/var/cache", id="/var/cache"),),
+    "volumes": ("/data",),
     "patterns": ("b",),
     "dest": "/b",
     "inline": (("f", "x"),),

@@ -81,9 +81,15 @@ def test_recreated_dir_is_opaque(run, upper: Path, path: str, network: str) -> N
 
 
 def test_environment_is_exactly_env_and_path_comes_from_it(run) -> None:
-    env = (("PATH", "/usr/bin"), ("FOO", "bar baz"), ("EMPTY", ""))
+    env = (("PATH", "/usr/bin"), ("FOO", "bar baz"), ("EMPTY", ""), ("HOME", "/custom"))
     result = run(RunSpec(argv=("env",), env=env))
     assert sorted(result.output_tail.splitlines()) == sorted(f"{k}={v}" for k, v in env)
+
+
+@pytest.mark.parametrize(("user", "home"), [("", "/root"), ("app", "/home/app"), ("4242", "/")])
+def test_home_comes_from_passwd_when_env_has_none(run, user: str, home: str) -> None:
+    result = run(RunSpec(argv=("/bin/sh", "-c", "echo $HOME"), env=PATH, user=user))
+    assert result.output_tail == home
 
 
 def test_missing_executable_is_an_error(run) -> None:
