@@ -161,6 +161,54 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project(args: argparse.Namespace):
+    from buildgraph.frontend.buildfile import load_project
+
+    return load_project(Path(args.file), env=os.environ, overrides=tuple(args.set or ()))
+
+
+def _project_store(args: argparse.Namespace, project):
+    from buildgraph.cache.local import LocalStore
+
+    return LocalStore(Path(args.cache_dir) if args.cache_dir else project.cache.dir)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import build_timestamp
+    from buildgraph.commands.run import raise_for_failures, run_project
+    from buildgraph.ui.summary import summary_table
+
+    project = _project(args)
+    if not args.insecure_registry:
+        args.insecure_registry = list(project.insecure_registries)
+    _, epoch = build_timestamp()
+    sink = _renderer(args)
+    try:
+        result = run_project(
+            project,
+            args.targets,
+            store=_project_store(args, project),
+            client=lambda: _client(args),
+            sink=sink,
+            jobs=args.jobs or (os.cpu_count() or 2),
+            epoch=epoch,
+            no_cache=args.no_cache,
+            keep_going=args.keep_going,
+            push_all=args.push,
+            always_pull=args.pull,
+            network=args.network,
+        )
+    finally:
+        if hasattr(sink, "close"):
+            sink.close()
+    for warning in result.warnings:
+        _say(f"buildgraph: warning: {warning}")
+    if args.progress != "json":
+        print(summary_table(result))
+    raise_for_failures(result)
+    return 0
+
+
 def _build_args(items: Sequence[str]) -> dict[str, str]:
     values = {}
     for item in items:
@@ -294,8 +342,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bld.set_defaults(handler=cmd_build)
 
-    for sub in (imp, exp, rm, ls, images, pull, push, bld):
+    runp = commands.add_parser("run", help="build targets of Buildfile.yaml as one graph")
+    runp.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
+    runp.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
+    runp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    runp.add_argument("--no-cache", action="store_true", help="rebuild every step")
+    runp.add_argument("--pull", action="store_true", help="always pull FROM images")
+    runp.add_argument("--push", action="store_true", help="push every target's tags")
+    runp.add_argument(
+        "--keep-going", action="store_true", help="build all that does not need a failed step"
+    )
+    runp.add_argument(
+        "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
+    )
+    runp.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
+    runp.add_argument("--network", choices=("host", "none"), default="host")
+    runp.set_defaults(handler=cmd_run)
+
+    for sub in (imp, exp, rm, ls, images, pull, push, bld, runp):
         _common(sub)
+    runp.set_defaults(cache_dir=None)  # run: the Buildfile's cache.dir unless --cache-dir
     return parser
 
 

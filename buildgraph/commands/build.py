@@ -154,7 +154,7 @@ def build(
     image = assemble_image(store, plan.target, outcome.records[plan.target.key], epoch=epoch)
     tags = _tag(store, image, request.tags)
     for spec in request.outputs:
-        _export(store, image, tags, spec, client, dockerfile_path)
+        export_output(store, image, tags, spec, client, dockerfile_path)
     if request.push:
         for tag in tags:
             stored = store.resolve(tag)
@@ -179,7 +179,7 @@ def _tag(store: LocalStore, image: Descriptor, tags: Sequence[str]) -> tuple[str
     return tuple(names)
 
 
-def _export(
+def export_output(
     store: LocalStore,
     image: Descriptor,
     tags: tuple[str, ...],

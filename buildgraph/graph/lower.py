@@ -32,6 +32,7 @@ from buildgraph.graph.steps import (
 )
 from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from buildgraph.image.oci import Platform
+from buildgraph.registry.reference import parse_reference
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -61,6 +62,16 @@ class StagePlan:
 
 
 @dataclass(frozen=True, slots=True)
+class NamedContext:
+    """What `FROM name` / `COPY --from=name` means when a Buildfile says so (`contexts:`):
+    another target's result, an image, or a directory."""
+
+    stage: StagePlan | None = None  # `target:NAME`, or an image ref equal to a target's tag
+    image: str = ""  # `docker-image://REF`
+    directory: str = ""  # a local directory (COPY --from only)
+
+
+@dataclass(frozen=True, slots=True)
 class BuildPlan:
     steps: Mapping[str, Step]  # key -> step, in an order where inputs come first
     target: StagePlan
@@ -81,6 +92,7 @@ class _Lowering:
     stat_cache: StatCache
     platform: Platform
     fetch_url: UrlFetcher | None = None
+    named: Mapping[str, NamedContext] = field(default_factory=dict)
     steps: dict[str, Step] = field(default_factory=dict)
     stages: dict[int, StagePlan] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # image ref -> source step key
@@ -102,6 +114,7 @@ def lower_dockerfile(
     stat_cache: StatCache,
     platform: Platform,
     fetch_url: UrlFetcher | None = None,
+    named: Mapping[str, NamedContext] | None = None,
 ) -> BuildPlan:
     """Steps for the `target` stage (default: the last) and every stage it needs."""
     resolved = resolve_stages(
@@ -126,6 +139,7 @@ def lower_dockerfile(
         stat_cache,
         platform,
         fetch_url,
+        named if named is not None else {},
     )
     plan = _lower_stage(state, wanted.index, ())
     warnings = tuple(f"build arg {name} is not used" for name in resolved.unused_build_args)
@@ -149,8 +163,15 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
             SourceStep("scratch", "", str(state.platform), "FROM scratch", stage.base.where)
         )
         config, author = RuntimeConfig(), ""
+    elif (named := _named(state, base.image)) is not None and named.stage is not None:
+        key, config, author = named.stage.key, named.stage.config, named.stage.author
     else:
-        key, image = _source(state, base.image, stage.base.where)
+        if named is not None and named.directory:
+            raise InputError(
+                f"FROM {base.image}: that context is a directory, not an image", stage.base.where
+            )
+        reference = named.image if named is not None and named.image else base.image
+        key, image = _source(state, reference, stage.base.where)
         config, author = image.config.config, image.config.author
     stage = _with_triggers(stage, config.on_build)
     config = replace(config, on_build=())
@@ -165,6 +186,17 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
     plan = StagePlan(index, stage.name, walker.key, walker.config, walker.author, state.platform)
     state.stages[index] = plan
     return plan
+
+
+def _named(state: _Lowering, name: str) -> NamedContext | None:
+    """A Buildfile context for `name`, as written or as the image reference it spells."""
+    found = state.named.get(name)
+    if found is None and state.named:
+        try:
+            found = state.named.get(str(parse_reference(name)))
+        except InputError:
+            return None
+    return found
 
 
 def _source(state: _Lowering, reference: str, where: Location | None) -> tuple[str, BaseImage]:
@@ -331,7 +363,7 @@ class _StageWalker:
             dest = joined if not dest.endswith("/") or joined.endswith("/") else joined + "/"
         from_ = copy.from_ if isinstance(copy, ins.Copy) else None
         if from_:
-            source = self._stage_source(from_, copy.where)
+            source = self._stage_source(from_, copy.sources, copy.where)
         elif copy.sources:
             selected = select_sources(
                 self.state.context, copy.sources, self.state.ignore, copy.where
@@ -387,17 +419,33 @@ class _StageWalker:
         )
         self.key = self.state.add(step)
 
-    def _stage_source(self, reference: str, where: Location | None) -> CopySource:
+    def _stage_source(
+        self, reference: str, patterns: tuple[str, ...], where: Location | None
+    ) -> CopySource:
         stage = self.state.dockerfile.stage(reference, before=self.stage.index)
         if stage is None and self.state.dockerfile.stage(reference) is not None:
             raise InputError(
                 f"COPY --from={reference}: a stage can only copy from an earlier stage", where
             )
         if stage is not None:
-            key = _lower_stage(self.state, stage.index, self.visiting).key
-        else:
-            key = self.state.images.get(reference) or _source(self.state, reference, where)[0]
+            return CopySource(_lower_stage(self.state, stage.index, self.visiting).key, "", (), "")
+        named = _named(self.state, reference)
+        if named is not None and named.stage is not None:
+            return CopySource(named.stage.key, "", (), "")
+        if named is not None and named.directory:
+            return self._directory_source(Path(named.directory), patterns, where)
+        image = named.image if named is not None and named.image else reference
+        key = self.state.images.get(image) or _source(self.state, image, where)[0]
         return CopySource(key, "", (), "")
+
+    def _directory_source(
+        self, directory: Path, patterns: tuple[str, ...], where: Location | None
+    ) -> CopySource:
+        """A named context that is a directory: like the build context, without .dockerignore."""
+        nothing = IgnoreMatcher(())
+        selected = select_sources(directory, patterns, nothing, where)
+        digest = context_digest(directory, selected, nothing, self.state.stat_cache)
+        return CopySource("", str(directory), selected, digest)
 
     def _mkdir(self, instruction: ins.Instruction, path: str) -> None:
         step = CopyStep(

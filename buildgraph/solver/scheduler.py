@@ -21,6 +21,7 @@ class Outcome:
     records: dict[str, StepRecord]  # every step that finished (built or cached)
     failures: dict[str, BuildgraphError]  # key -> why it failed
     skipped: tuple[str, ...]  # not run because something they need failed
+    cached: frozenset[str] = frozenset()  # finished from the cache, no work done
 
 
 def add_step(dag: nx.DiGraph, key: str, step: Step, inputs: tuple[str, ...]) -> None:
@@ -49,6 +50,7 @@ def run(
     records: dict[str, StepRecord] = {}
     failures: dict[str, BuildgraphError] = {}
     skipped: set[str] = set()
+    from_cache: set[str] = set()
 
     def finish(key: str) -> None:
         for child in graph.successors(key):
@@ -83,6 +85,7 @@ def run(
                 )
                 if cached is not None:
                     records[key] = cached
+                    from_cache.add(key)
                     sink.emit(StepEvent(key, StepState.CACHED, _title(graph, key)))
                     finish(key)
                     continue
@@ -113,7 +116,7 @@ def run(
                 )
                 finish(key)
     not_run = tuple(k for k in graph if k not in records and k not in failures)
-    return Outcome(records, failures, tuple(sorted(set(not_run) | skipped)))
+    return Outcome(records, failures, tuple(sorted(set(not_run) | skipped)), frozenset(from_cache))
 
 
 def _timed(worker: Worker, step: Step, inputs: dict[str, StepRecord]) -> tuple[StepRecord, float]:

@@ -1,0 +1,267 @@
+"""`buildgraph run`: every requested target of a Buildfile in one graph, built once, in parallel."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import networkx as nx
+
+from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.steps import StepIndex
+from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
+from buildgraph.errors import BuildgraphError, InputError, StepFailed
+from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
+from buildgraph.frontend.dockerfile import parse_dockerfile
+from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
+from buildgraph.graph.context import StatCache
+from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
+from buildgraph.graph.remote import url_fetcher
+from buildgraph.image.assemble import assemble_image
+from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
+from buildgraph.registry.reference import parse_reference
+from buildgraph.registry.transfer import push
+from buildgraph.solver.events import EventSink, LogEvent
+from buildgraph.solver.scheduler import Outcome, run
+from buildgraph.worker.execute import Worker
+from buildgraph.worker.snapshot import SnapshotStore
+
+
+@dataclass(frozen=True, slots=True)
+class TargetResult:
+    name: str
+    key: str  # the target's last step
+    steps: tuple[str, ...]  # every step the target needs
+    built: int
+    cached: int
+    image: Descriptor | None  # None when it failed or was skipped
+    tags: tuple[str, ...]
+    error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    targets: tuple[TargetResult, ...]
+    outcome: Outcome
+    graph: nx.DiGraph
+    seconds: float
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass
+class Compiled:
+    plans: dict[str, BuildPlan]  # target name -> its plan
+    ignores: dict[str, IgnoreMatcher] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+class _TargetContexts(Mapping[str, NamedContext]):
+    """A target's named contexts; tags of other targets resolve to those targets, lowered on
+    first use, so `FROM <another target's tag>` never pulls a stale registry copy."""
+
+    def __init__(self, compile_target, spec: TargetSpec, project: Project) -> None:
+        self._compile_target = compile_target
+        self._explicit: dict[str, NamedContext | str] = {}
+        for name, ref in spec.contexts:
+            if ref.kind == "target":
+                self._explicit[name] = ref.value
+            elif ref.kind == "image":
+                self._explicit[name] = NamedContext(image=ref.value)
+            else:
+                self._explicit[name] = NamedContext(directory=ref.value)
+        for other_name, other in project.targets:
+            if other_name == spec.name:
+                continue
+            for tag in other.tags:
+                for form in _forms(tag):
+                    self._explicit.setdefault(form, other_name)
+
+    def __getitem__(self, name: str) -> NamedContext:
+        value = self._explicit[name]
+        if isinstance(value, str):  # a target: lower it now (cycles are caught there)
+            return NamedContext(stage=self._compile_target(value).target)
+        return value
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._explicit)
+
+    def __len__(self) -> int:
+        return len(self._explicit)
+
+
+def _forms(tag: str) -> set[str]:
+    try:
+        ref = parse_reference(tag)
+    except InputError:
+        return {tag}
+    return {tag, str(ref), ref.familiar}
+
+
+def compile_project(
+    project: Project,
+    names: Sequence[str],
+    *,
+    store: LocalStore,
+    client: ClientFactory,
+    always_pull: bool = False,
+) -> Compiled:
+    """Lower every requested target (and what it needs) into plans sharing one key space."""
+    compiled = Compiled({})
+    stat_cache = StatCache()  # a context shared by several targets is hashed once
+    fetch = url_fetcher(store.root / "downloads")
+    resolvers: dict[Platform, object] = {}
+    in_progress: list[str] = []
+
+    def compile_target(name: str) -> BuildPlan:
+        if name in compiled.plans:
+            return compiled.plans[name]
+        spec = project.target(name)
+        if name in in_progress:
+            cycle = " -> ".join([*in_progress[in_progress.index(name) :], name])
+            raise InputError(f"targets depend on each other in a cycle: {cycle}", spec.where)
+        in_progress.append(name)
+        try:
+            for dependency in spec.depends_on:
+                compile_target(dependency)
+            platform = parse_platform(spec.platform) if spec.platform else default_platform()
+            if platform not in resolvers:
+                resolvers[platform] = base_resolver(
+                    store, client, platform, always_pull=always_pull
+                )
+            ignore = compiled.ignores.setdefault(
+                str(spec.context), load_dockerignore(spec.context, spec.dockerfile)
+            )
+            if not spec.dockerfile.is_file():
+                raise InputError(
+                    f"target {name}: Dockerfile {spec.dockerfile} not found", spec.where
+                )
+            plan = lower_dockerfile(
+                parse_dockerfile(spec.dockerfile),
+                target=spec.target,
+                build_args=dict(spec.args),
+                context=spec.context,
+                ignore=ignore,
+                resolve_base=resolvers[platform],  # type: ignore[arg-type]
+                stat_cache=stat_cache,
+                platform=platform,
+                fetch_url=fetch,
+                named=_TargetContexts(compile_target, spec, project),
+            )
+        finally:
+            in_progress.remove(name)
+        compiled.plans[name] = plan
+        compiled.warnings.extend(f"{name}: {warning}" for warning in plan.warnings)
+        return plan
+
+    for name in select_targets(project, names):
+        compile_target(name)
+    return compiled
+
+
+def run_project(
+    project: Project,
+    names: Sequence[str],
+    *,
+    store: LocalStore,
+    client: ClientFactory,
+    sink: EventSink,
+    jobs: int,
+    epoch: int | None,
+    no_cache: bool = False,
+    keep_going: bool = False,
+    push_all: bool = False,
+    always_pull: bool = False,
+    network: str = "host",
+) -> RunResult:
+    start = time.monotonic()
+    store.ensure()
+    compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
+    graph = nx.DiGraph()
+    for plan in compiled.plans.values():
+        graph = nx.compose(graph, compile_graph(plan))
+    secrets = {
+        secret_id: Path(source)
+        for name in compiled.plans
+        for secret_id, source in project.target(name).secrets
+    }
+    worker = Worker(
+        store=store,
+        snapshots=SnapshotStore(store.root / "snapshots"),
+        ignores=compiled.ignores,
+        epoch=epoch,
+        output=lambda title, data: sink.emit(LogEvent(title, data)),
+        network=network,
+        secrets=secrets,
+    )
+    outcome = run(
+        graph,
+        worker=worker,
+        index=StepIndex(store.root / "steps"),
+        sink=sink,
+        jobs=jobs,
+        no_cache=no_cache,
+        keep_going=keep_going,
+    )
+    built = {key for key in graph if key in outcome.records} - outcome.cached
+    results = []
+    for name, plan in compiled.plans.items():
+        results.append(
+            _finish_target(
+                project.target(name), plan, graph, outcome, built, store, client, epoch, push_all
+            )
+        )
+    return RunResult(
+        tuple(results), outcome, graph, time.monotonic() - start, tuple(compiled.warnings)
+    )
+
+
+def _finish_target(
+    spec: TargetSpec,
+    plan: BuildPlan,
+    graph: nx.DiGraph,
+    outcome: Outcome,
+    built: set[str],
+    store: LocalStore,
+    client: ClientFactory,
+    epoch: int | None,
+    push_all: bool,
+) -> TargetResult:
+    key = plan.target.key
+    steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
+    ran = sum(1 for step in steps if step in built)
+    if key not in outcome.records:
+        failed = [outcome.failures[k] for k in steps if k in outcome.failures]
+        error = str(failed[0]) if failed else "skipped: a step it needs failed"
+        return TargetResult(spec.name, key, steps, ran, 0, None, (), error)
+    image = assemble_image(store, plan.target, outcome.records[key], epoch=epoch)
+    tags = []
+    for tag in spec.tags:
+        ref = parse_reference(tag)
+        store.tag(ref.familiar, str(ref), image)
+        tags.append(ref.familiar)
+    for output in spec.outputs:
+        export_output(store, image, tuple(tags), output, client, spec.dockerfile)
+    if spec.push or push_all:
+        for tag in spec.tags:
+            stored = StoredImage(tag, str(parse_reference(tag)), image)
+            push(client(), store, stored, parse_reference(tag))
+    return TargetResult(spec.name, key, steps, ran, len(steps) - ran, image, tuple(tags))
+
+
+def raise_for_failures(result: RunResult) -> None:
+    """One StepFailed (exit 1) naming the first failure, after everything else finished."""
+    failures = list(result.outcome.failures.values())
+    if not failures:
+        return
+    first = failures[0]
+    if isinstance(first, StepFailed) or not isinstance(first, BuildgraphError):
+        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+        raise StepFailed(f"{first}{more}", None)
+    raise first
+
+
+def default_jobs() -> int:
+    return os.cpu_count() or 2

@@ -1,0 +1,28 @@
+"""The end-of-run summary: per target, steps built and cached, image digest, tags."""
+
+from __future__ import annotations
+
+from buildgraph.commands.run import RunResult
+
+
+def summary_table(result: RunResult) -> str:
+    rows = [("TARGET", "BUILT", "CACHED", "DIGEST", "TAGS")]
+    for target in result.targets:
+        digest = target.image.digest[:19] if target.image else "FAILED"
+        tags = " ".join(target.tags) if target.image else target.error[:80]
+        rows.append((target.name, str(target.built), str(target.cached), digest, tags))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        + "  "
+        + row[4]
+        for row in rows
+    ]
+    built = sum(t.built for t in result.targets)
+    lines.append(
+        f"{len(result.targets)} targets, {len(result.graph)} distinct steps, "
+        f"{len(result.outcome.records) - len(result.outcome.cached)} run, "
+        f"{len(result.outcome.cached)} cached, {built} built across targets, "
+        f"{result.seconds:.2f}s"
+    )
+    return "\n".join(lines)

@@ -1,0 +1,129 @@
+"""`buildgraph run`: a monorepo's targets in one graph; shared steps built once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from buildgraph.cli import main
+
+
+@pytest.fixture(scope="module")
+def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
+    cache = tmp_path_factory.mktemp("store") / "cache"
+    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    return cache
+
+
+BUILDFILE = """version: 1
+vars: {REGISTRY: "localhost:5000/acme"}
+cache: {dir: cache}
+groups:
+  default: [api, web]
+targets:
+  base:
+    context: base
+    tags: ["${REGISTRY}/base:latest"]
+  api:
+    context: services/api
+    args: {NAME: api}
+  web:
+    context: services/web
+    contexts: {base: "target:base"}
+    args: {NAME: web}
+    tags: ["web:1"]
+"""
+BASE = "FROM busybox\nRUN echo base > /base.txt\n"
+SERVICE_ON_TAG = (
+    "FROM localhost:5000/acme/base:latest\nARG NAME\nCOPY src/ /src/\n"
+    "RUN cat /base.txt /src/* > /out-$NAME\n"
+)
+SERVICE_ON_CONTEXT = SERVICE_ON_TAG.replace("localhost:5000/acme/base:latest", "base")
+
+
+@pytest.fixture
+def monorepo(tmp_path: Path, busybox_cache: Path) -> Path:
+    root = tmp_path / "repo"
+    for path, text in {
+        "Buildfile.yaml": BUILDFILE,
+        "base/Dockerfile": BASE,
+        "services/api/Dockerfile": SERVICE_ON_TAG,
+        "services/api/src/main.txt": "api v1\n",
+        "services/web/Dockerfile": SERVICE_ON_CONTEXT,
+        "services/web/src/index.txt": "web v1\n",
+    }.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
+    return root
+
+
+def run(root: Path, *argv: str) -> int:
+    return main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
+
+
+def events(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def started(out: str) -> list[str]:
+    return [e["instruction"] for e in events(out) if e["state"] == "started"]
+
+
+def test_default_group_builds_every_target_once(monorepo: Path, capsys) -> None:
+    assert run(monorepo) == 0
+    titles = started(capsys.readouterr().out)
+    assert titles.count("[stage-0] RUN echo base > /base.txt") == 1  # shared by api and web
+    assert sum("RUN cat /base.txt" in t for t in titles) == 2
+    assert run(monorepo) == 0
+    assert started(capsys.readouterr().out) == []  # a no-op rebuild runs nothing
+    root = monorepo / "unpacked"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{monorepo / 'cache'}:web:1", str(root)],
+        check=True,
+        capture_output=True,
+    )
+    assert (root / "rootfs/out-web").read_text() == "base\nweb v1\n"
+
+
+def test_a_changed_file_rebuilds_only_its_service(monorepo: Path, capsys) -> None:
+    assert run(monorepo) == 0
+    capsys.readouterr()
+    (monorepo / "services/api/src/main.txt").write_text("api v2\n")
+    assert run(monorepo) == 0
+    titles = started(capsys.readouterr().out)
+    assert titles == [
+        "[stage-0] COPY src/ /src/",
+        "[stage-0] RUN cat /base.txt /src/* > /out-$NAME",
+    ]
+
+
+def test_base_change_rebuilds_dependents(monorepo: Path, capsys) -> None:
+    assert run(monorepo) == 0
+    capsys.readouterr()
+    (monorepo / "base/Dockerfile").write_text(BASE.replace("echo base", "echo base2"))
+    assert run(monorepo) == 0
+    titles = started(capsys.readouterr().out)
+    assert len([t for t in titles if "RUN" in t]) == 3
+
+
+def test_failure_with_keep_going_builds_the_rest(monorepo: Path, capsys) -> None:
+    (monorepo / "services/api/Dockerfile").write_text(SERVICE_ON_TAG + "RUN exit 7\n")
+    assert run(monorepo, "--keep-going") == 1
+    captured = capsys.readouterr()
+    states = {e["instruction"]: e["state"] for e in events(captured.out)}
+    assert states["[stage-0] RUN exit 7"] == "failed"
+    assert "web:1" in captured.out or any("out-$NAME" in k for k in states)
+    assert "code 7" in captured.err
+
+
+def test_buildfile_errors_exit_2(monorepo: Path, capsys) -> None:
+    (monorepo / "Buildfile.yaml").write_text(BUILDFILE.replace("context: base", "contxt: base"))
+    assert run(monorepo) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert f"{monorepo / 'Buildfile.yaml'}:" in err and "did you mean" in err
