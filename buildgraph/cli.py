@@ -209,6 +209,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    from buildgraph.commands.plan import plan_project, render_graph, render_plan
+
+    project = _project(args)
+    if not args.insecure_registry:
+        args.insecure_registry = list(project.insecure_registries)
+    targets, graph = plan_project(
+        project, args.targets, store=_project_store(args, project), client=lambda: _client(args)
+    )
+    if args.command == "graph":
+        print(render_graph(graph, targets, args.format))
+    else:
+        print(render_plan(targets, graph))
+    return 0
+
+
 def _build_args(items: Sequence[str]) -> dict[str, str]:
     values = {}
     for item in items:
@@ -359,9 +375,19 @@ def build_parser() -> argparse.ArgumentParser:
     runp.add_argument("--network", choices=("host", "none"), default="host")
     runp.set_defaults(handler=cmd_run)
 
-    for sub in (imp, exp, rm, ls, images, pull, push, bld, runp):
+    planp = commands.add_parser("plan", help="each step with its key, state and why")
+    graphp = commands.add_parser("graph", help="the step graph as text, dot or json")
+    graphp.add_argument("--format", choices=("text", "dot", "json"), default="text")
+    for sub in (planp, graphp):
+        sub.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
+        sub.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
+        sub.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
+        sub.set_defaults(handler=cmd_plan)
+
+    for sub in (imp, exp, rm, ls, images, pull, push, bld, runp, planp, graphp):
         _common(sub)
-    runp.set_defaults(cache_dir=None)  # run: the Buildfile's cache.dir unless --cache-dir
+    for sub in (runp, planp, graphp):
+        sub.set_defaults(cache_dir=None)  # the Buildfile's cache.dir unless --cache-dir
     return parser
 
 

@@ -10,7 +10,7 @@ case "${1:-run}" in
   run)
     # Main job (the seed scenario): a Debian bookworm minbase root filesystem made with
     # debootstrap and imported into the local store (./cache, an OCI layout) as
-    # debian:bookworm, once; then workspace/Dockerfile built on it without a Docker daemon.
+    # debian:bookworm, once; then `buildgraph run` on Buildfile.yaml (workspace/Dockerfile).
     if ! buildgraph images -q | grep -qx 'debian:bookworm'; then
       rootfs=$(mktemp -d)
       trap 'rm -rf "$rootfs"' EXIT
@@ -20,7 +20,7 @@ case "${1:-run}" in
         || { tail -20 "$rootfs/debootstrap.log" >&2; exit 1; }
       buildgraph image import "$rootfs/rootfs" -t debian:bookworm
     fi
-    buildgraph build workspace -t workspace:latest
+    buildgraph run
     buildgraph images
     ;;
   test)

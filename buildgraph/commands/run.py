@@ -10,6 +10,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.steps import StepIndex
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
@@ -18,7 +19,9 @@ from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
+from buildgraph.graph.explain import summarize
 from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
+from buildgraph.graph.query import chain
 from buildgraph.graph.remote import url_fetcher
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
@@ -56,6 +59,7 @@ class Compiled:
     plans: dict[str, BuildPlan]  # target name -> its plan
     ignores: dict[str, IgnoreMatcher] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    stat_cache: StatCache = field(default_factory=StatCache)  # one hash per file per run
 
 
 class _TargetContexts(Mapping[str, NamedContext]):
@@ -110,7 +114,7 @@ def compile_project(
 ) -> Compiled:
     """Lower every requested target (and what it needs) into plans sharing one key space."""
     compiled = Compiled({})
-    stat_cache = StatCache()  # a context shared by several targets is hashed once
+    stat_cache = compiled.stat_cache  # a context shared by several targets is hashed once
     fetch = url_fetcher(store.root / "downloads")
     resolvers: dict[Platform, object] = {}
     in_progress: list[str] = []
@@ -207,6 +211,8 @@ def run_project(
     )
     built = {key for key in graph if key in outcome.records} - outcome.cached
     results = []
+    finished = [n for n, p in compiled.plans.items() if p.target.key in outcome.records]
+    record_builds(compiled, graph, store, finished)
     for name, plan in compiled.plans.items():
         results.append(
             _finish_target(
@@ -216,6 +222,19 @@ def run_project(
     return RunResult(
         tuple(results), outcome, graph, time.monotonic() - start, tuple(compiled.warnings)
     )
+
+
+def record_builds(
+    compiled: Compiled, graph: nx.DiGraph, store: LocalStore, names: Sequence[str]
+) -> None:
+    """After a run: remember what each finished target's steps read."""
+    records = BuildRecords(store.root / "targets")
+    for name in names:
+        keys = chain(graph, compiled.plans[name].target.key)
+        summaries = [
+            summarize(graph.nodes[k]["step"], compiled.ignores, compiled.stat_cache) for k in keys
+        ]
+        records.save(name, summaries)
 
 
 def _finish_target(

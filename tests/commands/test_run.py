@@ -127,3 +127,41 @@ def test_buildfile_errors_exit_2(monorepo: Path, capsys) -> None:
     assert run(monorepo) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert f"{monorepo / 'Buildfile.yaml'}:" in err and "did you mean" in err
+
+
+def plan(root: Path, capsys) -> str:
+    capsys.readouterr()
+    assert main(["plan", "-f", str(root / "Buildfile.yaml")]) == 0
+    return capsys.readouterr().out
+
+
+def test_plan_says_why_each_step_must_be_built(monorepo: Path, capsys) -> None:
+    first = plan(monorepo, capsys)
+    assert "no earlier build" in first and "cached" in first  # FROM busybox is in the store
+    assert run(monorepo) == 0
+    out = plan(monorepo, capsys)
+    assert "  to build  " not in out and out.strip().endswith(" 0 to build")
+    (monorepo / "services/api/src/main.txt").write_text("api v2\n")
+    out = plan(monorepo, capsys)
+    assert "(file src/main.txt changed)" in out
+    assert "(parent step changed)" in out
+    buildfile = (monorepo / "Buildfile.yaml").read_text()
+    (monorepo / "Buildfile.yaml").write_text(buildfile.replace("NAME: web", "NAME: www"))
+    out = plan(monorepo, capsys)
+    assert "(build arg or env NAME changed: web → www)" in out
+
+
+def test_graph_formats(monorepo: Path, capsys) -> None:
+    for fmt in ("text", "dot", "json"):
+        capsys.readouterr()
+        assert main(["graph", "-f", str(monorepo / "Buildfile.yaml"), "--format", fmt]) == 0
+        out = capsys.readouterr().out
+        if fmt == "json":
+            doc = json.loads(out)
+            assert {n["target"] for n in doc["nodes"]} >= {"api", "web", "base"}
+            titles = [n["title"] for n in doc["nodes"]]
+            assert titles.count("[stage-0] RUN echo base > /base.txt") == 1
+        elif fmt == "dot":
+            assert out.startswith("digraph buildgraph {")
+        else:
+            assert "=> web" in out

@@ -1,0 +1,31 @@
+"""What each target's steps read the last time it was built, for `plan` to explain misses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import xxhash
+
+from buildgraph.fs import atomic_write
+from buildgraph.graph.explain import Summary
+
+
+class BuildRecords:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root).absolute()
+
+    def _path(self, target: str) -> Path:
+        return self.root / f"{xxhash.xxh3_64_hexdigest(target.encode())}.json"
+
+    def save(self, target: str, chain: list[Summary]) -> None:
+        doc = {"target": target, "steps": chain}
+        atomic_write(self._path(target), json.dumps(doc, sort_keys=True).encode())
+
+    def load(self, target: str) -> list[Summary] | None:
+        try:
+            doc = json.loads(self._path(target).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None  # no record (or an unreadable one): "no earlier build"
+        steps = doc.get("steps") if isinstance(doc, dict) else None
+        return steps if isinstance(steps, list) else None

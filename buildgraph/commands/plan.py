@@ -1,0 +1,120 @@
+"""`buildgraph plan` and `graph`: what a run would do, and why, without running anything."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import networkx as nx
+
+from buildgraph.cache.builds import BuildRecords
+from buildgraph.cache.local import LocalStore
+from buildgraph.cache.steps import StepIndex
+from buildgraph.commands.build import ClientFactory, compile_graph
+from buildgraph.commands.run import Compiled, compile_project
+from buildgraph.frontend.buildfile import Project
+from buildgraph.graph.explain import reason, summarize
+from buildgraph.graph.query import chain
+from buildgraph.solver.events import StepState
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedStep:
+    key: str
+    title: str
+    state: StepState  # CACHED or TO_BUILD
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TargetPlan:
+    name: str
+    steps: tuple[PlannedStep, ...]  # the target's chain, base first
+
+
+def union_graph(compiled: Compiled) -> nx.DiGraph:
+    graph = nx.DiGraph()
+    for plan in compiled.plans.values():
+        graph = nx.compose(graph, compile_graph(plan))
+    return graph
+
+
+def plan_project(
+    project: Project, names: Sequence[str], *, store: LocalStore, client: ClientFactory
+) -> tuple[tuple[TargetPlan, ...], nx.DiGraph]:
+    compiled = compile_project(project, names, store=store, client=client)
+    graph = union_graph(compiled)
+    index = StepIndex(store.root / "steps")
+    records = BuildRecords(store.root / "targets")
+    stat_cache = compiled.stat_cache
+    targets = []
+    for name, plan in compiled.plans.items():
+        before = records.load(name) or []
+        planned = []
+        parent_changed = False
+        for position, key in enumerate(chain(graph, plan.target.key)):
+            step = graph.nodes[key]["step"]
+            if index.get(key) is not None:
+                planned.append(PlannedStep(key, _title(step), StepState.CACHED))
+                parent_changed = False
+                continue
+            now = summarize(step, compiled.ignores, stat_cache)
+            earlier = before[position] if position < len(before) else None
+            why = reason(now, earlier, parent_changed)
+            planned.append(PlannedStep(key, _title(step), StepState.TO_BUILD, why))
+            parent_changed = True
+        targets.append(TargetPlan(name, tuple(planned)))
+    return tuple(targets), graph
+
+
+def _title(step) -> str:
+    return step.title or type(step).__name__
+
+
+def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
+    lines = []
+    for target in targets:
+        lines.append(f"{target.name}:")
+        for step in target.steps:
+            state = "cached" if step.state is StepState.CACHED else "to build"
+            why = f"  ({step.reason})" if step.reason else ""
+            lines.append(f"  {step.key[:12]}  {state:8}  {step.title}{why}")
+    to_build = {s.key for t in targets for s in t.steps if s.state is StepState.TO_BUILD}
+    lines.append(
+        f"{len(graph)} distinct steps: {len(graph) - len(to_build)} cached, "
+        f"{len(to_build)} to build"
+    )
+    return "\n".join(lines)
+
+
+def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> str:
+    names = {t.steps[-1].key: t.name for t in targets if t.steps}
+    if fmt == "json":
+        doc = {
+            "nodes": [
+                {"key": key, "title": _title(graph.nodes[key]["step"]), "target": names.get(key)}
+                for key in nx.topological_sort(graph)
+            ],
+            "edges": [[a, b] for a, b in graph.edges],
+        }
+        return json.dumps(doc, indent=2)
+    if fmt == "dot":
+        out = ["digraph buildgraph {", "  rankdir=LR;"]
+        for key in nx.topological_sort(graph):
+            label = _title(graph.nodes[key]["step"]).replace('"', '\\"')
+            shape = ",shape=box,style=bold" if key in names else ""
+            out.append(f'  "{key[:12]}" [label="{label}"{shape}];')
+        out += [f'  "{a[:12]}" -> "{b[:12]}";' for a, b in graph.edges]
+        out.append("}")
+        return "\n".join(out)
+    out = []
+    for key in nx.topological_sort(graph):
+        inputs = ", ".join(parent[:12] for parent in graph.predecessors(key))
+        target = f"  => {names[key]}" if key in names else ""
+        out.append(
+            f"{key[:12]}  {_title(graph.nodes[key]['step'])}"
+            + (f"  <- {inputs}" if inputs else "")
+            + target
+        )
+    return "\n".join(out)
