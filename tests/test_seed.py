@@ -1,0 +1,46 @@
+"""The seed scenario for real (slow): debootstrap bookworm, import it, build workspace/."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from buildgraph.cli import main
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_workspace_dockerfile_installs_wget_and_curl(tmp_path: Path) -> None:
+    rootfs, cache = tmp_path / "rootfs", tmp_path / "cache"
+    mirror = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    subprocess.run(
+        ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
+        check=True,
+        capture_output=True,
+        timeout=1200,
+    )
+    assert (
+        main(["image", "import", str(rootfs), "-t", "debian:bookworm", "--cache-dir", str(cache)])
+        == 0
+    )
+    argv = ["build", str(REPO / "workspace"), "-t", "workspace:latest", "--cache-dir", str(cache)]
+    assert main([*argv, "--progress", "plain", "-q"]) == 0
+    info = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", f"oci:{cache}:workspace:latest"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    top = cache / "blobs/sha256" / info["Layers"][-1].removeprefix("sha256:")
+    with tarfile.open(top) as layer:
+        names = set(layer.getnames())
+    assert {"usr/bin/wget", "usr/bin/curl"} <= names
+    assert main([*argv, "--progress", "plain"]) == 0  # fully cached the second time
