@@ -200,6 +200,8 @@ def run_project(
         network=network,
         secrets=secrets,
     )
+    if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
+        sink.targets.update(step_targets(compiled, graph))  # type: ignore[attr-defined]
     outcome = run(
         graph,
         worker=worker,
@@ -271,15 +273,25 @@ def _finish_target(
 
 
 def raise_for_failures(result: RunResult) -> None:
-    """One StepFailed (exit 1) naming the first failure, after everything else finished."""
-    failures = list(result.outcome.failures.values())
+    """One error naming the first failure and the targets it broke, after all else finished."""
+    failures = result.outcome.failures
     if not failures:
         return
-    first = failures[0]
-    if isinstance(first, StepFailed) or not isinstance(first, BuildgraphError):
-        more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
-        raise StepFailed(f"{first}{more}", None)
-    raise first
+    key, first = next(iter(failures.items()))
+    broken = [t.name for t in result.targets if key in t.steps]
+    more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
+    message = f"target {', '.join(broken) or '?'}: {first.args[0]}{more}"
+    error = type(first)(message, first.where) if isinstance(first, BuildgraphError) else None
+    raise error if error is not None else StepFailed(message)
+
+
+def step_targets(compiled: Compiled, graph: nx.DiGraph) -> dict[str, list[str]]:
+    """Step key -> every target it serves (for progress events)."""
+    served: dict[str, list[str]] = {}
+    for name, plan in compiled.plans.items():
+        for key in nx.ancestors(graph, plan.target.key) | {plan.target.key}:
+            served.setdefault(key, []).append(name)
+    return served
 
 
 def default_jobs() -> int:

@@ -77,7 +77,10 @@ def started(out: str) -> list[str]:
 
 def test_default_group_builds_every_target_once(monorepo: Path, capsys) -> None:
     assert run(monorepo) == 0
-    titles = started(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    titles = started(out)
+    shared = [e for e in events(out) if e["instruction"] == "[stage-0] RUN echo base > /base.txt"]
+    assert sorted(shared[0]["target"]) == ["api", "base", "web"]
     assert titles.count("[stage-0] RUN echo base > /base.txt") == 1  # shared by api and web
     assert sum("RUN cat /base.txt" in t for t in titles) == 2
     assert run(monorepo) == 0
@@ -120,6 +123,9 @@ def test_failure_with_keep_going_builds_the_rest(monorepo: Path, capsys) -> None
     assert states["[stage-0] RUN exit 7"] == "failed"
     assert "web:1" in captured.out or any("out-$NAME" in k for k in states)
     assert "code 7" in captured.err
+    error = captured.err.strip().splitlines()[-1]
+    dockerfile = monorepo / "services/api/Dockerfile"
+    assert error.startswith(f"buildgraph: error: {dockerfile}:5: target api: [stage-0] RUN exit 7")
 
 
 def test_buildfile_errors_exit_2(monorepo: Path, capsys) -> None:
