@@ -7,6 +7,8 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from buildgraph.errors import Location
 from buildgraph.frontend.dockerfile import parse_dockerfile
@@ -173,3 +175,25 @@ def test_equal_stages_in_one_dockerfile_are_one_step(context: Path) -> None:
     keys = keys_of(context, text)
     assert len(keys) == len(set(keys))
     assert len(keys) == 3  # FROM, one RUN shared by stages a and b, COPY
+
+
+INSTRUCTIONS = st.sampled_from(
+    ["RUN echo {n}", "ENV V{n}={n}", "LABEL l{n}={n}", "COPY app.txt /f{n}", "USER {n}"]
+)
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(lines=st.lists(INSTRUCTIONS, min_size=1, max_size=8), data=st.data())
+def test_changing_one_instruction_changes_its_key_and_every_later_one(
+    context: Path, lines: list[str], data: st.DataObject
+) -> None:
+    text = ["FROM busybox", *(line.format(n=number) for number, line in enumerate(lines))]
+    changed = data.draw(st.integers(min_value=1, max_value=len(lines)))
+    edited = list(text)
+    edited[changed] = lines[changed - 1].format(n=f"{changed - 1}x")
+    before = keys_of(context, "\n".join(text) + "\n")
+    after = keys_of(context, "\n".join(edited) + "\n")
+    assert before[:changed] == after[:changed]  # FROM and everything above the change
+    assert all(old != new for old, new in zip(before[changed:], after[changed:], strict=True))
