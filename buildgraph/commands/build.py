@@ -126,10 +126,11 @@ def build(
         context=context,
         ignore=ignore,
         resolve_base=base_resolver(store, client, request.platform, always_pull=request.pull),
-        stat_cache=StatCache(),
+        stat_cache=(stat_cache := StatCache.load(store.root / "statcache.json")),
         platform=request.platform,
         fetch_url=url_fetcher(store.root / "downloads"),
     )
+    stat_cache.save(store.root / "statcache.json")
     graph = compile_graph(plan)
     worker = Worker(
         store=store,

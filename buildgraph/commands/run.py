@@ -32,6 +32,8 @@ from buildgraph.solver.scheduler import Outcome, run
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
 
+STAT_CACHE = "statcache.json"  # in the cache dir
+
 
 @dataclass(frozen=True, slots=True)
 class TargetResult:
@@ -113,7 +115,7 @@ def compile_project(
     always_pull: bool = False,
 ) -> Compiled:
     """Lower every requested target (and what it needs) into plans sharing one key space."""
-    compiled = Compiled({})
+    compiled = Compiled({}, stat_cache=StatCache.load(store.root / STAT_CACHE))
     stat_cache = compiled.stat_cache  # a context shared by several targets is hashed once
     fetch = url_fetcher(store.root / "downloads")
     resolvers: dict[Platform, object] = {}
@@ -215,6 +217,7 @@ def run_project(
     results = []
     finished = [n for n, p in compiled.plans.items() if p.target.key in outcome.records]
     record_builds(compiled, graph, store, finished)
+    compiled.stat_cache.save(store.root / STAT_CACHE)
     for name, plan in compiled.plans.items():
         results.append(
             _finish_target(

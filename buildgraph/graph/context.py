@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import stat
 import threading
@@ -14,6 +15,7 @@ import xxhash
 
 from buildgraph.errors import InputError, Location
 from buildgraph.frontend.ignore import IgnoreMatcher
+from buildgraph.fs import atomic_write
 
 READ_CHUNK = 1 << 20
 GLOB_CHARS = frozenset("*?[")
@@ -21,15 +23,34 @@ GLOB_CHARS = frozenset("*?[")
 
 @dataclass
 class StatCache:
-    """(path, size, mtime_ns, inode) -> content hash, so unchanged files are not re-read."""
+    """(path, size, mtime_ns, inode) -> content hash, so unchanged files are not re-read.
+
+    Kept in the cache dir between runs (`load`/`save`), so a no-op rebuild reads no file."""
 
     entries: dict[tuple[str, int, int, int], str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    used: set[tuple[str, int, int, int]] = field(default_factory=set)
+
+    @classmethod
+    def load(cls, path: Path) -> StatCache:
+        try:
+            doc = json.loads(path.read_bytes())
+            entries = {(e[0], e[1], e[2], e[3]): e[4] for e in doc["entries"]}
+        except (OSError, ValueError, KeyError, TypeError, IndexError):
+            entries = {}  # missing or unreadable: start empty, it is only a shortcut
+        return cls(entries)
+
+    def save(self, path: Path) -> None:
+        """Keep what this run used (so deleted files do not pile up)."""
+        with self.lock:
+            rows = [[*key, self.entries[key]] for key in sorted(self.used) if key in self.entries]
+        atomic_write(path, json.dumps({"entries": rows}, separators=(",", ":")).encode())
 
     def content_hash(self, path: Path, info: os.stat_result) -> str:
         key = (str(path), info.st_size, info.st_mtime_ns, info.st_ino)
         with self.lock:
             known = self.entries.get(key)
+            self.used.add(key)
         if known:
             return known
         hasher = xxhash.xxh3_128()

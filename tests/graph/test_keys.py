@@ -197,3 +197,20 @@ def test_changing_one_instruction_changes_its_key_and_every_later_one(
     after = keys_of(context, "\n".join(edited) + "\n")
     assert before[:changed] == after[:changed]  # FROM and everything above the change
     assert all(old != new for old, new in zip(before[changed:], after[changed:], strict=True))
+
+
+def test_the_stat_cache_survives_a_restart_and_spares_reading(tmp_path: Path) -> None:
+    source = tmp_path / "f.txt"
+    source.write_text("content")
+    first = StatCache()
+    digest = first.content_hash(source, source.stat())
+    first.save(tmp_path / "stat.json")
+    loaded = StatCache.load(tmp_path / "stat.json")
+    before = source.stat()
+    source.write_text("CONTENT")  # same size and inode; put the mtime back as it was
+    os.utime(source, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert loaded.content_hash(source, source.stat()) == digest  # a hit: the file was not read
+    source.write_text("changed!")  # a new size and mtime: read again
+    assert loaded.content_hash(source, source.stat()) != digest
+    (tmp_path / "bad.json").write_text("{not json")
+    assert StatCache.load(tmp_path / "bad.json").entries == {}
