@@ -81,7 +81,7 @@ def layer_from_tar(
 ) -> LayerBlob:
     """Re-pack a root filesystem tarball (any common compression) as a layer, entry by entry."""
     try:
-        with tarfile.open(fileobj=_decompressed(source), mode="r|") as tar:
+        with tarfile.open(fileobj=decompressed(source), mode="r|") as tar:
             return _pack(_imported_entries(tar, epoch), out, compression, level)
     except ARCHIVE_ERRORS as err:
         raise InputError(f"not a valid tar archive: {err}") from err
@@ -372,8 +372,9 @@ _MAGIC = (
 )
 
 
-def _decompressed(source: BinaryIO) -> BinaryIO:
-    """Sniff the compression from the magic bytes without needing a seekable source."""
+def decompressed(source: BinaryIO) -> BinaryIO:
+    """Decompress `source` (gzip, zstd, bzip2, xz or none), sniffing the compression from the
+    magic bytes without needing a seekable source."""
     head = _read_exactly(source, 6)
     stream = io.BufferedReader(_Prefixed(head, source), CHUNK)
     kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), "none")

@@ -41,7 +41,7 @@ def unpack_layer(blob: BinaryIO, media_type: str, dest: Path, *, whiteouts: str 
     stream = _HashingReader(open_layer(blob, media_type))
     root_fd = os.open(dest, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        extractor = _Extractor(root_fd, whiteouts == "overlay")
+        extractor = Extractor(root_fd, whiteouts == "overlay")
         with tarfile.open(fileobj=stream, mode="r|") as tar:  # type: ignore[call-overload]
             while (member := tar.next()) is not None:
                 tar.members.clear()  # streaming: memory must not grow with the layer
@@ -70,7 +70,7 @@ class _HashingReader:
         return self._hash.hexdigest()
 
 
-class _Extractor:
+class Extractor:
     """Applies tar entries below `root_fd`, walking every path with O_NOFOLLOW directory fds."""
 
     def __init__(self, root_fd: int, overlay: bool) -> None:

@@ -48,13 +48,13 @@ IFF_UP = 0x1
 STUB_FD = 3  # the message pipe to buildgraph: "stub\t...", "error\t..." lines; close-on-exec
 SETUP_FAILED = 125  # keeper/init exit code when the message pipe carries the reason
 
-_LIBC = ctypes.CDLL(None, use_errno=True)
-_LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
-_LIBC.mount.argtypes += [ctypes.c_void_p]
-_LIBC.unshare.argtypes = [ctypes.c_int]
-_LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_LIBC.prctl.argtypes += [ctypes.c_ulong]
-_LIBC.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+LIBC = ctypes.CDLL(None, use_errno=True)  # mount, unshare, prctl, sethostname; errno kept
+LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
+LIBC.mount.argtypes += [ctypes.c_void_p]
+LIBC.unshare.argtypes = [ctypes.c_int]
+LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+LIBC.prctl.argtypes += [ctypes.c_ulong]
+LIBC.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 
 DEVICES = (  # name, major, minor: what docker puts in a container's /dev
     ("null", 1, 3),
@@ -108,10 +108,10 @@ def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int
     """The keeper: enter new namespaces, fork init, wait for it, exit with its status."""
     code = SETUP_FAILED
     try:
-        _arrange_fds(stdout_fd, message_fd)
-        _die_with_parent(parent_pid)
+        arrange_fds(stdout_fd, message_fd)
+        die_with_parent(parent_pid)
         flags = CLONE_NEWNS | CLONE_NEWPID | CLONE_NEWIPC | CLONE_NEWUTS
-        _check(_LIBC.unshare(flags | (CLONE_NEWNET if plan.new_net else 0)), "unshare")
+        check(LIBC.unshare(flags | (CLONE_NEWNET if plan.new_net else 0)), "unshare")
         alive_read, alive_write = os.pipe()  # init sees EOF here if the keeper is gone
         pid = os.fork()
         if pid == 0:
@@ -124,7 +124,7 @@ def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code
     except BaseException as err:  # never unwind into the forked copy of the caller
-        _report(f"error\tsandbox: {_describe(err)}")
+        report(f"error\tsandbox: {describe(err)}")
     finally:
         os._exit(code)
 
@@ -132,12 +132,12 @@ def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int
 def _init_main(plan: ChildPlan, alive_fd: int) -> None:
     """Pid 1 of the new pid namespace: build the root, become the user, exec the command."""
     try:
-        _die_with_parent(0, alive_fd)
+        die_with_parent(0, alive_fd)
         name = plan.hostname.encode()
-        _check(_LIBC.sethostname(name, len(name)), f"sethostname {plan.hostname!r}")
+        check(LIBC.sethostname(name, len(name)), f"sethostname {plan.hostname!r}")
         if plan.new_net:
             _loopback_up()
-        _check(_LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
+        check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         sources = {m.source: os.open(m.source, os.O_PATH) for m in plan.mounts if m.source}
         _mount_root(plan)
         os.chroot("r")
@@ -155,7 +155,7 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         os.setgroups(groups)
         os.setgid(gid)
         os.setuid(uid)
-        _die_with_parent(0, alive_fd)  # a credential change clears the death signal
+        die_with_parent(0, alive_fd)  # a credential change clears the death signal
         _reset_signals()
         env = dict(plan.env)
         env.setdefault("HOME", home_of(uid))  # as runc does: the user's home, else "/"
@@ -164,7 +164,7 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         except OSError as err:
             raise SetupError(_exec_error(plan.argv[0], err)) from err
     except BaseException as err:
-        _report(f"error\t{_describe(err)}")
+        report(f"error\t{describe(err)}")
     finally:
         os._exit(SETUP_FAILED)
 
@@ -224,7 +224,9 @@ def mount_overlay(target: str, lowers: list[str], upper: str = "", work: str = "
     _mount(b"overlay", target.encode(), b"overlay", flags, options, f"mount overlay on {target}")
 
 
-def _arrange_fds(stdout_fd: int, message_fd: int) -> None:
+def arrange_fds(stdout_fd: int, message_fd: int) -> None:
+    """stdin from /dev/null, stdout and stderr to `stdout_fd`, the message pipe on STUB_FD;
+    every other fd is closed."""
     null = os.open("/dev/null", os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(stdout_fd, 1)
@@ -234,9 +236,9 @@ def _arrange_fds(stdout_fd: int, message_fd: int) -> None:
     os.closerange(STUB_FD + 1, 1 << 20)  # other threads' pipes must not stay open in here
 
 
-def _die_with_parent(parent_pid: int, alive_fd: int | None = None) -> None:
+def die_with_parent(parent_pid: int, alive_fd: int | None = None) -> None:
     """Arm SIGKILL-on-parent-death, then make sure the parent did not die before that."""
-    _check(_LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    check(LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if alive_fd is None:  # the keeper: its parent is buildgraph
         if os.getppid() != parent_pid:
             os._exit(SETUP_FAILED)
@@ -293,7 +295,7 @@ def _make_stub(path: str, directory: bool) -> None:
         os.mkdir(path, 0o755)
     else:
         os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
-    _report(f"stub\t{created}\t{path}")
+    report(f"stub\t{created}\t{path}")
 
 
 def _populate_dev() -> None:
@@ -331,7 +333,7 @@ def _make_workdir(workdir: str) -> None:
 def resolve_user(user: str) -> tuple[int, int, list[int]]:
     """uid, gid and supplementary groups of `user` from the root's /etc/passwd and /etc/group."""
     name, _, group = user.partition(":")
-    passwd = _read_db("/etc/passwd")
+    passwd = read_db("/etc/passwd")
     if not name or name.isdigit():
         uid = int(name or 0)
         entry = next((e for e in passwd if e[2] == str(uid)), None)
@@ -342,7 +344,7 @@ def resolve_user(user: str) -> tuple[int, int, list[int]]:
         uid = _number(entry[2], "uid", name)
     gid = _number(entry[3], "gid", name) if entry else 0
     login = entry[0] if entry else None
-    groups_db = _read_db("/etc/group")
+    groups_db = read_db("/etc/group")
     if group:
         if group.isdigit():
             gid = int(group)
@@ -357,11 +359,12 @@ def resolve_user(user: str) -> tuple[int, int, list[int]]:
 
 
 def home_of(uid: int) -> str:
-    entry = next((e for e in _read_db("/etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
+    entry = next((e for e in read_db("/etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
     return entry[5] if entry and entry[5] else "/"
 
 
-def _read_db(path: str) -> list[list[str]]:
+def read_db(path: str) -> list[list[str]]:
+    """The rows of a passwd/group style file (at least 4 fields each); [] if unreadable."""
     try:
         with open(path, encoding="utf-8", errors="replace") as handle:
             lines = handle.read().splitlines()
@@ -403,22 +406,25 @@ def _exec_error(program: str, err: OSError) -> str:
 def _mount(
     source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: str, what: str
 ) -> None:
-    _check(_LIBC.mount(source, target, fstype, flags, data.encode() or None), what)
+    check(LIBC.mount(source, target, fstype, flags, data.encode() or None), what)
 
 
-def _check(result: int, what: str) -> None:
+def check(result: int, what: str) -> None:
+    """Raise SetupError naming `what` and errno if a libc call returned nonzero."""
     if result != 0:
         number = ctypes.get_errno()
         raise SetupError(f"{what}: {os.strerror(number)}")
 
 
-def _report(line: str) -> None:
+def report(line: str) -> None:
+    """Write one line to the message pipe on STUB_FD (best effort: the reader may be gone)."""
     data = (line.replace("\n", " ") + "\n").encode(errors="replace")
     with contextlib.suppress(OSError):
         os.write(STUB_FD, data)
 
 
-def _describe(err: BaseException) -> str:
+def describe(err: BaseException) -> str:
+    """A one-line reason for `err`: a SetupError as is, anything else with its type name."""
     if isinstance(err, SetupError):
         return str(err)
     return f"{type(err).__name__}: {err}"
