@@ -94,7 +94,14 @@ def run(
                 running[pool.submit(_timed, worker, step, inputs)] = key
             if not running:
                 break
-            done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            try:
+                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+            except KeyboardInterrupt:
+                # Ctrl-C: kill the running commands, let their steps clean up (no mount, no
+                # half-written entry: a failed step records nothing), then stop.
+                worker.cancel.set()
+                wait(list(running))
+                raise
             for future in done:
                 key = running.pop(future)
                 try:

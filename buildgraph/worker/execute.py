@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -57,6 +58,7 @@ class Worker:
     output: Output = _no_output
     network: str = "host"  # what RUN --network=default means in this build
     secrets: Mapping[str, Path] = field(default_factory=dict)  # secret id -> host file
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop running steps
 
     def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         """Run `step` given the records of its inputs; the result is not cached here."""
@@ -108,7 +110,12 @@ class Worker:
             upper = scratch / "upper"
             upper.mkdir()
             result = run_in_sandbox(
-                spec, lowers, upper, work=scratch, output=lambda data: self.output(step.title, data)
+                spec,
+                lowers,
+                upper,
+                work=scratch,
+                output=lambda data: self.output(step.title, data),
+                cancel=self.cancel,
             )
             if result.exit_code != 0:
                 tail = result.output_tail.strip().splitlines()[-5:]

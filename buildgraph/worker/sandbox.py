@@ -17,6 +17,7 @@ import shutil
 import signal
 import stat
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ from buildgraph.errors import StepFailed
 from buildgraph.worker import nsinit
 from buildgraph.worker.nsinit import MountOp
 
+CANCEL_POLL_MS = 100  # how soon a running command notices that the build was interrupted
 TAIL_LINES = 40
 TAIL_BYTES = 64 * 1024
 MAX_LOWERS = 499  # the kernel stacks at most 500 lowers; the skeleton takes one
@@ -73,6 +75,7 @@ def run_in_sandbox(
     *,
     work: Path | None = None,
     output: Callable[[bytes], None] | None = None,
+    cancel: threading.Event | None = None,
 ) -> RunResult:
     """Run `spec` on lowers (topmost first) + `upper` (empty, same fs as `work`).
 
@@ -95,7 +98,7 @@ def run_in_sandbox(
             hostname=spec.hostname,
             new_net=spec.network == "none",
         )
-        return _run(plan, spec.timeout, upper, output)
+        return _run(plan, spec.timeout, upper, output, cancel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -168,6 +171,7 @@ def _run(
     timeout: float | None,
     upper: Path,
     output: Callable[[bytes], None] | None,
+    cancel: threading.Event | None = None,
 ) -> RunResult:
     out_read, out_write = os.pipe()
     message_read, message_write = os.pipe()
@@ -181,7 +185,7 @@ def _run(
     reaped = False
     try:
         deadline = None if timeout is None else started + timeout
-        tail, timed_out = _stream(out_read, pid, deadline, output)
+        tail, timed_out = _stream(out_read, pid, deadline, output, cancel)
         _, status = os.waitpid(pid, 0)
         reaped = True
         duration = time.monotonic() - started
@@ -199,28 +203,37 @@ def _run(
         raise StepFailed(errors[0])
     code = os.waitstatus_to_exitcode(status)
     text = _tail(tail)
+    if cancel is not None and cancel.is_set():
+        raise StepFailed("interrupted")
     if timed_out:
         text += f"\nbuildgraph: killed after the {timeout:g}s timeout"
     return RunResult(128 - code if code < 0 else code, text, duration, timed_out)
 
 
 def _stream(
-    fd: int, pid: int, deadline: float | None, output: Callable[[bytes], None] | None
+    fd: int,
+    pid: int,
+    deadline: float | None,
+    output: Callable[[bytes], None] | None,
+    cancel: threading.Event | None = None,
 ) -> tuple[bytearray, bool]:
+    """Pass output on until the pipe closes; kill the sandbox at the deadline or on cancel."""
     tail = bytearray()
-    timed_out = False
+    timed_out = killed = False
     poller = select.poll()
     poller.register(fd, select.POLLIN)
     while True:
-        wait_ms = None
-        if deadline is not None:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                os.kill(pid, signal.SIGKILL)  # init gets its death signal, then the pid ns dies
-                timed_out, deadline = True, None
-                continue
-            wait_ms = int(left * 1000) + 1
-        if not poller.poll(wait_ms):
+        now = time.monotonic()
+        if not killed and cancel is not None and cancel.is_set():
+            os.kill(pid, signal.SIGKILL)  # the build is being interrupted: stop at once
+            killed = True
+        if not killed and deadline is not None and now >= deadline:
+            os.kill(pid, signal.SIGKILL)  # init gets its death signal, then the pid ns dies
+            killed = timed_out = True
+        waits = [] if killed else [int((deadline - now) * 1000) + 1] if deadline else []
+        if cancel is not None and not killed:
+            waits.append(CANCEL_POLL_MS)
+        if not poller.poll(min(waits) if waits else None):
             continue
         chunk = os.read(fd, 65536)
         if not chunk:

@@ -338,3 +338,35 @@ def test_relative_context_and_cache_dir(cache: Path, tmp_path: Path, monkeypatch
     assert main(["build", "ctx", "--cache-dir", "cache", "-t", "rel:1", "--progress", "plain"]) == 0
     root = unpack(cache, "rel:1", tmp_path / "bundle")
     assert (root / "w/g").read_text() == "x"
+
+
+def test_ctrl_c_stops_at_once_leaving_no_mount_and_no_entry(cache: Path, tmp_path: Path) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo started && sleep 30\n")
+    records_before = set((cache / "steps").rglob("*.json")) if (cache / "steps").exists() else set()
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "buildgraph",
+            "build",
+            str(context),
+            "--cache-dir",
+            str(cache),
+            "--progress",
+            "plain",
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert process.stderr is not None
+    for line in process.stderr:
+        if "| started" in line:
+            break
+    began = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    assert process.wait(15) == 130
+    assert time.monotonic() - began < 5  # it did not wait for the sleep
+    assert our_mounts(cache) == []
+    new = set((cache / "steps").rglob("*.json")) - records_before
+    assert len(new) == 1  # only FROM; the interrupted RUN left no entry
+    assert not list((cache / "ingest").iterdir())
