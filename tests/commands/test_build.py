@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import http.server
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -202,38 +201,43 @@ def test_unreachable_base_image_exits_3_naming_the_line(
     assert f"{context / 'Dockerfile'}:2: " in err and "unreachable" in err
 
 
-def test_sigkill_during_run_leaves_no_mount_and_the_next_build_works(
-    cache: Path, tmp_path: Path
-) -> None:
-    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo started && sleep 30\n")
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "buildgraph",
-            "build",
-            str(context),
-            "--cache-dir",
-            str(cache),
-            "--progress",
-            "plain",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+def sleepers() -> list[str]:
+    """Pids of `sleep 30` processes still alive (the RUN command of the kill tests)."""
+    found = subprocess.run(["pgrep", "-x", "sleep"], capture_output=True, text=True).stdout
+    alive = []
+    for pid in found.split():
+        try:
+            if Path(f"/proc/{pid}/cmdline").read_bytes() == b"sleep\x0030\x00":
+                alive.append(pid)
+        except OSError:
+            continue  # it just exited
+    return alive
+
+
+def start_until_running(context: Path, cache: Path) -> subprocess.Popen:
+    """A build in its own process, returned once its RUN printed "started"."""
+    argv = [sys.executable, "-m", "buildgraph", "build", str(context), "--cache-dir", str(cache)]
+    process = subprocess.Popen([*argv, "--progress", "plain"], stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
     deadline = time.monotonic() + 30
     for line in process.stderr:
         if "| started" in line or time.monotonic() > deadline:
             break
+    return process
+
+
+def test_sigkill_during_run_leaves_no_mount_and_the_next_build_works(
+    cache: Path, tmp_path: Path
+) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo started && sleep 30\n")
+    process = start_until_running(context, cache)
     process.send_signal(signal.SIGKILL)
     process.wait(10)
-    deadline = time.monotonic() + 5
-    while our_mounts(cache) and time.monotonic() < deadline:
+    deadline = time.monotonic() + 5  # the death signal reaches the sandbox asynchronously
+    while (our_mounts(cache) or sleepers()) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert our_mounts(cache) == []
-    leftover = subprocess.run(["pgrep", "-f", "sleep 30"], capture_output=True, text=True).stdout
-    assert not [pid for pid in leftover.split() if int(pid) != os.getpid()]
+    assert sleepers() == []
     write_context(context, "FROM busybox\nRUN echo again\n")
     assert build(cache, context) == 0
 
@@ -343,25 +347,7 @@ def test_relative_context_and_cache_dir(cache: Path, tmp_path: Path, monkeypatch
 def test_ctrl_c_stops_at_once_leaving_no_mount_and_no_entry(cache: Path, tmp_path: Path) -> None:
     context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo started && sleep 30\n")
     records_before = set((cache / "steps").rglob("*.json")) if (cache / "steps").exists() else set()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "buildgraph",
-            "build",
-            str(context),
-            "--cache-dir",
-            str(cache),
-            "--progress",
-            "plain",
-        ],
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert process.stderr is not None
-    for line in process.stderr:
-        if "| started" in line:
-            break
+    process = start_until_running(context, cache)
     began = time.monotonic()
     process.send_signal(signal.SIGINT)
     assert process.wait(15) == 130

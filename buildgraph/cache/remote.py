@@ -1,0 +1,258 @@
+"""The remote step cache: one OCI image per step in a registry, tagged `<cache-repo>:<key>`.
+
+Format (FORMAT_VERSION 1):
+- tag: the step's cache key itself. Keys are xxh3-128 hex (32 chars), which is a valid tag.
+- manifest: an OCI image manifest whose layers are ALL the record's layers, base first, so
+  `<cache-repo>:<key>` is an ordinary image (`skopeo inspect`/`copy` work on it). It carries
+  the annotation `io.buildgraph.key: <key>`.
+- config: an OCI image config (architecture/os of the build platform, rootfs.diff_ids and
+  history from the record, `created` = the last history entry's) with the buildgraph metadata
+  in an extra top-level object, which OCI readers ignore:
+      "io.buildgraph.step": {"format": 1, "key": ..., "created": ..., "buildgraph": <version>,
+                             "layers": [<layer digests, base first>]}
+  Nothing in it depends on when or where it was exported, so exporting a key again produces
+  the same manifest digest.
+
+A lookup is one HEAD per key. A failing registry raises RegistryError; an entry that is not
+ours or disagrees with itself is a miss (`fetch_record` returns None and reports why).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from buildgraph import __version__
+from buildgraph.cache.local import LocalStore
+from buildgraph.cache.steps import LayerRef, StepRecord
+from buildgraph.errors import CacheError, InputError
+from buildgraph.image import mediatypes as mt
+from buildgraph.image.config import HistoryEntry, ImageConfig
+from buildgraph.image.oci import (
+    Descriptor,
+    Manifest,
+    Platform,
+    canonical_json,
+    default_platform,
+    parse_document,
+    sha256_digest,
+)
+from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.reference import Reference
+
+STEP_FIELD = "io.buildgraph.step"  # the config's top-level metadata object
+KEY_ANNOTATION = "io.buildgraph.key"  # on the manifest
+FORMAT_VERSION = 1  # bump when the entry format changes; entries of another format are misses
+MAX_CONFIG_SIZE = 4 << 20  # a step config is small; refuse to buffer a huge foreign one
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteEntry:
+    key: str
+    manifest_digest: str
+
+
+class InvalidEntry(CacheError):
+    """A manifest under a key that is not a buildgraph step entry, or contradicts itself."""
+
+
+def _ignore(_: str) -> None:
+    pass
+
+
+class RemoteCache:
+    """Step records in one registry repository; safe to share between threads."""
+
+    def __init__(self, client: RegistryClient, repository: Reference, *, jobs: int = 8) -> None:
+        self.client = client
+        self.repository = repository.repository_only()
+        self.jobs = max(1, jobs)
+
+    def tag(self, key: str) -> Reference:
+        return self.repository.with_tag(key)  # InputError if `key` is not a valid tag
+
+    # -- reading ------------------------------------------------------------------------------
+    def lookup(self, keys: Iterable[str]) -> dict[str, RemoteEntry]:
+        """HEAD `<repository>:<key>` for every key at once; keys not found are absent."""
+        refs = {key: self.tag(key) for key in dict.fromkeys(keys)}
+
+        def head(key: str) -> RemoteEntry | None:
+            found = self.client.head_manifest(refs[key], accept=mt.MANIFESTS)
+            return RemoteEntry(key, found.digest) if found else None
+
+        found = _map_all(head, list(refs), self.jobs)
+        return {entry.key: entry for entry in found if entry is not None}
+
+    def fetch_record(
+        self, entry: RemoteEntry, *, warn: Callable[[str], None] = _ignore
+    ) -> StepRecord | None:
+        """The record of `entry`, or None (with the reason passed to `warn`) when the
+        manifest under the key is not a valid step entry. Registry failures raise."""
+        try:
+            return self.read_record(entry)
+        except InvalidEntry as err:
+            warn(str(err))
+            return None
+
+    def read_record(self, entry: RemoteEntry) -> StepRecord:
+        """Like fetch_record, but an invalid entry raises InvalidEntry."""
+        ref = self.repository.with_digest(entry.manifest_digest)
+        response = self.client.get_manifest(ref, accept=mt.MANIFESTS)  # digest verified
+        manifest = _parse_manifest(response.data, response.media_type, entry.key)
+        if manifest.config.size > MAX_CONFIG_SIZE:
+            size = manifest.config.size
+            raise InvalidEntry(f"cache entry {entry.key} ({ref}): config of {size} bytes")
+        buffer = io.BytesIO()
+        self.client.fetch_blob(self.repository, manifest.config.digest, buffer)  # verified
+        return _parse_record(buffer.getvalue(), manifest, entry.key, ref)
+
+    def download_layers(self, record: StepRecord, store: LocalStore) -> int:
+        """Fetch every layer blob of `record` that `store` lacks, verified; returns the bytes
+        downloaded. A blob that does not match its digest raises DigestMismatch, stores nothing."""
+        wanted = {ref.descriptor.digest: ref.descriptor for ref in record.layers}
+        missing = [blob for blob in wanted.values() if not store.has_blob(blob.digest)]
+
+        def fetch(blob: Descriptor) -> int:
+            if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
+                return 0
+            with store.ingest(blob.digest) as writer:
+                return self.client.fetch_blob(self.repository, blob.digest, writer)
+
+        return sum(_map_all(fetch, missing, self.jobs))
+
+    # -- writing ------------------------------------------------------------------------------
+    def export(
+        self,
+        key: str,
+        record: StepRecord,
+        store: LocalStore,
+        *,
+        platform: Platform | None = None,
+        mount_from: Sequence[Reference] = (),
+    ) -> str:
+        """Push `record` as `<repository>:<key>`; returns the manifest digest.
+
+        Layers the registry lacks are mounted from a `mount_from` repository where possible,
+        else uploaded; then the config, then the manifest. The tag is written last, so an
+        interrupted export leaves no tag pointing at a missing blob. Exporting an entry that
+        is already there costs one HEAD.
+        """
+        ref = self.tag(key)
+        config = entry_config(key, record, platform or default_platform())
+        config_descriptor = Descriptor(mt.OCI_CONFIG, sha256_digest(config), len(config))
+        manifest = entry_manifest(key, record, config_descriptor)
+        digest = sha256_digest(manifest)
+        existing = self.client.head_manifest(ref, accept=mt.MANIFESTS)
+        if existing is not None and existing.digest == digest:
+            return digest  # any other entry under the key (older format, damaged) is replaced
+        layers = list(
+            {layer.descriptor.digest: layer.descriptor for layer in record.layers}.values()
+        )
+        _map_all(lambda blob: self._push_layer(blob, store, mount_from), layers, self.jobs)
+        self.client.upload_blob(
+            self.repository, config_descriptor.digest, len(config), io.BytesIO(config)
+        )
+        return self.client.put_manifest(ref, manifest, mt.OCI_MANIFEST)
+
+    def _push_layer(
+        self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
+    ) -> None:
+        if self.client.blob_exists(self.repository, blob.digest):
+            return
+        for source in mount_from:
+            if source.repository_only() == self.repository:
+                continue
+            if self.client.mount_blob(self.repository, blob.digest, source.repository_only()):
+                return
+        with store.open_blob(blob.digest) as handle:
+            self.client.upload_blob(self.repository, blob.digest, blob.size, handle)
+
+
+# -- the entry format -----------------------------------------------------------------------------
+def entry_config(key: str, record: StepRecord, platform: Platform) -> bytes:
+    """The OCI image config of an entry: a valid config plus the STEP_FIELD metadata."""
+    created = record.history[-1].created if record.history else ""
+    image = ImageConfig(
+        platform=platform,
+        diff_ids=tuple(layer.diff_id for layer in record.layers),
+        history=record.history,
+        created=created,
+    )
+    doc = json.loads(image.to_json())
+    doc[STEP_FIELD] = {
+        "format": FORMAT_VERSION,
+        "key": key,
+        "created": created,
+        "buildgraph": __version__,
+        "layers": [layer.descriptor.digest for layer in record.layers],
+    }
+    return canonical_json(doc)
+
+
+def entry_manifest(key: str, record: StepRecord, config: Descriptor) -> bytes:
+    layers = tuple(layer.descriptor for layer in record.layers)
+    return Manifest(config, layers, mt.OCI_MANIFEST, ((KEY_ANNOTATION, key),)).to_json()
+
+
+def _parse_manifest(data: bytes, media_type: str, key: str) -> Manifest:
+    try:
+        manifest = parse_document(data, media_type)
+    except InputError as err:
+        raise InvalidEntry(f"cache entry {key}: {err}") from err
+    if not isinstance(manifest, Manifest) or manifest.media_type != mt.OCI_MANIFEST:
+        raise InvalidEntry(f"cache entry {key}: not an OCI image manifest")
+    if dict(manifest.annotations).get(KEY_ANNOTATION) != key:
+        raise InvalidEntry(f"cache entry {key}: manifest lacks annotation {KEY_ANNOTATION}={key}")
+    if manifest.config.media_type != mt.OCI_CONFIG:
+        raise InvalidEntry(f"cache entry {key}: config type {manifest.config.media_type!r}")
+    return manifest
+
+
+def _parse_record(data: bytes, manifest: Manifest, key: str, where: Reference) -> StepRecord:
+    def invalid(reason: str) -> InvalidEntry:
+        return InvalidEntry(f"cache entry {key} ({where}): {reason}")
+
+    try:
+        doc = json.loads(data)
+        meta: Any = doc[STEP_FIELD]
+        diff_ids = doc["rootfs"]["diff_ids"]
+        history = tuple(HistoryEntry.from_dict(item) for item in doc.get("history") or ())
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        reason = f"config is not a buildgraph step config ({type(err).__name__}: {err})"
+        raise invalid(reason) from err
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT_VERSION:
+        raise invalid(
+            f"unknown entry format {meta.get('format') if isinstance(meta, dict) else meta!r}"
+        )
+    if meta.get("key") != key:
+        raise invalid(f"config records key {meta.get('key')!r}")
+    digests = [layer.digest for layer in manifest.layers]
+    if meta.get("layers") != digests:
+        raise invalid("the config's layer list disagrees with the manifest")
+    if not isinstance(diff_ids, list) or len(diff_ids) != len(digests):
+        raise invalid(f"{len(digests)} layers but diff_ids {diff_ids!r:.80}")
+    if not all(isinstance(diff_id, str) for diff_id in diff_ids):
+        raise invalid("diff_ids are not strings")
+    layers = tuple(
+        LayerRef(blob, diff_id) for blob, diff_id in zip(manifest.layers, diff_ids, strict=True)
+    )
+    return StepRecord(layers, history)
+
+
+def _map_all(function: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
+    """`function` over `items` on up to `jobs` threads; the first failure cancels the rest."""
+    if not items:
+        return []
+    pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)))
+    try:
+        futures = [pool.submit(function, item) for item in items]
+        return [future.result() for future in futures]
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
