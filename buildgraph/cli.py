@@ -197,13 +197,19 @@ def cmd_run(args: argparse.Namespace) -> int:
             push_all=args.push,
             always_pull=args.pull,
             network=args.network,
+            cache_from=args.cache_from,
+            cache_to=args.cache_to,
+            cache_required=args.cache_required,
+            warn=lambda text: _say(f"buildgraph: warning: {text}"),
         )
     finally:
         if hasattr(sink, "close"):
             sink.close()
     for warning in result.warnings:
         _say(f"buildgraph: warning: {warning}")
-    if args.progress != "json":
+    if args.progress == "json":  # stdout is for the events; the table goes to stderr
+        _say(summary_table(result))
+    else:
         print(summary_table(result))
     raise_for_failures(result)
     return 0
@@ -373,6 +379,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     runp.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
     runp.add_argument("--network", choices=("host", "none"), default="host")
+    runp.add_argument("--cache-from", metavar="REF", help="read the remote cache here")
+    runp.add_argument("--cache-to", metavar="REF", help="export the remote cache here")
+    runp.add_argument(
+        "--cache-required", action="store_true", help="fail when the remote cache fails"
+    )
     runp.set_defaults(handler=cmd_run)
 
     planp = commands.add_parser("plan", help="each step with its key, state and why")

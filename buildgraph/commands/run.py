@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +12,7 @@ import networkx as nx
 
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.remote import RemoteCache
 from buildgraph.cache.steps import StepIndex
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
 from buildgraph.errors import BuildgraphError, InputError, StepFailed
@@ -28,6 +29,7 @@ from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_p
 from buildgraph.registry.reference import parse_reference
 from buildgraph.registry.transfer import push
 from buildgraph.solver.events import EventSink, LogEvent
+from buildgraph.solver.remote import RemoteSession
 from buildgraph.solver.scheduler import Outcome, run
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
@@ -54,6 +56,8 @@ class RunResult:
     graph: nx.DiGraph
     seconds: float
     warnings: tuple[str, ...] = ()
+    downloaded: int = 0  # bytes of layers fetched from the remote cache
+    exported: int = 0  # steps exported to the remote cache
 
 
 @dataclass
@@ -181,6 +185,10 @@ def run_project(
     push_all: bool = False,
     always_pull: bool = False,
     network: str = "host",
+    cache_from: str | None = None,
+    cache_to: str | None = None,
+    cache_required: bool = False,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
     start = time.monotonic()
     store.ensure()
@@ -193,6 +201,17 @@ def run_project(
         for name in compiled.plans
         for secret_id, source in project.target(name).secrets
     }
+    remote = remote_session(
+        store,
+        client,
+        source=cache_from if cache_from is not None else project.cache.remote,
+        target=cache_to if cache_to is not None else project.cache.remote,
+        warn=warn,
+        required=cache_required,
+        export_only=None
+        if project.cache.mode == "max"
+        else {p.target.key for p in compiled.plans.values()},
+    )
     worker = Worker(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
@@ -201,6 +220,7 @@ def run_project(
         output=lambda title, data: sink.emit(LogEvent(title, data)),
         network=network,
         secrets=secrets,
+        fetch_layers=remote.ensure_layers if remote else None,
     )
     if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
         sink.targets.update(step_targets(compiled, graph))  # type: ignore[attr-defined]
@@ -212,6 +232,7 @@ def run_project(
         jobs=jobs,
         no_cache=no_cache,
         keep_going=keep_going,
+        remote=remote,
     )
     built = {key for key in graph if key in outcome.records} - outcome.cached
     results = []
@@ -221,11 +242,28 @@ def run_project(
     for name, plan in compiled.plans.items():
         results.append(
             _finish_target(
-                project.target(name), plan, graph, outcome, built, store, client, epoch, push_all
+                project.target(name),
+                plan,
+                graph,
+                outcome,
+                built,
+                store,
+                client,
+                epoch,
+                push_all,
+                remote,
             )
         )
+    if remote is not None:
+        remote.finish()
     return RunResult(
-        tuple(results), outcome, graph, time.monotonic() - start, tuple(compiled.warnings)
+        tuple(results),
+        outcome,
+        graph,
+        time.monotonic() - start,
+        tuple(compiled.warnings),
+        remote.downloaded if remote else 0,
+        len(remote.exported) if remote else 0,
     )
 
 
@@ -252,6 +290,7 @@ def _finish_target(
     client: ClientFactory,
     epoch: int | None,
     push_all: bool,
+    remote: RemoteSession | None,
 ) -> TargetResult:
     key = plan.target.key
     steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
@@ -260,7 +299,10 @@ def _finish_target(
         failed = [outcome.failures[k] for k in steps if k in outcome.failures]
         error = str(failed[0]) if failed else "skipped: a step it needs failed"
         return TargetResult(spec.name, key, steps, ran, 0, None, (), error)
-    image = assemble_image(store, plan.target, outcome.records[key], epoch=epoch)
+    record = outcome.records[key]
+    if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
+        remote.ensure_layers(record)
+    image = assemble_image(store, plan.target, record, epoch=epoch)
     tags = []
     for tag in spec.tags:
         ref = parse_reference(tag)
@@ -273,6 +315,26 @@ def _finish_target(
             stored = StoredImage(tag, str(parse_reference(tag)), image)
             push(client(), store, stored, parse_reference(tag))
     return TargetResult(spec.name, key, steps, ran, len(steps) - ran, image, tuple(tags))
+
+
+def remote_session(
+    store: LocalStore,
+    client: ClientFactory,
+    *,
+    source: str | None,
+    target: str | None,
+    warn: Callable[[str], None],
+    required: bool,
+    export_only: set[str] | None,
+) -> RemoteSession | None:
+    """The remote cache for this run, or None when no repository is configured."""
+    if not source and not target:
+        return None
+    read = RemoteCache(client(), parse_reference(source, default_tag=None)) if source else None
+    write = RemoteCache(client(), parse_reference(target, default_tag=None)) if target else None
+    return RemoteSession(
+        store, source=read, target=write, warn=warn, required=required, export_only=export_only
+    )
 
 
 def raise_for_failures(result: RunResult) -> None:

@@ -13,6 +13,7 @@ from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.errors import BuildgraphError, CacheError
 from buildgraph.graph.steps import SourceStep, Step
 from buildgraph.solver.events import EventSink, StepEvent, StepState
+from buildgraph.solver.remote import RemoteSession
 from buildgraph.worker.execute import Worker
 
 
@@ -39,8 +40,12 @@ def run(
     jobs: int,
     no_cache: bool = False,
     keep_going: bool = False,
+    remote: RemoteSession | None = None,
 ) -> Outcome:
-    """Execute every node of `graph` (edges: input -> step)."""
+    """Execute every node of `graph` (edges: input -> step). With `remote`, steps missing
+    locally are looked up in the remote cache first, and built steps are exported."""
+    if remote is not None and not no_cache:
+        remote.lookup(key for key in graph if index.get(key) is None)
     priority = _remaining_path_lengths(graph)
     waiting = {key: graph.in_degree(key) for key in graph}
     ready: list[tuple[int, str]] = []
@@ -89,6 +94,14 @@ def run(
                     sink.emit(StepEvent(key, StepState.CACHED, _title(graph, key)))
                     finish(key)
                     continue
+                found = remote.record(key) if remote is not None and not no_cache else None
+                if found is not None:  # its layers are fetched only when something needs them
+                    index.put(key, found)
+                    records[key] = found
+                    from_cache.add(key)
+                    sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
+                    finish(key)
+                    continue
                 inputs = {parent: records[parent] for parent in graph.predecessors(key)}
                 sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
                 running[pool.submit(_timed, worker, step, inputs)] = key
@@ -113,6 +126,8 @@ def run(
                     continue
                 index.put(key, record)
                 records[key] = record
+                if remote is not None:
+                    remote.export(key, record)
                 parent = records.get(getattr(graph.nodes[key]["step"], "parent", ""))
                 added = parent is not None and len(record.layers) > len(parent.layers)
                 size = record.layers[-1].descriptor.size if added else 0

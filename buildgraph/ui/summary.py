@@ -25,4 +25,8 @@ def summary_table(result: RunResult) -> str:
         f"{len(result.outcome.cached)} cached, {built} built across targets, "
         f"{result.seconds:.2f}s"
     )
+    if result.downloaded or result.exported:
+        lines.append(
+            f"remote cache: {result.downloaded} bytes downloaded, {result.exported} steps exported"
+        )
     return "\n".join(lines)

@@ -59,6 +59,7 @@ class Worker:
     network: str = "host"  # what RUN --network=default means in this build
     secrets: Mapping[str, Path] = field(default_factory=dict)  # secret id -> host file
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop running steps
+    fetch_layers: Callable[[StepRecord], None] | None = None  # remote cache: missing blobs
 
     def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         """Run `step` given the records of its inputs; the result is not cached here."""
@@ -95,6 +96,9 @@ class Worker:
 
     def lowers(self, record: StepRecord) -> list[Path]:
         """Snapshot dirs of an image, topmost first (overlay's lowerdir order)."""
+        unpacked = all(self.snapshots.has(layer.diff_id) for layer in record.layers)
+        if not unpacked and self.fetch_layers is not None:
+            self.fetch_layers(record)  # only a snapshot not on disk needs its blob
         paths = [
             self.snapshots.ensure(self.store, layer.descriptor, layer.diff_id)
             for layer in record.layers

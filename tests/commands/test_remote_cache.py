@@ -1,0 +1,116 @@
+"""Remote cache end to end: machine A exports, a fresh cache dir (machine B) reuses it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from registry_server import RegistryServer
+
+from buildgraph.cli import main
+
+BUILDFILE = """version: 1
+cache: {{dir: cache, remote: "{remote}"}}
+targets:
+  base:
+    context: base
+    tags: ["base:1"]
+  app:
+    context: app
+    contexts: {{base: "target:base"}}
+    tags: ["app:1"]
+"""
+FILES = {
+    "base/Dockerfile": "FROM busybox\nRUN echo base > /base.txt\n",
+    "app/Dockerfile": "FROM base\nCOPY main.txt /app/\nRUN cat /base.txt /app/main.txt > /out\n",
+    "app/main.txt": "v1\n",
+}
+
+
+@pytest.fixture(scope="module")
+def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
+    cache = tmp_path_factory.mktemp("store") / "cache"
+    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    return cache
+
+
+def make_repo(root: Path, busybox_cache: Path, remote: str) -> Path:
+    for path, text in {**FILES, "Buildfile.yaml": BUILDFILE.format(remote=remote)}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    shutil.copytree(busybox_cache, root / "cache", symlinks=True)  # only the base image
+    return root
+
+
+def run(root: Path, *argv: str) -> int:
+    return main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
+
+
+def states(out: str) -> dict[str, str]:
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return {e["instruction"]: e["state"] for e in events if "key" in e}
+
+
+def started_titles(out: str) -> list[str]:
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [e["instruction"] for e in events if e["state"] == "started"]
+
+
+def digest(root: Path, name: str) -> str:
+    for entry in json.loads((root / "cache/index.json").read_text())["manifests"]:
+        if entry["annotations"]["org.opencontainers.image.ref.name"] == name:
+            return entry["digest"]
+    raise AssertionError(name)
+
+
+def test_machine_b_runs_nothing_and_gets_the_same_images(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/test-b"
+    machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
+    assert run(machine_a) == 0
+    assert "steps exported" in capsys.readouterr().err
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    assert run(machine_b) == 0
+    captured = capsys.readouterr()
+    seen = states(captured.out)
+    assert started_titles(captured.out) == []  # zero steps executed
+    assert "remote" in seen.values()
+    for name in ("base:1", "app:1"):
+        assert digest(machine_b, name) == digest(machine_a, name)
+    # B now holds the images' layers locally: a local output works.
+    out = tmp_path / "rootfs"
+    argv = ["image", "export", "app:1", "-o", f"type=local,dest={out}"]
+    assert main([*argv, "--cache-dir", str(machine_b / "cache")]) == 0
+    assert (out / "out").read_text() == "base\nv1\n"
+
+
+def test_a_changed_file_on_machine_b_reuses_the_rest(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/test-change"
+    assert run(make_repo(tmp_path / "a", busybox_cache, remote)) == 0
+    capsys.readouterr()
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    (machine_b / "app/main.txt").write_text("v2\n")
+    assert run(machine_b) == 0
+    started = sorted(started_titles(capsys.readouterr().out))
+    assert started == [
+        "[stage-0] COPY main.txt /app/",
+        "[stage-0] RUN cat /base.txt /app/main.txt > /out",
+    ]
+
+
+def test_an_unreachable_cache_registry_warns_once_and_builds(
+    fresh_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{fresh_registry.host}/cache/down"
+    fresh_registry.stop()
+    repo = make_repo(tmp_path / "a", busybox_cache, remote)
+    assert run(repo, "--registry-timeout", "1") == 0
+    err = capsys.readouterr().err
+    assert err.count("buildgraph: warning: remote cache") == 1
+    assert run(repo, "--registry-timeout", "1", "--cache-required", "--no-cache") == 3
