@@ -173,6 +173,10 @@ def _project_store(args: argparse.Namespace, project):
     return LocalStore(Path(args.cache_dir) if args.cache_dir else project.cache.dir)
 
 
+def _offline_client():
+    raise InputError("--offline: this needs a registry (an image missing from the local store)")
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from buildgraph.commands.image import build_timestamp
     from buildgraph.commands.run import raise_for_failures, run_project
@@ -181,6 +185,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     project = _project(args)
     if not args.insecure_registry:
         args.insecure_registry = list(project.insecure_registries)
+    if args.command == "warm":
+        _warm(args, project)
+        if not args.build:
+            return 0
+    offline = getattr(args, "offline", False)
+    if offline:
+        args.cache_from = args.cache_to = ""  # no remote cache either
     _, epoch = build_timestamp()
     sink = _renderer(args)
     try:
@@ -188,7 +199,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             project,
             args.targets,
             store=_project_store(args, project),
-            client=lambda: _client(args),
+            client=_offline_client if offline else lambda: _client(args),
             sink=sink,
             jobs=args.jobs or (os.cpu_count() or 2),
             epoch=epoch,
@@ -229,6 +240,23 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         print(render_plan(targets, graph))
     return 0
+
+
+def _warm(args: argparse.Namespace, project) -> None:
+    from buildgraph.commands.warm import warm_project
+
+    result = warm_project(
+        project,
+        args.targets,
+        store=_project_store(args, project),
+        client=lambda: _client(args),
+        cache_from=args.cache_from,
+        progress=_progress(args),
+    )
+    print(
+        f"warm: {result.steps} steps: {result.local} already local, {result.fetched} fetched "
+        f"({result.bytes} bytes), {result.missing} not in any cache"
+    )
 
 
 def _build_args(items: Sequence[str]) -> dict[str, str]:
@@ -384,6 +412,33 @@ def build_parser() -> argparse.ArgumentParser:
     runp.add_argument(
         "--cache-required", action="store_true", help="fail when the remote cache fails"
     )
+    runp.add_argument(
+        "--offline", action="store_true", help="use only the local store and cache (no network)"
+    )
+    runp.set_defaults(build=True)
+
+    warmp = commands.add_parser(
+        "warm", help="fill the local cache from the remote one (--build: build and export the rest)"
+    )
+    warmp.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
+    warmp.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
+    warmp.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
+    warmp.add_argument(
+        "--build", action="store_true", help="also build what is missing and export it"
+    )
+    warmp.add_argument("--cache-from", metavar="REF", help="read the remote cache here")
+    warmp.add_argument("--cache-to", metavar="REF", help="export built steps here")
+    warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    warmp.add_argument("--progress", choices=("auto", "tty", "plain", "json"), default="plain")
+    warmp.set_defaults(
+        handler=cmd_run,
+        no_cache=False,
+        keep_going=True,
+        push=False,
+        pull=False,
+        network="host",
+        cache_required=False,
+    )
     runp.set_defaults(handler=cmd_run)
 
     planp = commands.add_parser("plan", help="each step with its key, state and why")
@@ -395,9 +450,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
         sub.set_defaults(handler=cmd_plan)
 
-    for sub in (imp, exp, rm, ls, images, pull, push, bld, runp, planp, graphp):
+    for sub in (imp, exp, rm, ls, images, pull, push, bld, runp, planp, graphp, warmp):
         _common(sub)
-    for sub in (runp, planp, graphp):
+    for sub in (runp, planp, graphp, warmp):
         sub.set_defaults(cache_dir=None)  # the Buildfile's cache.dir unless --cache-dir
     return parser
 

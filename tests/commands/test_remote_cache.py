@@ -114,3 +114,31 @@ def test_an_unreachable_cache_registry_warns_once_and_builds(
     err = capsys.readouterr().err
     assert err.count("buildgraph: warning: remote cache") == 1
     assert run(repo, "--registry-timeout", "1", "--cache-required", "--no-cache") == 3
+
+
+def test_warm_then_offline_run_needs_no_network(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/test-warm"
+    machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
+    assert run(machine_a) == 0
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    capsys.readouterr()
+    assert main(["warm", "-f", str(machine_b / "Buildfile.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "0 not in any cache" in out and "fetched" in out
+    assert run(machine_b, "--offline") == 0
+    assert started_titles(capsys.readouterr().out) == []
+    assert digest(machine_b, "app:1") == digest(machine_a, "app:1")
+
+
+def test_warm_build_exports_what_was_missing(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/test-warm-build"
+    nightly = make_repo(tmp_path / "nightly", busybox_cache, remote)
+    assert main(["warm", "--build", "-f", str(nightly / "Buildfile.yaml")]) == 0
+    assert "4 steps exported" in capsys.readouterr().out
+    laptop = make_repo(tmp_path / "laptop", busybox_cache, remote)
+    assert run(laptop) == 0
+    assert started_titles(capsys.readouterr().out) == []
