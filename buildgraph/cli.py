@@ -147,6 +147,8 @@ def cmd_build(args: argparse.Namespace) -> int:
         jobs=args.jobs or (os.cpu_count() or 2),
         network=args.network,
         secrets=dict(parse_secret(item) for item in args.secret or ()),
+        cache_from=args.cache_from or args.cache_repo,
+        cache_to=args.cache_to or args.cache_repo,
     )
     _, epoch = build_timestamp()
     sink = _renderer(args)
@@ -383,6 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument(
         "--network", choices=("host", "none"), default="host", help="network for RUN steps"
     )
+    bld.add_argument("--cache-repo", metavar="REF", help="remote cache repository (read+write)")
+    bld.add_argument("--cache-from", metavar="REF", help="read the remote cache here")
+    bld.add_argument("--cache-to", metavar="REF", help="export the remote cache here")
     bld.add_argument("--no-cache", action="store_true", help="rebuild every step")
     bld.add_argument("--pull", action="store_true", help="always pull FROM images")
     bld.add_argument("--push", action="store_true", help="push every -t tag")

@@ -25,6 +25,7 @@ from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import parse_reference
 from buildgraph.registry.transfer import pull, push
 from buildgraph.solver.events import EventSink, LogEvent
+from buildgraph.solver.remote import remote_session
 from buildgraph.solver.scheduler import Outcome, add_step, run
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
@@ -46,6 +47,8 @@ class BuildRequest:
     push: bool = False
     jobs: int = os.cpu_count() or 2
     network: str = "host"  # what RUN uses unless it says --network
+    cache_from: str | None = None  # remote cache repositories (--cache-repo sets both)
+    cache_to: str | None = None
     secrets: Mapping[str, Path] = field(default_factory=dict)
 
 
@@ -132,6 +135,15 @@ def build(
     )
     stat_cache.save(store.root / "statcache.json")
     graph = compile_graph(plan)
+    remote = remote_session(
+        store,
+        client,
+        source=request.cache_from,
+        target=request.cache_to,
+        warn=lambda text: sink.emit(LogEvent("remote cache", f"warning: {text}\n".encode())),
+        required=False,
+        export_only=None,
+    )
     worker = Worker(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
@@ -140,6 +152,7 @@ def build(
         output=lambda title, data: sink.emit(LogEvent(title, data)),
         network=request.network,
         secrets=request.secrets,
+        fetch_layers=remote.ensure_layers if remote else None,
     )
     outcome = run(
         graph,
@@ -148,11 +161,17 @@ def build(
         sink=sink,
         jobs=request.jobs,
         no_cache=request.no_cache,
+        remote=remote,
     )
+    if remote is not None:
+        remote.finish()
     if outcome.failures:
         first = next(iter(outcome.failures.values()))
         raise first if isinstance(first, StepFailed) else relocate(first, None)
-    image = assemble_image(store, plan.target, outcome.records[plan.target.key], epoch=epoch)
+    record = outcome.records[plan.target.key]
+    if remote is not None:
+        remote.ensure_layers(record)
+    image = assemble_image(store, plan.target, record, epoch=epoch)
     tags = _tag(store, image, request.tags)
     for spec in request.outputs:
         export_output(store, image, tags, spec, client, dockerfile_path)

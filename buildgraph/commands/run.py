@@ -12,7 +12,6 @@ import networkx as nx
 
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
-from buildgraph.cache.remote import RemoteCache
 from buildgraph.cache.steps import StepIndex
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
 from buildgraph.errors import BuildgraphError, InputError, StepFailed
@@ -29,7 +28,7 @@ from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_p
 from buildgraph.registry.reference import parse_reference
 from buildgraph.registry.transfer import push
 from buildgraph.solver.events import EventSink, LogEvent
-from buildgraph.solver.remote import RemoteSession
+from buildgraph.solver.remote import RemoteSession, remote_session
 from buildgraph.solver.scheduler import Outcome, run
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
@@ -315,26 +314,6 @@ def _finish_target(
             stored = StoredImage(tag, str(parse_reference(tag)), image)
             push(client(), store, stored, parse_reference(tag))
     return TargetResult(spec.name, key, steps, ran, len(steps) - ran, image, tuple(tags))
-
-
-def remote_session(
-    store: LocalStore,
-    client: ClientFactory,
-    *,
-    source: str | None,
-    target: str | None,
-    warn: Callable[[str], None],
-    required: bool,
-    export_only: set[str] | None,
-) -> RemoteSession | None:
-    """The remote cache for this run, or None when no repository is configured."""
-    if not source and not target:
-        return None
-    read = RemoteCache(client(), parse_reference(source, default_tag=None)) if source else None
-    write = RemoteCache(client(), parse_reference(target, default_tag=None)) if target else None
-    return RemoteSession(
-        store, source=read, target=write, warn=warn, required=required, export_only=export_only
-    )
 
 
 def raise_for_failures(result: RunResult) -> None:

@@ -10,6 +10,8 @@ from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import RemoteCache, RemoteEntry
 from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import BuildgraphError, RegistryError
+from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.reference import parse_reference
 
 Warn = Callable[[str], None]
 
@@ -105,3 +107,23 @@ class RemoteSession:
             if self.required:
                 raise RegistryError(message)
             self.warn(message)
+
+
+def remote_session(
+    store: LocalStore,
+    client: Callable[[], RegistryClient],
+    *,
+    source: str | None,
+    target: str | None,
+    warn: Callable[[str], None],
+    required: bool,
+    export_only: set[str] | None,
+) -> RemoteSession | None:
+    """The remote cache for this run, or None when no repository is configured."""
+    if not source and not target:
+        return None
+    read = RemoteCache(client(), parse_reference(source, default_tag=None)) if source else None
+    write = RemoteCache(client(), parse_reference(target, default_tag=None)) if target else None
+    return RemoteSession(
+        store, source=read, target=write, warn=warn, required=required, export_only=export_only
+    )

@@ -142,3 +142,17 @@ def test_warm_build_exports_what_was_missing(
     laptop = make_repo(tmp_path / "laptop", busybox_cache, remote)
     assert run(laptop) == 0
     assert started_titles(capsys.readouterr().out) == []
+
+
+def test_build_with_cache_repo_on_two_machines(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    repo = make_repo(tmp_path / "repo", busybox_cache, "unused")
+    cache_repo = f"{registry.host}/cache/build"
+    for machine in ("a", "b"):
+        cache = tmp_path / machine
+        shutil.copytree(busybox_cache, cache, symlinks=True)
+        argv = ["build", str(repo / "base"), "--cache-dir", str(cache), "--cache-repo", cache_repo]
+        assert main([*argv, "--progress", "plain", "-t", "base:1"]) == 0
+    log = capsys.readouterr().err
+    assert log.count("STARTED  [stage-0] RUN") == 1 and "REMOTE   [stage-0] RUN" in log
