@@ -12,7 +12,7 @@ from buildgraph.errors import InputError, NotFound
 from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.layer import layer_from_tar, write_layer
-from buildgraph.image.oci import Descriptor, Platform, as_docker_manifest
+from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference, parse_reference
 from buildgraph.registry.transfer import pull, push
@@ -107,8 +107,4 @@ def push_image(
 ) -> tuple[Reference, str]:
     image = find_image(store, source)
     ref = parse_reference(destination or image.full_name)
-    if manifest_format == "docker":
-        converted = as_docker_manifest(store.read_manifest(image.descriptor))
-        descriptor = store.put_blob(converted.to_json(), converted.media_type)
-        image = StoredImage(image.name, image.full_name, descriptor)
-    return ref, push(client, store, image, ref, progress=progress)
+    return ref, push(client, store, image, ref, progress=progress, manifest_format=manifest_format)

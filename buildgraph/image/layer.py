@@ -87,6 +87,16 @@ def layer_from_tar(
         raise InputError(f"not a valid tar archive: {err}") from err
 
 
+def compress_tar(
+    source: BinaryIO, out: BinaryIO, *, compression: str = "gzip", level: int | None = None
+) -> LayerBlob:
+    """Compress an uncompressed layer tar (streamed) for a registry; reproducible output."""
+    sink = _BlobSink(out, compression, level)
+    while chunk := source.read(CHUNK):
+        sink.write(chunk)
+    return sink.finish(MEDIA_TYPES[compression])
+
+
 def open_layer(blob: BinaryIO, media_type: str) -> BinaryIO:
     """A readable stream of the uncompressed tar inside a layer blob."""
     match compression_of(media_type):

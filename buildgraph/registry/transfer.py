@@ -7,7 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import InputError
-from buildgraph.image.oci import Descriptor, Index, Manifest, Platform, parse_document
+from buildgraph.image.compress import for_registry
+from buildgraph.image.oci import (
+    Descriptor,
+    Index,
+    Manifest,
+    Platform,
+    as_docker_manifest,
+    parse_document,
+)
 from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference, parse_reference
 
@@ -73,10 +81,15 @@ def push(
     *,
     jobs: int = 4,
     progress: Progress = _quiet,
+    manifest_format: str = "oci",
 ) -> str:
     """Upload the image's blobs (mounting them where the registry already has them),
-    then its manifest under `ref`; returns the manifest digest."""
-    manifest = store.read_manifest(image.descriptor)
+    then its manifest under `ref`; returns the manifest digest. Layers stored uncompressed
+    are sent gzip-compressed (once: the compressed copy is kept)."""
+    stored = store.read_manifest(image.descriptor)
+    manifest = for_registry(store, stored)
+    if manifest_format == "docker":
+        manifest = as_docker_manifest(manifest)
     source = _mount_source(image, ref)
 
     def upload(blob: Descriptor) -> None:
@@ -93,8 +106,11 @@ def push(
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         for future in [pool.submit(upload, blob) for blob in unique]:
             future.result()
-    data = store.read_blob(image.descriptor.digest)
-    return client.put_manifest(ref, data, image.descriptor.media_type)
+    if manifest == stored:
+        data, media_type = store.read_blob(image.descriptor.digest), image.descriptor.media_type
+    else:
+        data, media_type = manifest.to_json(), manifest.media_type
+    return client.put_manifest(ref, data, media_type)
 
 
 def _mount_source(image: StoredImage, ref: Reference) -> Reference | None:

@@ -54,7 +54,7 @@ class Worker:
     snapshots: SnapshotStore
     ignores: Mapping[str, IgnoreMatcher] = field(default_factory=dict)  # context -> matcher
     epoch: int | None = None  # SOURCE_DATE_EPOCH: clamp mtimes, fix history times
-    compression: str = "gzip"
+    compression: str = "none"  # built layers stay uncompressed locally; pushes compress them
     output: Output = _no_output
     network: str = "host"  # what RUN --network=default means in this build
     secrets: Mapping[str, Path] = field(default_factory=dict)  # secret id -> host file

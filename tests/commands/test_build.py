@@ -356,3 +356,39 @@ def test_ctrl_c_stops_at_once_leaving_no_mount_and_no_entry(cache: Path, tmp_pat
     new = set((cache / "steps").rglob("*.json")) - records_before
     assert len(new) == 1  # only FROM; the interrupted RUN left no entry
     assert not list((cache / "ingest").iterdir())
+
+
+def test_built_layers_are_stored_plain_and_pushed_gzipped(
+    cache: Path, tmp_path: Path, registry, capsys
+) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo pushed > /p.txt\n")
+    ref = f"{registry.host}/built/app:1"
+    assert build(cache, context, "-t", ref, "--push") == 0
+    local = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", f"oci:{cache}:{ref}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert local["layers"][-1]["mediaType"] == "application/vnd.oci.image.layer.v1.tar"
+    remote = json.loads(
+        subprocess.run(
+            ["skopeo", "inspect", "--raw", "--tls-verify=false", f"docker://{ref}"],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    assert {layer["mediaType"] for layer in remote["layers"]} == {
+        "application/vnd.oci.image.layer.v1.tar+gzip"
+    }
+    copy = tmp_path / "copy"
+    subprocess.run(
+        ["skopeo", "copy", "--src-tls-verify=false", f"docker://{ref}", f"oci:{copy}:x"],
+        check=True,
+        capture_output=True,
+    )
+    root = unpack(copy, "x", tmp_path / "bundle")
+    assert (root / "p.txt").read_text() == "pushed\n"
