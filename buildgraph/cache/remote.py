@@ -24,7 +24,7 @@ import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, TYPE_CHECKING, TypeVar
 
 from buildgraph import __version__
 from buildgraph.cache.local import LocalStore
@@ -41,8 +41,10 @@ from buildgraph.image.oci import (
     parse_document,
     sha256_digest,
 )
-from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference
+
+if TYPE_CHECKING:  # the client pulls in requests; a run without a remote cache never needs it
+    from buildgraph.registry.client import RegistryClient
 
 STEP_FIELD = "io.buildgraph.step"  # the config's top-level metadata object
 KEY_ANNOTATION = "io.buildgraph.key"  # on the manifest

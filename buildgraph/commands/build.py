@@ -6,6 +6,7 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import networkx as nx
 
@@ -21,16 +22,17 @@ from buildgraph.graph.steps import inputs_of
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.oci import Descriptor, Platform
-from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import parse_reference
-from buildgraph.registry.transfer import pull, push
 from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.remote import remote_session
 from buildgraph.solver.scheduler import Outcome, add_step, run
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
 
-ClientFactory = Callable[[], RegistryClient]
+if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
+    from buildgraph.registry.client import RegistryClient
+
+ClientFactory = Callable[[], "RegistryClient"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +91,8 @@ def base_resolver(
     def resolve(text: str, where: Location | None) -> BaseImage:
         if text in seen:
             return seen[text]
+        from buildgraph.registry.transfer import pull  # needs requests: only when pulling
+
         try:
             ref = parse_reference(text)
             image = (
@@ -176,6 +180,8 @@ def build(
     for spec in request.outputs:
         export_output(store, image, tags, spec, client, dockerfile_path)
     if request.push:
+        from buildgraph.registry.transfer import push
+
         for tag in tags:
             stored = store.resolve(tag)
             assert stored is not None
@@ -217,6 +223,8 @@ def export_output(
     elif spec.type == "local":
         export_local(store, stored, Path(spec.dest))
     elif spec.type in ("registry", "image"):
+        from buildgraph.registry.transfer import push
+
         if not name:
             raise InputError(
                 "--output type=registry needs a name= or a -t tag", Location(dockerfile)

@@ -26,7 +26,6 @@ from buildgraph.graph.remote import url_fetcher
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
 from buildgraph.registry.reference import parse_reference
-from buildgraph.registry.transfer import push
 from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.remote import RemoteSession, remote_session
 from buildgraph.solver.scheduler import Outcome, run
@@ -310,6 +309,8 @@ def _finish_target(
     for output in spec.outputs:
         export_output(store, image, tuple(tags), output, client, spec.dockerfile)
     if spec.push or push_all:
+        from buildgraph.registry.transfer import push  # needs requests: only when pushing
+
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
             push(client(), store, stored, parse_reference(tag))

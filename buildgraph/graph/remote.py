@@ -10,8 +10,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import requests
-
 from buildgraph.errors import InputError, Location, RegistryError
 from buildgraph.fs import atomic_file
 
@@ -40,6 +38,8 @@ def url_fetcher(root: Path, *, timeout: float = 60.0) -> UrlFetcher:
         staging.mkdir(parents=True, exist_ok=True)
         target = staging / name
         hasher = hashlib.sha256()
+        import requests  # here, not at the top: most builds never fetch a URL
+
         try:
             with requests.get(url, stream=True, timeout=timeout) as response:
                 if response.status_code >= 400:

@@ -5,13 +5,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import RemoteCache, RemoteEntry
 from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import BuildgraphError, RegistryError
-from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import parse_reference
+
+if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
+    from buildgraph.registry.client import RegistryClient
 
 Warn = Callable[[str], None]
 
