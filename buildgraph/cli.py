@@ -261,6 +261,14 @@ def _warm(args: argparse.Namespace, project) -> None:
     )
 
 
+def cmd_affected(args: argparse.Namespace) -> int:
+    from buildgraph.commands.affected import affected_targets, render_affected
+
+    names = affected_targets(_project(args), args.since, args.targets)
+    sys.stdout.write(render_affected(names, args.format))
+    return 0
+
+
 def _build_args(items: Sequence[str]) -> dict[str, str]:
     values = {}
     for item in items:
@@ -454,6 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
         sub.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
         sub.set_defaults(handler=cmd_plan)
+
+    affp = commands.add_parser(
+        "affected", help="targets whose inputs changed since a git ref, and what builds on them"
+    )
+    affp.add_argument("targets", nargs="*", metavar="TARGET|GROUP", help="only within these")
+    affp.add_argument("--since", required=True, metavar="GIT_REF", help="e.g. origin/main")
+    affp.add_argument("--format", choices=("text", "json"), default="text")
+    affp.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
+    affp.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
+    affp.set_defaults(handler=cmd_affected)
 
     for sub in (imp, exp, rm, ls, images, pull, push, bld, runp, planp, graphp, warmp):
         _common(sub)
