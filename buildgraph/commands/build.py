@@ -189,10 +189,12 @@ def build(
     return BuildResult(image, tags, outcome, plan)
 
 
-def compile_graph(plan: BuildPlan) -> nx.DiGraph:
+def compile_graph(*plans: BuildPlan) -> nx.DiGraph:
+    """One graph of every plan's steps; equal keys from different plans are one node."""
     graph = nx.DiGraph()
-    for key, step in plan.steps.items():
-        add_step(graph, key, step, inputs_of(step))
+    for plan in plans:
+        for key, step in plan.steps.items():
+            add_step(graph, key, step, inputs_of(step))
     return graph
 
 

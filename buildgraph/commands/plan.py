@@ -34,10 +34,7 @@ class TargetPlan:
 
 
 def union_graph(compiled: Compiled) -> nx.DiGraph:
-    graph = nx.DiGraph()
-    for plan in compiled.plans.values():
-        graph = nx.compose(graph, compile_graph(plan))
-    return graph
+    return compile_graph(*compiled.plans.values())
 
 
 def plan_project(

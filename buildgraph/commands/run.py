@@ -70,8 +70,10 @@ class _TargetContexts(Mapping[str, NamedContext]):
     """A target's named contexts; tags of other targets resolve to those targets, lowered on
     first use, so `FROM <another target's tag>` never pulls a stale registry copy."""
 
-    def __init__(self, compile_target, spec: TargetSpec, project: Project) -> None:
+    def __init__(self, compile_target, spec: TargetSpec, tag_owners: Mapping[str, str]) -> None:
         self._compile_target = compile_target
+        self._spec = spec.name
+        self._tag_owners = tag_owners  # every spelling of every target's tags -> that target
         self._explicit: dict[str, NamedContext | str] = {}
         for name, ref in spec.contexts:
             if ref.kind == "target":
@@ -80,24 +82,27 @@ class _TargetContexts(Mapping[str, NamedContext]):
                 self._explicit[name] = NamedContext(image=ref.value)
             else:
                 self._explicit[name] = NamedContext(directory=ref.value)
-        for other_name, other in project.targets:
-            if other_name == spec.name:
-                continue
-            for tag in other.tags:
-                for form in _forms(tag):
-                    self._explicit.setdefault(form, other_name)
+
+    def _lookup(self, name: str) -> NamedContext | str | None:
+        if name in self._explicit:
+            return self._explicit[name]
+        owner = self._tag_owners.get(name)
+        return owner if owner is not None and owner != self._spec else None
 
     def __getitem__(self, name: str) -> NamedContext:
-        value = self._explicit[name]
+        value = self._lookup(name)
+        if value is None:
+            raise KeyError(name)
         if isinstance(value, str):  # a target: lower it now (cycles are caught there)
             return NamedContext(stage=self._compile_target(value).target)
         return value
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self._explicit)
+        keys = set(self._explicit) | {k for k, v in self._tag_owners.items() if v != self._spec}
+        return iter(sorted(keys))
 
     def __len__(self) -> int:
-        return len(self._explicit)
+        return sum(1 for _ in self)
 
 
 def _forms(tag: str) -> set[str]:
@@ -122,6 +127,9 @@ def compile_project(
     fetch = url_fetcher(store.root / "downloads")
     resolvers: dict[Platform, object] = {}
     in_progress: list[str] = []
+    tag_owners = {
+        form: name for name, spec in project.targets for tag in spec.tags for form in _forms(tag)
+    }
 
     def compile_target(name: str) -> BuildPlan:
         if name in compiled.plans:
@@ -156,7 +164,7 @@ def compile_project(
                 stat_cache=stat_cache,
                 platform=platform,
                 fetch_url=fetch,
-                named=_TargetContexts(compile_target, spec, project),
+                named=_TargetContexts(compile_target, spec, tag_owners),
             )
         finally:
             in_progress.remove(name)
@@ -191,9 +199,7 @@ def run_project(
     start = time.monotonic()
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
-    graph = nx.DiGraph()
-    for plan in compiled.plans.values():
-        graph = nx.compose(graph, compile_graph(plan))
+    graph = compile_graph(*compiled.plans.values())
     secrets = {
         secret_id: Path(source)
         for name in compiled.plans

@@ -117,6 +117,8 @@ def parse_heredoc_word(word: str) -> ins.Heredoc | None:
 
 
 def heredoc_openers(line: str) -> list[ins.Heredoc]:
+    if "<<" not in line:  # the common case: no word to split
+        return []
     return [doc for word in split_raw_words(line) if (doc := parse_heredoc_word(word))]
 
 

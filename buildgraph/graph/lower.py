@@ -191,7 +191,7 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
 def _named(state: _Lowering, name: str) -> NamedContext | None:
     """A Buildfile context for `name`, as written or as the image reference it spells."""
     found = state.named.get(name)
-    if found is None and state.named:
+    if found is None:
         try:
             found = state.named.get(str(parse_reference(name)))
         except InputError:

@@ -1,0 +1,513 @@
+"""Time a monorepo build: buildgraph's one graph against a CI script of BuildKit and of buildah.
+
+Usage (as root, from the repository): python bench/bench_monorepo.py [--services 12]
+    [--large 50] [--wide 1000x10] [--repeat N] [--only buildgraph,buildkit,buildah]
+    [--skip large,wide] [--keep]
+
+One generated tree (bench/monorepo.py: a base target on busybox and SERVICES multi-stage services
+`FROM base`) is built by every engine in the same run. buildgraph runs `buildgraph run` once for
+every target; a peer runs the CI script a monorepo without buildgraph has: build base/ with
+`-t base`, then each service, one after another. Scenarios: cold (the engine's cache holds only
+the busybox image, imported beforehand and not timed), no-op (the same build again), one-file
+change (one source file of svc00 changed). Then buildgraph alone: a no-op rebuild of LARGE
+services, `buildgraph plan` of a graph of 1000 targets x 10 steps, and the scheduler's time per
+cached step. Times are wall-clock seconds of the command lines; no-op and one-file change are the
+best of REPEAT runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from monorepo import Monorepo, Service, generate, generate_wide, touch_one
+from peers import PeerError, buildah, buildkit, ensure_packages, run
+from workloads import Workload
+
+REPO = Path(__file__).resolve().parent.parent
+ENGINES = ("buildgraph", "buildkit", "buildah")
+PARTS = ("peers", "large", "wide")  # what --skip can leave out
+# The issue's targets: a ratio to BuildKit's time, or an absolute bound.
+COLD_VS_BUILDKIT = 0.8
+NO_OP_VS_BUILDKIT = 0.5
+ONE_FILE_VS_BUILDKIT = 1.0
+LARGE_NO_OP_SECONDS = 1.0
+WIDE_PLAN_SECONDS = 2.0
+CACHED_STEP_MS = 2.0
+
+
+class Engine(Protocol):
+    name: str
+
+    def reset(self) -> None: ...  # forget every build: the next one is cold
+
+    def build_all(self, repo: Monorepo, log: Path) -> None: ...  # every target of REPO
+
+
+class Buildgraph:
+    """`buildgraph run` of the whole Buildfile, with a cache dir that starts as a copy of SEED."""
+
+    name = "buildgraph"
+
+    def __init__(self, cache: Path, seed: Path) -> None:
+        self.cache = cache
+        self.seed = seed
+        # The console script itself, not a version-manager shim that adds its own start-up.
+        script = Path(sys.executable).parent / "buildgraph"
+        self.command = [str(script)] if script.exists() else [sys.executable, "-m", "buildgraph"]
+
+    def reset(self) -> None:
+        shutil.rmtree(self.cache, ignore_errors=True)
+        shutil.copytree(self.seed, self.cache, symlinks=True)
+
+    def build_all(self, repo: Monorepo, log: Path) -> None:
+        options = ["-f", str(repo.buildfile), "--cache-dir", str(self.cache), "--progress", "json"]
+        run([*self.command, "run", *options], log=log)
+
+    def plan(self, buildfile: Path, log: Path) -> None:
+        run([*self.command, "plan", "-f", str(buildfile), "--cache-dir", str(self.cache)], log=log)
+
+
+class CiScript:
+    """A peer driven the way CI drives it: base first (tagged `base`), then each service."""
+
+    def __init__(self, peer) -> None:  # peers.BuildKit or peers.Buildah
+        self.peer = peer
+        self.name = peer.name.lower()  # the key of its column: buildkit, buildah
+
+    def reset(self) -> None:
+        self.peer.reset()
+
+    def build_all(self, repo: Monorepo, log: Path) -> None:
+        for service in (repo.base, *repo.services):
+            self.peer.build(_workload(service), service.name, log)
+
+
+def _workload(service: Service) -> Workload:
+    return Workload(0, service.name, service.context, service.dockerfile, "")
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    scenario: str
+    size: str  # N services, or targets x steps
+    seconds: dict[str, float | None]  # engine -> wall seconds (None: failed or not run)
+    unit: str  # "s" or "ms"
+    target: str  # the target in words
+    met: bool | None  # None when there was nothing to compare with
+    note: str = ""
+
+
+def main() -> None:
+    options = parse_options()
+    command = shlex.join(["python", "bench/bench_monorepo.py", *sys.argv[1:]])
+    work = Path(tempfile.mkdtemp(prefix="bench-monorepo-"))
+    rows: list[Row] = []
+    try:
+        note(f"work dir: {work}")
+        seed = make_seed(work)
+        if "peers" not in options.skip:
+            rows += compare_engines(options, work, seed)
+        if "large" not in options.skip:
+            rows += large_no_op(options, work, seed)
+        if "wide" not in options.skip:
+            rows += wide_plan(options, work, seed)
+    finally:
+        print_report(command, options, rows)
+        if options.keep:
+            note(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=12, help="N for the peer scenarios")
+    parser.add_argument("--large", type=int, default=50, help="N for the large no-op (50)")
+    parser.add_argument("--wide", type=_wide, default=(1000, 10), help="TARGETSxSTEPS to plan")
+    parser.add_argument("--repeat", type=int, default=3, help="best of N warm runs (default 3)")
+    parser.add_argument("--only", type=_names(ENGINES), default=ENGINES, help="engines, a,b")
+    parser.add_argument("--skip", type=_names(PARTS), default=(), help=f"parts of {PARTS}")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
+    return parser.parse_args()
+
+
+def _names(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {choices}")
+        return names
+
+    return parse
+
+
+def _wide(text: str) -> tuple[int, int]:
+    targets, _, steps = text.lower().partition("x")
+    try:
+        return int(targets), int(steps or 10)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"expected TARGETSxSTEPS, got {text!r}") from err
+
+
+def make_seed(work: Path) -> Path:
+    """A cache dir holding only busybox:latest: every buildgraph cache starts as a copy."""
+    seed = work / "seed"
+    rootfs = work / "busybox-rootfs"
+    subprocess.run([str(REPO / "scripts/make-busybox-rootfs.sh"), str(rootfs)], check=True)
+    bootstrap = Buildgraph(seed, seed)
+    import_rootfs = ["image", "import", str(rootfs), "-t", "busybox", "--cache-dir", str(seed)]
+    run([*bootstrap.command, *import_rootfs])
+    return seed
+
+
+# -- BuildKit and buildah against buildgraph on one tree --------------------------------------
+def compare_engines(options: argparse.Namespace, work: Path, seed: Path) -> list[Row]:
+    repo = generate(work / "repo", options.services)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        engines = start_engines(options.only, work, seed, stack)
+        for engine in engines:
+            warm_up(engine, work)
+        times: dict[tuple[str, str], float | None] = {}
+        started: dict[str, list[dict]] = {}  # buildgraph's started steps, per scenario
+        for engine in engines:
+            times["cold", engine.name] = timed(engine, repo, logs / f"cold-{engine.name}.log", True)
+        for scenario in ("no-op", "one-file change"):
+            for attempt in range(options.repeat):
+                if scenario == "one-file change":
+                    touch_one(repo, revision=attempt + 1)  # the same change for every engine
+                for engine in engines:
+                    log = logs / f"{scenario.replace(' ', '-')}-{attempt}-{engine.name}.log"
+                    seconds = timed(engine, repo, log, False)
+                    best = times.get((scenario, engine.name), seconds)
+                    times[scenario, engine.name] = _least(best, seconds)
+                    if engine.name == "buildgraph" and attempt == 0:
+                        started[scenario] = started_steps(log)
+    n = str(options.services)
+    rows = [
+        _versus("cold", n, times, COLD_VS_BUILDKIT, "cache: busybox only"),
+        _versus("no-op", n, times, NO_OP_VS_BUILDKIT, _ran(started.get("no-op"))),
+    ]
+    one_file = _versus("one-file change", n, times, ONE_FILE_VS_BUILDKIT, "")
+    steps = started.get("one-file change")
+    only_svc00 = steps is not None and all(step["target"] == ["svc00"] for step in steps)
+    return [
+        *rows,
+        Row(
+            one_file.scenario,
+            n,
+            one_file.seconds,
+            "s",
+            one_file.target + "; only svc00's steps run",
+            None if one_file.met is None else one_file.met and only_svc00,
+            _ran(steps),
+        ),
+    ]
+
+
+def start_engines(
+    only: tuple[str, ...], work: Path, seed: Path, stack: contextlib.ExitStack
+) -> list[Engine]:
+    """Start each chosen engine; one that cannot start is left out (and said so)."""
+    ours = Buildgraph(work / "buildgraph" / "cache", seed)
+    engines: list[Engine] = [ours] if "buildgraph" in only else []
+    if {"buildkit", "buildah"} & set(only):
+        try:
+            ensure_packages()
+        except PeerError as err:
+            note(f"could not install the peers: {err}")
+    if "buildkit" in only:
+        archive = work / "busybox-docker.tar"
+        try:
+            export = ["image", "export", "busybox", "-o", f"type=docker,dest={archive}"]
+            run([*ours.command, *export, "--cache-dir", str(seed)])
+            engines.append(CiScript(stack.enter_context(buildkit(work / "buildkit", archive))))
+        except PeerError as err:
+            note(f"BuildKit left out: {err}")
+    if "buildah" in only:
+        try:
+            engines.append(CiScript(stack.enter_context(buildah(work / "buildah", seed))))
+        except PeerError as err:
+            note(f"buildah left out: {err}")
+    return engines
+
+
+def warm_up(engine: Engine, work: Path) -> None:
+    """One untimed build of a one-service tree, so no timed build pays for cold binaries."""
+    repo = generate(work / "warm-up", 1, sources=2)
+    with contextlib.suppress(PeerError):  # a real failure shows up in the timed builds
+        engine.reset()
+        engine.build_all(repo, work / "logs" / f"warm-up-{engine.name}.log")
+
+
+def timed(engine: Engine, repo: Monorepo, log: Path, cold: bool) -> float | None:
+    try:
+        if cold:
+            engine.reset()
+        os.sync()  # the last build's dirty pages must not land in this one's time
+        started = time.perf_counter()
+        engine.build_all(repo, log)
+        seconds = time.perf_counter() - started
+    except PeerError as err:
+        note(f"{engine.name} failed ({log.name}): {err}")
+        return None
+    note(f"{engine.name:<10} {log.stem:<28} {seconds:8.2f} s")
+    return seconds
+
+
+def started_steps(log: Path) -> list[dict]:
+    """The steps a `buildgraph run --progress json` started, from its log."""
+    steps = []
+    for line in log.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("state") == "started":
+                steps.append(event)
+    return steps
+
+
+def _ran(steps: list[dict] | None) -> str:
+    if steps is None:
+        return ""
+    targets = sorted({name for step in steps for name in step["target"]})
+    return f"{len(steps)} steps run" + (f" ({', '.join(targets)})" if targets else "")
+
+
+def _versus(
+    scenario: str,
+    size: str,
+    times: dict[tuple[str, str], float | None],
+    bound: float,
+    note_text: str,
+) -> Row:
+    seconds = {engine: times.get((scenario, engine)) for engine in ENGINES}
+    ratio = _ratio(seconds["buildgraph"], seconds["buildkit"])
+    met = None if ratio is None else ratio <= bound
+    return Row(scenario, size, seconds, "s", f"<= {bound:g}x BuildKit", met, note_text)
+
+
+# -- buildgraph alone: a large no-op, a wide plan, the scheduler per cached step --------------
+def large_no_op(options: argparse.Namespace, work: Path, seed: Path) -> list[Row]:
+    repo = generate(work / "large", options.large)
+    ours = Buildgraph(work / "large-cache", seed)
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    cold = timed(ours, repo, logs / "large-cold.log", True)
+    best = None
+    for attempt in range(options.repeat):
+        best = _least(best, timed(ours, repo, logs / f"large-no-op-{attempt}.log", False))
+    n = str(options.large)
+    rows = [
+        Row("cold (info)", n, {"buildgraph": cold}, "s", "-", None, "cache: busybox only"),
+        Row(
+            "no-op",
+            n,
+            {"buildgraph": best},
+            "s",
+            f"< {LARGE_NO_OP_SECONDS:g} s",
+            None if best is None else best < LARGE_NO_OP_SECONDS,
+            _ran(started_steps(logs / "large-no-op-0.log")) if best is not None else "",
+        ),
+    ]
+    if cold is not None:
+        rows += scheduler_per_cached_step(repo, ours.cache, options.repeat, n)
+    return rows
+
+
+def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: str) -> list[Row]:
+    """In-process: compile the built tree, then time the scheduler over its all-cached graph."""
+    from buildgraph.cache.local import LocalStore
+    from buildgraph.cache.steps import StepIndex
+    from buildgraph.commands.plan import union_graph
+    from buildgraph.commands.run import compile_project
+    from buildgraph.frontend.buildfile import load_project
+    from buildgraph.solver.events import CollectingSink
+    from buildgraph.solver.scheduler import run as schedule
+
+    project = load_project(repo.buildfile, env=os.environ, overrides=())
+    store = LocalStore(cache)
+    compile_seconds, scheduler_seconds, steps, all_cached = None, None, 0, True
+    for _ in range(repeat):
+        started = time.perf_counter()
+        compiled = compile_project(project, (), store=store, client=_no_registry)
+        graph = union_graph(compiled)
+        compiled_at = time.perf_counter()
+        outcome = schedule(
+            graph,
+            worker=None,  # type: ignore[arg-type]  # an all-cached graph runs nothing
+            index=StepIndex(cache / "steps"),
+            sink=CollectingSink(),
+            jobs=os.cpu_count() or 2,
+        )
+        done = time.perf_counter()
+        steps = len(graph)
+        all_cached = all_cached and len(outcome.cached) == steps
+        compile_seconds = _least(compile_seconds, compiled_at - started)
+        scheduler_seconds = _least(scheduler_seconds, done - compiled_at)
+    per_step = scheduler_seconds * 1000 / steps if scheduler_seconds and steps else None
+    where = f"{steps} steps, all cached: {'yes' if all_cached else 'NO'}"
+    return [
+        Row(
+            "compile (in-process)",
+            size,
+            {"buildgraph": compile_seconds},
+            "s",
+            "-",
+            None,
+            f"project -> union graph, {steps} steps",
+        ),
+        Row(
+            "scheduler per cached step",
+            size,
+            {"buildgraph": per_step},
+            "ms",
+            f"< {CACHED_STEP_MS:g} ms",
+            None if per_step is None else per_step < CACHED_STEP_MS and all_cached,
+            where,
+        ),
+    ]
+
+
+def wide_plan(options: argparse.Namespace, work: Path, seed: Path) -> list[Row]:
+    targets, steps = options.wide
+    buildfile = generate_wide(work / "wide", targets, steps)
+    ours = Buildgraph(work / "wide-cache", seed)
+    ours.reset()
+    size = f"{targets}x{steps}"
+    best = None
+    for attempt in range(options.repeat):
+        log = work / "logs" / f"wide-plan-{attempt}.log"
+        log.parent.mkdir(exist_ok=True)
+        started = time.perf_counter()
+        try:
+            ours.plan(buildfile, log)
+        except PeerError as err:
+            note(f"buildgraph plan failed: {err}")
+            break
+        best = _least(best, time.perf_counter() - started)
+        note(f"buildgraph plan {size} #{attempt + 1}: {time.perf_counter() - started:.2f} s")
+    in_process, nodes = plan_in_process(buildfile, ours.cache, options.repeat)
+    bound = f"< {WIDE_PLAN_SECONDS:g} s"
+    return [
+        Row(
+            "plan (CLI)",
+            size,
+            {"buildgraph": best},
+            "s",
+            bound,
+            None if best is None else best < WIDE_PLAN_SECONDS,
+            "`buildgraph plan` wall time, process start-up included",
+        ),
+        Row(
+            "compile + plan (in-process)",
+            size,
+            {"buildgraph": in_process},
+            "s",
+            bound,
+            None if in_process is None else in_process < WIDE_PLAN_SECONDS,
+            f"load_project + plan_project, {nodes} distinct steps",
+        ),
+    ]
+
+
+def plan_in_process(buildfile: Path, cache: Path, repeat: int) -> tuple[float | None, int]:
+    from buildgraph.cache.local import LocalStore
+    from buildgraph.commands.plan import plan_project
+    from buildgraph.frontend.buildfile import load_project
+
+    best, nodes = None, 0
+    for _ in range(repeat):
+        started = time.perf_counter()
+        project = load_project(buildfile, env=os.environ, overrides=())
+        _, graph = plan_project(project, (), store=LocalStore(cache), client=_no_registry)
+        best = _least(best, time.perf_counter() - started)
+        nodes = len(graph)
+    return best, nodes
+
+
+def _no_registry():
+    raise PeerError("the benchmark builds reach no registry")
+
+
+# -- the report -------------------------------------------------------------------------------
+def print_report(command: str, options: argparse.Namespace, rows: list[Row]) -> None:
+    print(f"command: {command}")
+    print(f"machine: {_machine()}; wall-clock; no-op and one-file: best of {options.repeat}")
+    print(f"versions: {_versions()}")
+    print()
+    header = (
+        f"{'scenario':<28} {'N':>8} {'buildgraph':>10} {'BuildKit':>9} {'buildah':>9} "
+        f"{'x BuildKit':>10} {'x buildah':>9}  {'target':<40} {'met':<4} note"
+    )
+    print(header)
+    print("-" * len(header))
+    for row in rows:
+        cells = [_value(row.seconds.get(engine), row.unit) for engine in ENGINES]
+        versus = [_ratio(row.seconds.get("buildgraph"), row.seconds.get(e)) for e in ENGINES[1:]]
+        met = "-" if row.met is None else "yes" if row.met else "NO"
+        print(
+            f"{row.scenario:<28} {row.size:>8} {cells[0]:>10} {cells[1]:>9} {cells[2]:>9} "
+            f"{_times(versus[0]):>10} {_times(versus[1]):>9}  {row.target:<40} {met:<4} {row.note}"
+        )
+
+
+def _least(best: float | None, seconds: float | None) -> float | None:
+    if seconds is None:
+        return best
+    return seconds if best is None else min(best, seconds)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or not theirs else ours / theirs
+
+
+def _value(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.2f}" + (" ms" if unit == "ms" else "")
+
+
+def _times(value: float | None) -> str:
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def _machine() -> str:
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return f"{os.cpu_count()} cores, {int(memory) // 1024 // 1024} GiB"
+
+
+def _versions() -> str:
+    probes = {
+        "buildgraph": ["buildgraph", "--version"],
+        "dockerd": ["/usr/sbin/dockerd", "--version"],
+        "buildah": ["/usr/bin/buildah", "--version"],
+    }
+    found = []
+    for name, argv in probes.items():
+        with contextlib.suppress(OSError):
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            found.append(f"{name}: {done.stdout.strip() or done.stderr.strip()}")
+    return "; ".join(found)
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
