@@ -17,6 +17,7 @@ from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import reason, summarize
 from buildgraph.graph.query import chain
 from buildgraph.solver.events import StepState
+from buildgraph.solver.scheduler import add_export
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,15 +34,19 @@ class TargetPlan:
     steps: tuple[PlannedStep, ...]  # the target's chain, base first
 
 
-def union_graph(compiled: Compiled) -> nx.DiGraph:
-    return compile_graph(*compiled.plans.values())
+def union_graph(compiled: Compiled, *, exports: bool = False) -> nx.DiGraph:
+    graph = compile_graph(*compiled.plans.values())
+    if exports:  # one export node per target, as `run` schedules them
+        for name, plan in compiled.plans.items():
+            add_export(graph, name, plan.target.key)
+    return graph
 
 
 def plan_project(
     project: Project, names: Sequence[str], *, store: LocalStore, client: ClientFactory
 ) -> tuple[tuple[TargetPlan, ...], nx.DiGraph]:
     compiled = compile_project(project, names, store=store, client=client)
-    graph = union_graph(compiled)
+    graph = union_graph(compiled, exports=True)
     index = StepIndex(store.root / "steps")
     records = BuildRecords(store.root / "targets")
     stat_cache = compiled.stat_cache
@@ -69,6 +74,11 @@ def _title(step) -> str:
     return step.title or type(step).__name__
 
 
+def _node_title(graph: nx.DiGraph, key: str) -> str:
+    node = graph.nodes[key]
+    return node.get("title") or _title(node["step"])
+
+
 def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
     lines = []
     for target in targets:
@@ -90,7 +100,7 @@ def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> 
     if fmt == "json":
         doc = {
             "nodes": [
-                {"key": key, "title": _title(graph.nodes[key]["step"]), "target": names.get(key)}
+                {"key": key, "title": _node_title(graph, key), "target": names.get(key)}
                 for key in nx.topological_sort(graph)
             ],
             "edges": [[a, b] for a, b in graph.edges],
@@ -99,7 +109,7 @@ def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> 
     if fmt == "dot":
         out = ["digraph buildgraph {", "  rankdir=LR;"]
         for key in nx.topological_sort(graph):
-            label = _title(graph.nodes[key]["step"]).replace('"', '\\"')
+            label = _node_title(graph, key).replace('"', '\\"')
             shape = ",shape=box,style=bold" if key in names else ""
             out.append(f'  "{key[:12]}" [label="{label}"{shape}];')
         out += [f'  "{a[:12]}" -> "{b[:12]}";' for a, b in graph.edges]
@@ -110,7 +120,7 @@ def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> 
         inputs = ", ".join(parent[:12] for parent in graph.predecessors(key))
         target = f"  => {names[key]}" if key in names else ""
         out.append(
-            f"{key[:12]}  {_title(graph.nodes[key]['step'])}"
+            f"{key[:12]}  {_node_title(graph, key)}"
             + (f"  <- {inputs}" if inputs else "")
             + target
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -12,7 +13,7 @@ import networkx as nx
 
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
-from buildgraph.cache.steps import StepIndex
+from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
 from buildgraph.errors import BuildgraphError, InputError, StepFailed
 from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
@@ -28,7 +29,7 @@ from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_p
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.remote import RemoteSession, remote_session
-from buildgraph.solver.scheduler import Outcome, run
+from buildgraph.solver.scheduler import Outcome, add_export, run
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
 
@@ -200,6 +201,8 @@ def run_project(
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
     graph = compile_graph(*compiled.plans.values())
+    for name, plan in compiled.plans.items():
+        add_export(graph, name, plan.target.key)
     secrets = {
         secret_id: Path(source)
         for name in compiled.plans
@@ -237,6 +240,19 @@ def run_project(
         no_cache=no_cache,
         keep_going=keep_going,
         remote=remote,
+        exports={
+            f"export:{name}": functools.partial(
+                export_target,
+                project.target(name),
+                plan,
+                store=store,
+                client=client,
+                epoch=epoch,
+                push_all=push_all,
+                remote=remote,
+            )
+            for name, plan in compiled.plans.items()
+        },
     )
     built = {key for key in graph if key in outcome.records} - outcome.cached
     results = []
@@ -244,20 +260,7 @@ def run_project(
     record_builds(compiled, graph, store, finished)
     compiled.stat_cache.save(store.root / STAT_CACHE)
     for name, plan in compiled.plans.items():
-        results.append(
-            _finish_target(
-                project.target(name),
-                plan,
-                graph,
-                outcome,
-                built,
-                store,
-                client,
-                epoch,
-                push_all,
-                remote,
-            )
-        )
+        results.append(_target_result(name, plan, graph, outcome, built))
     if remote is not None:
         remote.finish()
     return RunResult(
@@ -284,26 +287,18 @@ def record_builds(
         records.save(name, summaries)
 
 
-def _finish_target(
+def export_target(
     spec: TargetSpec,
     plan: BuildPlan,
-    graph: nx.DiGraph,
-    outcome: Outcome,
-    built: set[str],
+    record: StepRecord,
+    *,
     store: LocalStore,
     client: ClientFactory,
     epoch: int | None,
     push_all: bool,
     remote: RemoteSession | None,
-) -> TargetResult:
-    key = plan.target.key
-    steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
-    ran = sum(1 for step in steps if step in built)
-    if key not in outcome.records:
-        failed = [outcome.failures[k] for k in steps if k in outcome.failures]
-        error = str(failed[0]) if failed else "skipped: a step it needs failed"
-        return TargetResult(spec.name, key, steps, ran, 0, None, (), error)
-    record = outcome.records[key]
+) -> tuple[Descriptor, tuple[str, ...]]:
+    """The work of a target's export node: image, local tags, outputs, pushes."""
     if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
         remote.ensure_layers(record)
     image = assemble_image(store, plan.target, record, epoch=epoch)
@@ -320,7 +315,23 @@ def _finish_target(
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
             push(client(), store, stored, parse_reference(tag))
-    return TargetResult(spec.name, key, steps, ran, len(steps) - ran, image, tuple(tags))
+    return image, tuple(tags)
+
+
+def _target_result(
+    name: str, plan: BuildPlan, graph: nx.DiGraph, outcome: Outcome, built: set[str]
+) -> TargetResult:
+    key = plan.target.key
+    steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
+    ran = sum(1 for step in steps if step in built)
+    done = outcome.exported.get(f"export:{name}")
+    if done is None:
+        keys = (*steps, f"export:{name}")
+        failed = [outcome.failures[k] for k in keys if k in outcome.failures]
+        error = str(failed[0]) if failed else "skipped: a step it needs failed"
+        return TargetResult(name, key, steps, ran, 0, None, (), error)
+    image, tags = done  # type: ignore[misc]
+    return TargetResult(name, key, steps, ran, len(steps) - ran, image, tags)
 
 
 def raise_for_failures(result: RunResult) -> None:

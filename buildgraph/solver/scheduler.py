@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import heapq
 import time
+from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import networkx as nx
 
@@ -23,6 +24,18 @@ class Outcome:
     failures: dict[str, BuildgraphError]  # key -> why it failed
     skipped: tuple[str, ...]  # not run because something they need failed
     cached: frozenset[str] = frozenset()  # finished from the cache, no work done
+    exported: dict[str, object] = field(default_factory=dict)  # export node -> its result
+
+
+Export = Callable[[StepRecord], object]  # what an export node does with its target's record
+
+
+def add_export(dag: nx.DiGraph, target: str, final_key: str) -> str:
+    """The node that tags, outputs and pushes one target once its last step is done."""
+    node = f"export:{target}"
+    dag.add_node(node, export=target, title=f"[{target}] export")
+    dag.add_edge(final_key, node)
+    return node
 
 
 def add_step(dag: nx.DiGraph, key: str, step: Step, inputs: tuple[str, ...]) -> None:
@@ -41,11 +54,12 @@ def run(
     no_cache: bool = False,
     keep_going: bool = False,
     remote: RemoteSession | None = None,
+    exports: Mapping[str, Export] | None = None,
 ) -> Outcome:
     """Execute every node of `graph` (edges: input -> step). With `remote`, steps missing
     locally are looked up in the remote cache first, and built steps are exported."""
     if remote is not None and not no_cache:
-        remote.lookup(key for key in graph if index.get(key) is None)
+        remote.lookup(k for k in graph if "step" in graph.nodes[k] and index.get(k) is None)
     priority = _remaining_path_lengths(graph)
     waiting = {key: graph.in_degree(key) for key in graph}
     ready: list[tuple[int, str]] = []
@@ -56,6 +70,7 @@ def run(
     failures: dict[str, BuildgraphError] = {}
     skipped: set[str] = set()
     from_cache: set[str] = set()
+    exported: dict[str, object] = {}
 
     def finish(key: str) -> None:
         for child in graph.successors(key):
@@ -82,6 +97,15 @@ def run(
             stop = failures and not keep_going
             while ready and not stop:
                 _, key = heapq.heappop(ready)
+                if "export" in graph.nodes[key]:  # tag/output/push a finished target, in parallel
+                    (final,) = graph.predecessors(key)
+                    action = (exports or {}).get(key)
+                    if action is None:
+                        finish(key)
+                        continue
+                    sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
+                    running[pool.submit(_timed_export, action, records[final])] = key
+                    continue
                 step: Step = graph.nodes[key]["step"]
                 cached = (
                     None
@@ -124,6 +148,13 @@ def run(
                     sink.emit(StepEvent(key, StepState.FAILED, _title(graph, key), reason=str(err)))
                     skip_below(key)
                     continue
+                if "export" in graph.nodes[key]:
+                    exported[key] = record
+                    sink.emit(
+                        StepEvent(key, StepState.DONE, _title(graph, key), duration_s=seconds)
+                    )
+                    finish(key)
+                    continue
                 index.put(key, record)
                 records[key] = record
                 if remote is not None:
@@ -137,8 +168,10 @@ def run(
                     )
                 )
                 finish(key)
-    not_run = tuple(k for k in graph if k not in records and k not in failures)
-    return Outcome(records, failures, tuple(sorted(set(not_run) | skipped)), frozenset(from_cache))
+    not_run = [k for k in graph if k not in records and k not in failures and k not in exported]
+    return Outcome(
+        records, failures, tuple(sorted(set(not_run) | skipped)), frozenset(from_cache), exported
+    )
 
 
 def _timed(worker: Worker, step: Step, inputs: dict[str, StepRecord]) -> tuple[StepRecord, float]:
@@ -156,8 +189,15 @@ def _cached(index: StepIndex, key: str, sink: EventSink, step: Step) -> StepReco
         return None
 
 
+def _timed_export(action: Export, record: StepRecord) -> tuple[object, float]:
+    start = time.monotonic()
+    result = action(record)
+    return result, time.monotonic() - start
+
+
 def _title(graph: nx.DiGraph, key: str) -> str:
-    return graph.nodes[key]["step"].title or key[:12]
+    node = graph.nodes[key]
+    return node.get("title") or node["step"].title or key[:12]
 
 
 def _remaining_path_lengths(graph: nx.DiGraph) -> dict[str, int]:

@@ -56,7 +56,11 @@ def states(out: str) -> dict[str, str]:
 
 def started_titles(out: str) -> list[str]:
     events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [e["instruction"] for e in events if e["state"] == "started"]
+    return [
+        e["instruction"]
+        for e in events
+        if e["state"] == "started" and not e["key"].startswith("export:")
+    ]
 
 
 def digest(root: Path, name: str) -> str:
