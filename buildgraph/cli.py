@@ -235,7 +235,12 @@ def cmd_plan(args: argparse.Namespace) -> int:
     if not args.insecure_registry:
         args.insecure_registry = list(project.insecure_registries)
     targets, graph = plan_project(
-        project, args.targets, store=_project_store(args, project), client=lambda: _client(args)
+        project,
+        args.targets,
+        store=_project_store(args, project),
+        client=lambda: _client(args),
+        cache_from=args.cache_from,
+        warn=lambda text: _say(f"buildgraph: warning: {text}"),
     )
     if args.command == "graph":
         print(render_graph(graph, targets, args.format))
@@ -461,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
         sub.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
         sub.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
+        sub.add_argument("--cache-from", metavar="REF", help="also look in this remote cache")
         sub.set_defaults(handler=cmd_plan)
 
     affp = commands.add_parser(

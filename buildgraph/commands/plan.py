@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import networkx as nx
@@ -17,6 +17,7 @@ from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import reason, summarize
 from buildgraph.graph.query import chain
 from buildgraph.solver.events import StepState
+from buildgraph.solver.remote import remote_session
 from buildgraph.solver.scheduler import add_export
 
 
@@ -43,11 +44,28 @@ def union_graph(compiled: Compiled, *, exports: bool = False) -> nx.DiGraph:
 
 
 def plan_project(
-    project: Project, names: Sequence[str], *, store: LocalStore, client: ClientFactory
+    project: Project,
+    names: Sequence[str],
+    *,
+    store: LocalStore,
+    client: ClientFactory,
+    cache_from: str | None = None,
+    warn: Callable[[str], None] = lambda _: None,
 ) -> tuple[tuple[TargetPlan, ...], nx.DiGraph]:
     compiled = compile_project(project, names, store=store, client=client)
     graph = union_graph(compiled, exports=True)
     index = StepIndex(store.root / "steps")
+    remote = remote_session(
+        store,
+        client,
+        source=cache_from if cache_from is not None else project.cache.remote,
+        target=None,
+        warn=warn,
+        required=False,
+        export_only=None,
+    )
+    if remote is not None:  # the same up-front lookups a run makes
+        remote.lookup(k for k in graph if "step" in graph.nodes[k] and index.get(k) is None)
     records = BuildRecords(store.root / "targets")
     stat_cache = compiled.stat_cache
     targets = []
@@ -59,6 +77,10 @@ def plan_project(
             step = graph.nodes[key]["step"]
             if index.get(key) is not None:
                 planned.append(PlannedStep(key, _title(step), StepState.CACHED))
+                parent_changed = False
+                continue
+            if remote is not None and key in remote.hits:
+                planned.append(PlannedStep(key, _title(step), StepState.REMOTE))
                 parent_changed = False
                 continue
             now = summarize(step, compiled.ignores, stat_cache)
@@ -84,13 +106,17 @@ def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
     for target in targets:
         lines.append(f"{target.name}:")
         for step in target.steps:
-            state = "cached" if step.state is StepState.CACHED else "to build"
+            state = {StepState.CACHED: "cached", StepState.REMOTE: "remote"}.get(
+                step.state, "to build"
+            )
             why = f"  ({step.reason})" if step.reason else ""
             lines.append(f"  {step.key[:12]}  {state:8}  {step.title}{why}")
     to_build = {s.key for t in targets for s in t.steps if s.state is StepState.TO_BUILD}
+    remote = {s.key for t in targets for s in t.steps if s.state is StepState.REMOTE}
+    steps = sum(1 for key in graph if "step" in graph.nodes[key])
     lines.append(
-        f"{len(graph)} distinct steps: {len(graph) - len(to_build)} cached, "
-        f"{len(to_build)} to build"
+        f"{steps} distinct steps: {steps - len(to_build) - len(remote)} cached, "
+        f"{len(remote)} remote, {len(to_build)} to build"
     )
     return "\n".join(lines)
 
@@ -120,8 +146,6 @@ def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> 
         inputs = ", ".join(parent[:12] for parent in graph.predecessors(key))
         target = f"  => {names[key]}" if key in names else ""
         out.append(
-            f"{key[:12]}  {_node_title(graph, key)}"
-            + (f"  <- {inputs}" if inputs else "")
-            + target
+            f"{key[:12]}  {_node_title(graph, key)}" + (f"  <- {inputs}" if inputs else "") + target
         )
     return "\n".join(out)

@@ -160,3 +160,16 @@ def test_build_with_cache_repo_on_two_machines(
         assert main([*argv, "--progress", "plain", "-t", "base:1"]) == 0
     log = capsys.readouterr().err
     assert log.count("STARTED  [stage-0] RUN") == 1 and "REMOTE   [stage-0] RUN" in log
+
+
+def test_plan_shows_remote_steps(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/test-plan"
+    assert run(make_repo(tmp_path / "a", busybox_cache, remote)) == 0
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    capsys.readouterr()
+    assert main(["plan", "-f", str(machine_b / "Buildfile.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert "  remote  " in out and "  to build  " not in out
+    assert out.strip().endswith("4 remote, 0 to build")
