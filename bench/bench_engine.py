@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from peers import PeerError, buildah, buildkit, ensure_packages, run
+from peers import (
+    PeerError,
+    buildah,
+    buildkit,
+    ensure_packages,
+    machine_summary,
+    ratio,
+    run,
+    tool_versions,
+)
 from workloads import Workload, make_workloads
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,8 +236,8 @@ def print_report(
 ) -> None:
     seconds = {(m.workload.number, m.scenario, m.engine): m.seconds for m in results}
     print(f"command: {command}")
-    print(f"machine: {_machine()}; best of {options.repeat}; wall-clock seconds")
-    print(f"versions: {_versions()}")
+    print(f"machine: {machine_summary()}; best of {options.repeat}; wall-clock seconds")
+    print(f"versions: {tool_versions()}")
     print(f"load average (1 min) at start {options.load_before:.2f}, at end {_load():.2f}")
     print()
     header = (
@@ -270,7 +279,7 @@ def _row(title: str, scenario: str, row: dict[str, float | None], engines: list[
     ]
     return (
         f"{title:<16} {scenario:<8} {cells[0]:>10} {cells[1]:>9} {cells[2]:>9} "
-        f"{_times(versus_buildkit):>10} {_times(versus_buildah):>9}  {target}"
+        f"{ratio(versus_buildkit):>10} {ratio(versus_buildah):>9}  {target}"
     )
 
 
@@ -284,29 +293,6 @@ def _ratio(ours: float | None, theirs: float | None) -> float | None:
 
 def _seconds(value: float | None, ran: bool) -> str:
     return f"{value:.2f}" if value is not None else ("FAIL" if ran else "-")
-
-
-def _times(value: float | None) -> str:
-    return f"{value:.2f}x" if value is not None else "-"
-
-
-def _machine() -> str:
-    memory = Path("/proc/meminfo").read_text().split()[1]
-    return f"{os.cpu_count()} cores, {int(memory) // 1024 // 1024} GiB"
-
-
-def _versions() -> str:
-    probes = {
-        "buildgraph": ["buildgraph", "--version"],
-        "dockerd": ["/usr/sbin/dockerd", "--version"],
-        "buildah": ["/usr/bin/buildah", "--version"],
-    }
-    found = []
-    for name, argv in probes.items():
-        with contextlib.suppress(OSError):
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            found.append(f"{name}: {done.stdout.strip() or done.stderr.strip()}")
-    return "; ".join(found)
 
 
 def _load() -> float:

@@ -33,7 +33,16 @@ from pathlib import Path
 from typing import Protocol
 
 from monorepo import Monorepo, Service, generate, generate_wide, touch_one
-from peers import PeerError, buildah, buildkit, ensure_packages, run
+from peers import (
+    PeerError,
+    buildah,
+    buildkit,
+    ensure_packages,
+    machine_summary,
+    ratio,
+    run,
+    tool_versions,
+)
 from workloads import Workload
 
 REPO = Path(__file__).resolve().parent.parent
@@ -447,8 +456,8 @@ def _no_registry():
 # -- the report -------------------------------------------------------------------------------
 def print_report(command: str, options: argparse.Namespace, rows: list[Row]) -> None:
     print(f"command: {command}")
-    print(f"machine: {_machine()}; wall-clock; no-op and one-file: best of {options.repeat}")
-    print(f"versions: {_versions()}")
+    print(f"machine: {machine_summary()}; wall-clock; no-op and one-file: best of {options.repeat}")
+    print(f"versions: {tool_versions()}")
     print()
     header = (
         f"{'scenario':<28} {'N':>8} {'buildgraph':>10} {'BuildKit':>9} {'buildah':>9} "
@@ -462,7 +471,7 @@ def print_report(command: str, options: argparse.Namespace, rows: list[Row]) -> 
         met = "-" if row.met is None else "yes" if row.met else "NO"
         print(
             f"{row.scenario:<28} {row.size:>8} {cells[0]:>10} {cells[1]:>9} {cells[2]:>9} "
-            f"{_times(versus[0]):>10} {_times(versus[1]):>9}  {row.target:<40} {met:<4} {row.note}"
+            f"{ratio(versus[0]):>10} {ratio(versus[1]):>9}  {row.target:<40} {met:<4} {row.note}"
         )
 
 
@@ -480,29 +489,6 @@ def _value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" + (" ms" if unit == "ms" else "")
-
-
-def _times(value: float | None) -> str:
-    return f"{value:.2f}x" if value is not None else "-"
-
-
-def _machine() -> str:
-    memory = Path("/proc/meminfo").read_text().split()[1]
-    return f"{os.cpu_count()} cores, {int(memory) // 1024 // 1024} GiB"
-
-
-def _versions() -> str:
-    probes = {
-        "buildgraph": ["buildgraph", "--version"],
-        "dockerd": ["/usr/sbin/dockerd", "--version"],
-        "buildah": ["/usr/bin/buildah", "--version"],
-    }
-    found = []
-    for name, argv in probes.items():
-        with contextlib.suppress(OSError):
-            done = subprocess.run(argv, capture_output=True, text=True, check=False)
-            found.append(f"{name}: {done.stdout.strip() or done.stderr.strip()}")
-    return "; ".join(found)
 
 
 def note(message: str) -> None:

@@ -16,45 +16,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-WORDS = (
-    "int",
-    "char",
-    "return",
-    "static",
-    "const",
-    "struct",
-    "void",
-    "include",
-    "define",
-    "if",
-    "else",
-    "while",
-    "for",
-    "break",
-    "case",
-    "switch",
-    "unsigned",
-    "long",
-    "size_t",
-    "buffer",
-    "length",
-    "index",
-    "value",
-    "error",
-    "result",
-    "parse",
-    "node",
-    "tree",
-    "graph",
-    "cache",
-    "layer",
-    "digest",
-    "image",
-    "stage",
-    "build",
-    "copy",
-    "run",
-)
+from workloads import WORDS  # the same made-up source vocabulary
+
 SOURCES_PER_SERVICE = 40
 BINARY_MB = 4  # the "linked binary" each service's compile writes
 

@@ -230,3 +230,27 @@ def _tail(log: Path, lines: int = 15) -> str:
         text = log.read_text(errors="replace").splitlines()[-lines:]
         return "\n    " + "\n    ".join(text) if text else ""
     return ""
+
+
+def ratio(value: float | None) -> str:
+    """A table cell for "x times the peer"."""
+    return f"{value:.2f}x" if value is not None else "-"
+
+
+def machine_summary() -> str:
+    memory = Path("/proc/meminfo").read_text().split()[1]
+    return f"{os.cpu_count()} cores, {int(memory) // 1024 // 1024} GiB"
+
+
+def tool_versions() -> str:
+    probes = {
+        "buildgraph": ["buildgraph", "--version"],
+        "dockerd": ["/usr/sbin/dockerd", "--version"],
+        "buildah": ["/usr/bin/buildah", "--version"],
+    }
+    found = []
+    for name, argv in probes.items():
+        with contextlib.suppress(OSError):
+            done = subprocess.run(argv, capture_output=True, text=True, check=False)
+            found.append(f"{name}: {done.stdout.strip() or done.stderr.strip()}")
+    return "; ".join(found)
