@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.errors import BuildgraphError, CacheError
-from buildgraph.graph.steps import SourceStep, Step
+from buildgraph.errors import BuildgraphError, CacheError, DigestMismatch, RegistryError
+from buildgraph.graph.steps import CopyStep, RunStep, SourceStep, Step
 from buildgraph.solver.events import EventSink, StepEvent, StepState
 from buildgraph.solver.remote import RemoteSession
 from buildgraph.worker.execute import Worker
@@ -71,6 +71,7 @@ def run(
     skipped: set[str] = set()
     from_cache: set[str] = set()
     exported: dict[str, object] = {}
+    fetching: set[str] = set()  # remote hits whose layers are being downloaded
 
     def finish(key: str) -> None:
         for child in graph.successors(key):
@@ -119,6 +120,28 @@ def run(
                     finish(key)
                     continue
                 found = remote.record(key) if remote is not None and not no_cache else None
+                if (
+                    found is not None
+                    and remote is not None
+                    and _files_needed(graph, key, index, remote)
+                ):
+                    # A step that will run on top of it needs its files: fetch them now, and
+                    # build the step instead if the remote entry turns out to be unusable.
+                    inputs = {parent: records[parent] for parent in graph.predecessors(key)}
+                    sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
+                    fetching.add(key)
+                    started = StepEvent(key, StepState.RUNNING, _title(graph, key))
+                    job = pool.submit(
+                        _fetch_or_build,
+                        worker,
+                        remote,
+                        step,
+                        found,
+                        inputs,
+                        lambda e=started: sink.emit(e),
+                    )
+                    running[job] = key
+                    continue
                 if found is not None:  # its layers are fetched only when something needs them
                     index.put(key, found)
                     records[key] = found
@@ -143,6 +166,12 @@ def run(
                 key = running.pop(future)
                 try:
                     record, seconds = future.result()
+                    if key in fetching and seconds < 0:  # taken from the remote cache as is
+                        index.put(key, record)
+                        records[key] = record
+                        from_cache.add(key)
+                        finish(key)
+                        continue
                 except BuildgraphError as err:
                     failures[key] = err
                     sink.emit(StepEvent(key, StepState.FAILED, _title(graph, key), reason=str(err)))
@@ -187,6 +216,39 @@ def _cached(index: StepIndex, key: str, sink: EventSink, step: Step) -> StepReco
         sink.emit(StepEvent(key, StepState.TO_BUILD, getattr(step, "title", ""), reason=str(err)))
         index.forget(key)
         return None
+
+
+def _files_needed(graph: nx.DiGraph, key: str, index: StepIndex, remote: RemoteSession) -> bool:
+    """Will something that runs need this step's files (a RUN/COPY to build, a local export)?"""
+    for child in graph.successors(key):
+        node = graph.nodes[child]
+        if "export" in node:
+            return True
+        built = index.get(child) is None and child not in remote.hits
+        if built and isinstance(node["step"], RunStep | CopyStep):
+            return True
+    return False
+
+
+def _fetch_or_build(
+    worker: Worker,
+    remote: RemoteSession,
+    step: Step,
+    found: StepRecord,
+    inputs: dict[str, StepRecord],
+    building: Callable[[], None],
+) -> tuple[StepRecord, float]:
+    """The remote record with its layers downloaded (seconds < 0 says so), or, when they
+    cannot be had intact, the step built here."""
+    try:
+        remote.ensure_layers(found)
+        return found, -1.0
+    except (DigestMismatch, RegistryError) as err:
+        remote.warn(
+            f"remote cache entry for {step.title or 'a step'} is unusable ({err}); building it"
+        )
+        building()
+        return _timed(worker, step, inputs)
 
 
 def _timed_export(action: Export, record: StepRecord) -> tuple[object, float]:

@@ -22,6 +22,7 @@ targets:
     contexts: {{base: "target:base"}}
     tags: ["app:1"]
 """
+REF = "org.opencontainers.image.ref.name"
 FILES = {
     "base/Dockerfile": "FROM busybox\nRUN echo base > /base.txt\n",
     "app/Dockerfile": "FROM base\nCOPY main.txt /app/\nRUN cat /base.txt /app/main.txt > /out\n",
@@ -173,3 +174,28 @@ def test_plan_shows_remote_steps(
     out = capsys.readouterr().out
     assert "  remote  " in out and "  to build  " not in out
     assert out.strip().endswith("4 remote, 0 to build")
+
+
+def test_a_corrupt_blob_in_the_cache_registry_is_rebuilt_with_a_warning(
+    fresh_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{fresh_registry.host}/cache/corrupt"
+    machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
+    assert run(machine_a) == 0
+    index = json.loads((machine_a / "cache/index.json").read_text())
+    app = next(e for e in index["manifests"] if e["annotations"][REF] == "app:1")
+    blobs = machine_a / "cache/blobs/sha256"
+    manifest = json.loads((blobs / app["digest"].removeprefix("sha256:")).read_text())
+    top = manifest["layers"][-1]["digest"].removeprefix("sha256:")
+    stored = fresh_registry.storage / "docker/registry/v2/blobs/sha256" / top[:2] / top / "data"
+    stored.write_bytes(b"not the layer you are looking for")
+    capsys.readouterr()
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    assert run(machine_b) == 0
+    captured = capsys.readouterr()
+    assert "is unusable" in captured.err
+    assert "[stage-0] RUN cat /base.txt /app/main.txt > /out" in started_titles(captured.out)
+    out = tmp_path / "rootfs"
+    argv = ["image", "export", "app:1", "-o", f"type=local,dest={out}"]
+    assert main([*argv, "--cache-dir", str(machine_b / "cache")]) == 0
+    assert (out / "out").read_text() == "base\nv1\n"
