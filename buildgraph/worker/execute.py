@@ -20,6 +20,7 @@ from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.layer import write_layer
 from buildgraph.image.oci import Descriptor
 from buildgraph.worker.copy import CopyJob, copy_in_overlay
+from buildgraph.worker.diff import relink_copied_up
 from buildgraph.worker.mounts import run_mounts
 from buildgraph.worker.sandbox import RunSpec, run_in_sandbox
 from buildgraph.worker.snapshot import SnapshotStore
@@ -130,6 +131,7 @@ class Worker:
                     step.where,
                 )
             discard_volumes(upper, step.volumes)
+            relink_copied_up(upper, lowers)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
             return self._commit(upper, parent, created_by)
 

@@ -12,11 +12,6 @@ from conformance.compare import case_differences, check_expectations, config_fie
 from conformance.oci import image_config, unpack
 
 TAG = "case"
-# Where the engine knowingly differs from Docker's result; each is an open gap, not a pass.
-KNOWN_GAPS = {
-    "fs-hardlink-modify": "appending to one name of a hardlink whose other name lives in a lower "
-    "layer: the overlay copy-up breaks the link, so the other name keeps the old content",
-}
 
 
 @pytest.fixture(scope="session")
@@ -52,8 +47,6 @@ def build_with_buildgraph(case: Case, cache: Path, out: Path) -> Path:
 @pytest.mark.slow
 @pytest.mark.parametrize("case", load_cases(), ids=lambda case: case.name)
 def test_engine_matches_buildah(case: Case, buildah_peer, engine_cache: Path, tmp_path: Path):
-    if case.name in KNOWN_GAPS:
-        pytest.xfail(KNOWN_GAPS[case.name])
     layout = build_with_buildgraph(case, engine_cache, tmp_path)
     tree = rootfs_tree(unpack(layout, TAG, tmp_path / "rootfs"))
     ours = (tree, config_fields(image_config(layout, TAG)))
