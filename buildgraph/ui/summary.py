@@ -19,8 +19,9 @@ def summary_table(result: RunResult) -> str:
         for row in rows
     ]
     built = sum(t.built for t in result.targets)
+    steps = sum(1 for key in result.graph if "step" in result.graph.nodes[key])
     lines.append(
-        f"{len(result.targets)} targets, {len(result.graph)} distinct steps, "
+        f"{len(result.targets)} targets, {steps} distinct steps, "
         f"{len(result.outcome.records) - len(result.outcome.cached)} run, "
         f"{len(result.outcome.cached)} cached, {built} built across targets, "
         f"{result.seconds:.2f}s"
