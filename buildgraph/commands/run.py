@@ -46,6 +46,7 @@ class TargetResult:
     image: Descriptor | None  # None when it failed or was skipped
     tags: tuple[str, ...]
     error: str = ""
+    seconds: float = 0.0  # from the start of the run until the target was exported
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,7 +261,7 @@ def run_project(
     record_builds(compiled, graph, store, finished)
     compiled.stat_cache.save(store.root / STAT_CACHE)
     for name, plan in compiled.plans.items():
-        results.append(_target_result(name, plan, graph, outcome, built))
+        results.append(_target_result(name, plan, graph, outcome, built, start))
     if remote is not None:
         remote.finish()
     return RunResult(
@@ -297,7 +298,7 @@ def export_target(
     epoch: int | None,
     push_all: bool,
     remote: RemoteSession | None,
-) -> tuple[Descriptor, tuple[str, ...]]:
+) -> tuple[Descriptor, tuple[str, ...], float]:
     """The work of a target's export node: image, local tags, outputs, pushes."""
     if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
         remote.ensure_layers(record)
@@ -315,11 +316,11 @@ def export_target(
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
             push(client(), store, stored, parse_reference(tag))
-    return image, tuple(tags)
+    return image, tuple(tags), time.monotonic()
 
 
 def _target_result(
-    name: str, plan: BuildPlan, graph: nx.DiGraph, outcome: Outcome, built: set[str]
+    name: str, plan: BuildPlan, graph: nx.DiGraph, outcome: Outcome, built: set[str], start: float
 ) -> TargetResult:
     key = plan.target.key
     steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
@@ -330,8 +331,8 @@ def _target_result(
         failed = [outcome.failures[k] for k in keys if k in outcome.failures]
         error = str(failed[0]) if failed else "skipped: a step it needs failed"
         return TargetResult(name, key, steps, ran, 0, None, (), error)
-    image, tags = done  # type: ignore[misc]
-    return TargetResult(name, key, steps, ran, len(steps) - ran, image, tags)
+    image, tags, finished = done  # type: ignore[misc]
+    return TargetResult(name, key, steps, ran, len(steps) - ran, image, tags, "", finished - start)
 
 
 def raise_for_failures(result: RunResult) -> None:

@@ -6,16 +6,17 @@ from buildgraph.commands.run import RunResult
 
 
 def summary_table(result: RunResult) -> str:
-    rows = [("TARGET", "BUILT", "CACHED", "DIGEST", "TAGS")]
+    rows = [("TARGET", "BUILT", "CACHED", "TIME", "DIGEST", "TAGS")]
     for target in result.targets:
         digest = target.image.digest[:19] if target.image else "FAILED"
         tags = " ".join(target.tags) if target.image else target.error[:80]
-        rows.append((target.name, str(target.built), str(target.cached), digest, tags))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+        time = f"{target.seconds:.2f}s" if target.image else "-"
+        rows.append((target.name, str(target.built), str(target.cached), time, digest, tags))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row[:4], widths, strict=True))
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:5], widths, strict=True))
         + "  "
-        + row[4]
+        + row[5]
         for row in rows
     ]
     built = sum(t.built for t in result.targets)
