@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -274,6 +275,40 @@ def cmd_affected(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_cache(args: argparse.Namespace) -> int:
+    from buildgraph.cache import prune as gc
+    from buildgraph.cache.steps import StepIndex
+
+    store = _store(args)
+    if args.cache_command == "du":
+        found = gc.usage(store)
+        print(f"blobs      {found.blobs:>7}  {_human(found.blob_bytes):>9}")
+        print(f"snapshots  {found.snapshots:>7}  {_human(found.snapshot_bytes):>9}")
+        print(f"steps      {found.steps:>7}")
+    elif args.cache_command == "ls":
+        index = StepIndex(store.root / "steps")
+        for path in sorted(
+            (store.root / "steps").glob("*/*.json"), key=lambda p: p.stat().st_mtime
+        ):
+            record = index.get(path.stem, touch=False)
+            used = time.strftime("%Y-%m-%d %H:%M", time.localtime(path.stat().st_mtime))
+            last = record.history[-1].created_by[:70] if record and record.history else ""
+            print(
+                f"{path.stem[:12]}  {used}  {len(record.layers) if record else 0:>3} layers  {last}"
+            )
+    else:
+        result = gc.prune(
+            store,
+            older_than=gc.parse_duration(args.older_than) if args.older_than else None,
+            keep_storage=gc.parse_size(args.keep_storage) if args.keep_storage else None,
+        )
+        print(
+            f"removed {result.steps_removed} steps, {result.blobs_removed} blobs, "
+            f"{result.snapshots_removed} snapshots: {_human(result.bytes_freed)} freed"
+        )
+    return 0
+
+
 def _build_args(items: Sequence[str]) -> dict[str, str]:
     values = {}
     for item in items:
@@ -479,7 +514,19 @@ def build_parser() -> argparse.ArgumentParser:
     affp.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
     affp.set_defaults(handler=cmd_affected)
 
+    cachep = commands.add_parser("cache", help="the local cache: ls, du, prune")
+    cache_commands = cachep.add_subparsers(dest="cache_command", required=True)
+    cache_ls = cache_commands.add_parser("ls", help="step entries, oldest use first")
+    cache_du = cache_commands.add_parser("du", help="disk use")
+    cache_prune = cache_commands.add_parser("prune", help="forget old steps, delete what is unused")
+    cache_prune.add_argument("--keep-storage", metavar="SIZE", help="e.g. 10GB: drop oldest first")
+    cache_prune.add_argument("--older-than", metavar="DURATION", help="e.g. 7d, 36h")
+    for sub in (cache_ls, cache_du, cache_prune):
+        sub.set_defaults(handler=cmd_cache)
+
     for sub in (imp, exp, rm, ls, images, pull, push, bld, runp, planp, graphp, warmp):
+        _common(sub)
+    for sub in (cache_ls, cache_du, cache_prune):
         _common(sub)
     for sub in (runp, planp, graphp, warmp):
         sub.set_defaults(cache_dir=None)  # the Buildfile's cache.dir unless --cache-dir

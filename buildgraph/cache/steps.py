@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,12 +58,15 @@ class StepIndex:
     def path(self, key: str) -> Path:
         return self.root / key[:2] / f"{key}.json"
 
-    def get(self, key: str) -> StepRecord | None:
+    def get(self, key: str, *, touch: bool = True) -> StepRecord | None:
         path = self.path(key)
         try:
             data = path.read_bytes()
         except FileNotFoundError:
             return None
+        if touch:  # last use, for `cache prune --older-than` (a look by prune is no use)
+            with contextlib.suppress(OSError):
+                os.utime(path)
         try:
             return StepRecord.from_json(data)
         except (ValueError, KeyError, TypeError) as err:

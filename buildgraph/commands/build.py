@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import networkx as nx
 
 from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex
 from buildgraph.errors import BuildgraphError, InputError, Location, StepFailed
 from buildgraph.frontend.dockerfile import parse_dockerfile
@@ -109,7 +110,7 @@ def base_resolver(
     return resolve
 
 
-def build(
+def _build(
     request: BuildRequest,
     *,
     store: LocalStore,
@@ -187,6 +188,12 @@ def build(
             assert stored is not None
             push(client(), store, stored, parse_reference(tag))
     return BuildResult(image, tags, outcome, plan)
+
+
+def build(request: BuildRequest, **options) -> BuildResult:
+    """Build one Dockerfile, holding the cache dir against a concurrent prune."""
+    with using(options["store"]):
+        return _build(request, **options)
 
 
 def compile_graph(*plans: BuildPlan) -> nx.DiGraph:

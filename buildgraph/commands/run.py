@@ -13,6 +13,7 @@ import networkx as nx
 
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
 from buildgraph.errors import BuildgraphError, InputError, StepFailed
@@ -179,7 +180,7 @@ def compile_project(
     return compiled
 
 
-def run_project(
+def _run_project(
     project: Project,
     names: Sequence[str],
     *,
@@ -273,6 +274,12 @@ def run_project(
         remote.downloaded if remote else 0,
         len(remote.exported) if remote else 0,
     )
+
+
+def run_project(project: Project, names: Sequence[str], **options) -> RunResult:
+    """Compile and build the targets, holding the cache dir against a concurrent prune."""
+    with using(options["store"]):
+        return _run_project(project, names, **options)
 
 
 def record_builds(
