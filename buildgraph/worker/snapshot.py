@@ -11,6 +11,7 @@ from pathlib import Path
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.errors import CacheError
+from buildgraph.fs import file_lock
 from buildgraph.image.oci import Descriptor
 from buildgraph.image.unpack import unpack_layer
 
@@ -40,6 +41,13 @@ class SnapshotStore:
         final = self.path(diff_id)
         if final.is_dir():
             return final
+        # One unpack per layer even when several steps (or processes) need it at once.
+        with file_lock(self.root / ".locks" / diff_id.removeprefix("sha256:")):
+            if final.is_dir():
+                return final
+            return self._unpack(store, layer, diff_id)
+
+    def _unpack(self, store: LocalStore, layer: Descriptor, diff_id: str) -> Path:
         with self.scratch("unpack-") as scratch:
             tree = scratch / "tree"
             tree.mkdir()
