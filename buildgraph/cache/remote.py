@@ -20,6 +20,7 @@ ours or disagrees with itself is a miss (`fetch_record` returns None and reports
 from __future__ import annotations
 
 import io
+import threading
 import json
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -76,6 +77,8 @@ class RemoteCache:
         self.client = client
         self.repository = repository.repository_only()
         self.jobs = max(1, jobs)
+        self._lock = threading.Lock()
+        self._present: set[str] = set()  # blob digests known to be in the repository
 
     def tag(self, key: str) -> Reference:
         return self.repository.with_tag(key)  # InputError if `key` is not a valid tag
@@ -166,7 +169,12 @@ class RemoteCache:
     def _push_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
+        with self._lock:
+            if blob.digest in self._present:  # pushed or seen by an earlier export of this run
+                return
         if self.client.blob_exists(self.repository, blob.digest):
+            with self._lock:
+                self._present.add(blob.digest)
             return
         for source in mount_from:
             if source.repository_only() == self.repository:
@@ -175,6 +183,8 @@ class RemoteCache:
                 return
         with store.open_blob(blob.digest) as handle:
             self.client.upload_blob(self.repository, blob.digest, blob.size, handle)
+        with self._lock:
+            self._present.add(blob.digest)
 
 
 # -- the entry format -----------------------------------------------------------------------------

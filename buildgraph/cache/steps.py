@@ -73,7 +73,9 @@ class StepIndex:
             raise CacheError(f"corrupt step record: {err}", Location(path)) from err
 
     def put(self, key: str, record: StepRecord) -> None:
-        atomic_write(self.path(key), record.to_json())
+        # No fsync: the rename is atomic, and a record torn by a crash reads as corrupt and
+        # is rebuilt; an fsync per step cost more than the steps themselves on slow disks.
+        atomic_write(self.path(key), record.to_json(), durable=False)
 
     def forget(self, key: str) -> None:
         self.path(key).unlink(missing_ok=True)

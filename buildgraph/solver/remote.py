@@ -41,6 +41,7 @@ class RemoteSession:
         self.required = required
         self.export_only = export_only
         self.hits: dict[str, RemoteEntry] = {}
+        self._records: dict[str, StepRecord | None] = {}
         self.downloaded = 0
         self.exported: list[str] = []
         self.export_errors: list[str] = []
@@ -58,20 +59,27 @@ class RemoteSession:
             return
         try:
             self.hits = self.source.lookup(keys)
+            self._records = self._read_all(self.hits)
         except RegistryError as err:
             self.source = None
+            self.hits = {}
             self._failed("lookup", err)
+
+    def _read_all(self, hits: dict[str, RemoteEntry]) -> dict[str, StepRecord | None]:
+        """Every hit's record, read in parallel up front (a hit costs two small GETs)."""
+        assert self.source is not None
+        source = self.source
+        with ThreadPoolExecutor(max_workers=max(1, source.jobs)) as pool:
+            found = pool.map(
+                lambda entry: source.fetch_record(entry, warn=self.warn), hits.values()
+            )
+            return dict(zip(hits, found, strict=True))
 
     def record(self, key: str) -> StepRecord | None:
         """The step's record from the remote cache, if it has a usable one."""
-        entry = self.hits.get(key)
-        if entry is None or self.source is None:
+        if key not in self.hits or self.source is None:
             return None
-        try:
-            return self.source.fetch_record(entry, warn=self.warn)
-        except RegistryError as err:
-            self._failed(f"read of {key[:12]}", err)
-            return None
+        return self._records.get(key)
 
     def ensure_layers(self, record: StepRecord) -> None:
         """Download the layers of `record` the local store lacks (when something needs them)."""

@@ -1,0 +1,506 @@
+"""Time the fresh-machine scenario: an empty local cache and a full remote cache in a registry.
+
+Usage (as root, from the repository): python bench/bench_remote.py [--services 12] [--repeat N]
+    [--only buildgraph,buildkit,buildah] [--profile] [--keep]
+
+One registry (Debian's docker-registry on 127.0.0.1, tests/registry_server.py) serves the whole
+run. The N-service monorepo of bench/monorepo.py is built twice by every engine, on two
+"machines" that share nothing but that registry:
+
+- machine A, cold (only busybox in the store), exports its cache: buildgraph
+  `run --cache-to HOST/cache/bg`; BuildKit (dockerd 20.10) `docker build --build-arg
+  BUILDKIT_INLINE_CACHE=1` then `docker push` of base and of each service, the only registry
+  cache its 20.10 client offers; buildah `bud --layers --cache-to HOST/bh/cache`. buildgraph's
+  cold build without export is timed too, for the cost of exporting.
+- machine B, a fresh store holding only busybox (imported beforehand, not timed), builds the same
+  tree from the remote cache: buildgraph `run --cache-from HOST/cache/bg`; BuildKit
+  `docker pull` of base (a rebuild would get a new image id, and every service would miss),
+  then `docker build --cache-from HOST/bk/NAME` of each service; buildah
+  `bud --layers --cache-from HOST/bh/cache`. Timed: the whole CI script, downloads included.
+
+buildgraph's steps run on B are its `started` events (exports left out); its bytes downloaded are
+the summary's "remote cache: N bytes downloaded" line, set beside the sizes of the layers the
+final images hold that B did not already have. A peer's steps run are the RUN/COPY vertices its
+log shows without a cache hit. Times are wall-clock seconds; with --repeat N each buildgraph time
+is the best of N (every export attempt goes to a repository of its own, so none finds the blobs
+of the one before). --profile runs buildgraph's machine B and machine A once more under py-spy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench_monorepo import Buildgraph, make_seed, started_steps
+from monorepo import Monorepo, Service, generate
+from peers import (
+    BuildKit,
+    PeerError,
+    buildah,
+    buildkit,
+    ensure_packages,
+    machine_summary,
+    ratio,
+    run,
+    tool_versions,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from registry_server import RegistryServer  # noqa: E402 - tests/ is not a package
+
+ENGINES = ("buildgraph", "buildkit", "buildah")
+# The issue's targets.
+FRESH_VS_BUILDKIT = 1.0  # machine B against BuildKit's machine B
+FRESH_VS_COLD = 0.3  # machine B against our own cold build
+EXPORT_VS_NO_EXPORT = 1.2  # a cold build that exports against one that does not
+DOWNLOADED = re.compile(r"remote cache: (\d+) bytes downloaded")
+
+
+@dataclass
+class Result:
+    """One engine's times and what its machine-B build did; None where it failed or did not run."""
+
+    cold: float | None = None  # buildgraph only: cold, no export
+    export: float | None = None  # machine A: cold build that exports the cache
+    fresh: float | None = None  # machine B: fresh store, remote cache
+    steps_run: int | None = None  # on machine B
+    downloaded: int | None = None  # buildgraph only: bytes, from its summary line
+    needed: int | None = None  # buildgraph only: layer bytes of the final images B lacked
+    notes: list[str] = field(default_factory=list)
+
+
+def main() -> None:
+    options = parse_options()
+    command = shlex.join(["python", "bench/bench_remote.py", *sys.argv[1:]])
+    work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    results: dict[str, Result] = {}
+    registry = RegistryServer(work / "registry")
+    try:
+        note(f"work dir: {work}")
+        seed = make_seed(work)
+        repo = generate(work / "repo", options.services)
+        (work / "logs").mkdir()
+        registry.start()
+        note(f"registry: {registry.host}")
+        if "buildgraph" in options.only:
+            results["buildgraph"] = measure_buildgraph(options, work, seed, repo, registry.host)
+        if {"buildkit", "buildah"} & set(options.only):
+            try:
+                ensure_packages()
+            except PeerError as err:
+                note(f"could not install the peers: {err}")
+        if "buildkit" in options.only:
+            results["buildkit"] = measure_buildkit(work, seed, repo, registry.host)
+        if "buildah" in options.only:
+            results["buildah"] = measure_buildah(work, seed, repo, registry.host)
+        if options.profile and "buildgraph" in options.only:
+            profile_runs(work, seed, repo, registry.host)
+    finally:
+        registry.stop()
+        print_report(command, options, results)
+        if options.keep:
+            note(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def parse_options() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--services", type=int, default=12, help="N services (default 12)")
+    parser.add_argument("--repeat", type=int, default=1, help="best of N buildgraph runs")
+    parser.add_argument("--only", type=_names(ENGINES), default=ENGINES, help="engines, a,b")
+    parser.add_argument("--profile", action="store_true", help="py-spy of buildgraph on A and B")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
+    return parser.parse_args()
+
+
+def _names(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {choices}")
+        return names
+
+    return parse
+
+
+# -- buildgraph -------------------------------------------------------------------------------
+def measure_buildgraph(
+    options: argparse.Namespace, work: Path, seed: Path, repo: Monorepo, host: str
+) -> Result:
+    result = Result()
+    logs = work / "logs"
+    warm_up = Buildgraph(work / "bg-warm-up", seed)  # no timed build pays for cold binaries
+    with contextlib.suppress(PeerError):
+        warm_up.reset()
+        warm_up.build_all(generate(work / "warm-up", 1, sources=2), logs / "bg-warm-up.log")
+    cache_repo = ""
+    for attempt in range(options.repeat):  # interleaved, so load drifts hit both alike
+        plain = Buildgraph(work / f"bg-cold-{attempt}", seed)
+        plain.reset()  # a copy of the seed: busybox only; not timed
+        seconds = _timed("buildgraph", "cold, no export", _run, plain, repo, logs, ())
+        result.cold = _least(result.cold, seconds)
+        cache_repo = f"{host}/cache/bg{attempt or ''}"
+        machine_a = Buildgraph(work / f"bg-a-{attempt}", seed)
+        machine_a.reset()
+        export = ("--cache-to", cache_repo)
+        seconds = _timed("buildgraph", "A: cold + export", _run, machine_a, repo, logs, export)
+        result.export = _least(result.export, seconds)
+    if result.export is None:
+        result.notes.append("machine A failed; no remote cache to read")
+        return result
+    for attempt in range(options.repeat):
+        machine_b = Buildgraph(work / f"bg-b-{attempt}", seed)
+        machine_b.reset()
+        log = logs / f"bg-b-{attempt}.log"
+        seconds = _timed(
+            "buildgraph",
+            "B: fresh, --cache-from",
+            _run,
+            machine_b,
+            repo,
+            logs,
+            ("--cache-from", cache_repo),
+            log,
+        )
+        result.fresh = _least(result.fresh, seconds)
+        if seconds is not None and attempt == 0:
+            steps = [s for s in started_steps(log) if not s["key"].startswith("export:")]
+            result.steps_run = len(steps)
+            found = DOWNLOADED.findall(log.read_text(errors="replace"))
+            result.downloaded = int(found[-1]) if found else 0
+            result.needed = missing_layer_bytes(machine_b.cache, seed)
+    return result
+
+
+def _run(
+    engine: Buildgraph,
+    repo: Monorepo,
+    logs: Path,
+    extra: tuple[str, ...],
+    log: Path | None = None,
+) -> None:
+    options = ["-f", str(repo.buildfile), "--cache-dir", str(engine.cache), "--progress", "json"]
+    run([*engine.command, "run", *options, *extra], log=log or logs / f"{engine.cache.name}.log")
+
+
+def missing_layer_bytes(cache: Path, seed: Path) -> int:
+    """The bytes of the distinct layers CACHE's tagged images hold that SEED's do not."""
+    have = _layers(seed)
+    return sum(size for digest, size in _layers(cache).items() if digest not in have)
+
+
+def _layers(layout: Path) -> dict[str, int]:
+    """Layer digest -> size over every image tagged in the OCI layout LAYOUT."""
+    blobs = layout / "blobs" / "sha256"
+    index = json.loads((layout / "index.json").read_text())
+    layers = {}
+    for entry in index["manifests"]:
+        manifest = json.loads((blobs / entry["digest"].removeprefix("sha256:")).read_text())
+        layers |= {layer["digest"]: layer["size"] for layer in manifest["layers"]}
+    return layers
+
+
+def profile_runs(work: Path, seed: Path, repo: Monorepo, host: str) -> None:
+    """Machine B, and machine A's export, once more under py-spy (every thread, idle included,
+    so waits count); the main thread's heaviest buildgraph functions go to stderr."""
+    runs = {
+        "B (--cache-from)": ("--cache-from", f"{host}/cache/bg"),
+        "A (--cache-to)": ("--cache-to", f"{host}/cache/bg-profile"),  # a new repo: all pushed
+    }
+    for number, (label, extra) in enumerate(runs.items()):
+        engine = Buildgraph(work / f"bg-profile-{number}", seed)
+        engine.reset()
+        out = work / "logs" / f"profile-{number}.txt"
+        options = [
+            "-f",
+            str(repo.buildfile),
+            "--cache-dir",
+            str(engine.cache),
+            "--progress",
+            "json",
+        ]
+        spy = ["py-spy", "record", "--format", "raw", "--rate", "250", "--threads", "--idle"]
+        try:
+            run([*spy, "-o", str(out), "--", *engine.command, "run", *options, *extra])
+        except PeerError as err:
+            note(f"py-spy failed: {err}")
+            continue
+        note(f"py-spy, {label} (raw stacks in {out}); main thread, inclusive seconds:")
+        for line in _main_thread_hotspots(out, 250)[:20]:
+            note(line)
+
+
+def _main_thread_hotspots(raw: Path, rate: int) -> list[str]:
+    """From py-spy's raw stacks: seconds per buildgraph function on the main thread, inclusive."""
+    seconds: dict[str, float] = {}
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = stack.split(";")
+        if not samples.isdigit() or "MainThread" not in frames[0]:
+            continue
+        names = {re.sub(r":\d+\)$", ")", frame) for frame in frames[1:] if "buildgraph/" in frame}
+        for name in names:
+            seconds[name] = seconds.get(name, 0.0) + int(samples) / rate
+    ranked = sorted(seconds.items(), key=lambda item: -item[1])
+    return [f"  {value:6.2f} s  {name}" for name, value in ranked]
+
+
+# -- BuildKit: inline cache, pushed images, --cache-from ----------------------------------------
+def measure_buildkit(work: Path, seed: Path, repo: Monorepo, host: str) -> Result:
+    # No daemon.json entry is needed for HOST: dockerd always treats 127.0.0.0/8 as insecure.
+    result = Result()
+    archive = work / "busybox-docker.tar"
+    logs = work / "logs"
+    try:
+        export = ["image", "export", "busybox", "-o", f"type=docker,dest={archive}"]
+        run([*Buildgraph(seed, seed).command, *export, "--cache-dir", str(seed)])
+        with buildkit(work / "bk-a", archive) as machine_a:
+            _bk_warm_up(machine_a, work)
+            result.export = _timed(
+                "BuildKit", "A: cold + push", _bk_push_all, machine_a, repo, host, logs
+            )
+        if result.export is None:
+            result.notes.append("BuildKit: machine A failed (see the log above)")
+            return result
+        with buildkit(work / "bk-b", archive) as machine_b:
+            _bk_warm_up(machine_b, work)
+            result.fresh = _timed(
+                "BuildKit", "B: --cache-from", _bk_from_cache, machine_b, repo, host, logs
+            )
+        if result.fresh is not None:
+            result.steps_run = sum(
+                _bk_steps_run(logs / f"bk-b-{s.name}.log") for s in repo.services
+            )
+    except PeerError as err:
+        note(f"BuildKit left out: {err}")
+        result.notes.append(f"BuildKit: {err}".splitlines()[0][:120])
+    return result
+
+
+def _bk_warm_up(peer: BuildKit, work: Path) -> None:
+    tree = generate(work / "bk-warm-up", 1, sources=2)
+    with contextlib.suppress(PeerError):
+        for service in (tree.base, *tree.services):
+            _bk_build(peer, service, (), ("-t", f"warm-{service.name}"), work / "logs" / "w.log")
+        peer.docker("image", "rm", "-f", "warm-base", "warm-svc00")
+        peer.docker("builder", "prune", "-af")
+
+
+def _bk_build(
+    peer: BuildKit, service: Service, extra: tuple[str, ...], tags: tuple[str, ...], log: Path
+) -> None:
+    """`docker build` of SERVICE; `FROM base` in a service finds the image tagged `base`."""
+    options = (
+        "--network",
+        "none",
+        "--progress",
+        "plain",
+        "-f",
+        str(service.dockerfile),
+        *extra,
+        *tags,
+    )
+    peer.docker("build", *options, str(service.context), log=log)
+
+
+def _bk_push_all(peer: BuildKit, repo: Monorepo, host: str, logs: Path) -> None:
+    inline = ("--build-arg", "BUILDKIT_INLINE_CACHE=1")
+    for service in (repo.base, *repo.services):
+        ref = f"{host}/bk/{service.name}"
+        log = logs / f"bk-a-{service.name}.log"
+        _bk_build(peer, service, inline, ("-t", service.name, "-t", ref), log)
+        peer.docker("push", ref, log=log)
+
+
+def _bk_from_cache(peer: BuildKit, repo: Monorepo, host: str, logs: Path) -> None:
+    """Pull base rather than rebuild it: a rebuild from its inline cache gets a new image id
+    (fresh timestamps in its config), and then every service's cache misses from `FROM base` on.
+    The inline cache (mode=min) of a service's final image is enough to skip its build stage."""
+    base = f"{host}/bk/{repo.base.name}"
+    peer.docker("pull", base, log=logs / "bk-b-base.log")
+    peer.docker("tag", base, repo.base.name, log=logs / "bk-b-base.log")
+    for service in repo.services:
+        ref = f"{host}/bk/{service.name}"
+        log = logs / f"bk-b-{service.name}.log"
+        _bk_build(peer, service, ("--cache-from", ref), ("-t", service.name), log)
+
+
+def _bk_steps_run(log: Path) -> int:
+    """RUN/COPY vertices of a plain-progress log that did not end CACHED."""
+    text = log.read_text(errors="replace")
+    names = dict(re.findall(r"^#(\d+) \[[^\]]*\] ((?:RUN|COPY) .*)$", text, re.MULTILINE))
+    cached = set(re.findall(r"^#(\d+) CACHED$", text, re.MULTILINE))
+    return len(set(names) - cached)
+
+
+# -- buildah: --layers --cache-to / --cache-from ------------------------------------------------
+def measure_buildah(work: Path, seed: Path, repo: Monorepo, host: str) -> Result:
+    result = Result()
+    cache = f"{host}/bh/cache"
+    try:
+        result.export, _ = _bh_machine(work, seed, repo, "a", ("--cache-to", cache), result)
+        if result.export is None:
+            result.notes.append("buildah: machine A failed (see the log above)")
+            return result
+        result.fresh, logs = _bh_machine(work, seed, repo, "b", ("--cache-from", cache), result)
+        if result.fresh is not None:
+            result.steps_run = sum(
+                _bh_steps_run(Path(f"{logs}-{s.name}.log")) for s in (repo.base, *repo.services)
+            )
+    except PeerError as err:
+        note(f"buildah left out: {err}")
+        result.notes.append(f"buildah: {err}".splitlines()[0][:120])
+    return result
+
+
+def _bh_machine(
+    work: Path, seed: Path, repo: Monorepo, machine: str, cache: tuple[str, ...], result: Result
+) -> tuple[float | None, Path]:
+    """Time the CI script on a fresh buildah store; once more on another fresh store when it
+    fails, since buildah 1.28's chroot RUN now and then fails on its own ("sealing memfd copy")."""
+    seconds, logs = None, work / "logs" / f"bh-{machine}"
+    for attempt in range(2):
+        logs = work / "logs" / f"bh-{machine}{'-retry' * attempt}"
+        with buildah(work / logs.name, seed) as peer:
+            peer.reset()
+            what = f"{machine.upper()}: {cache[0]}{' (retry)' * attempt}"
+            seconds = _timed("buildah", what, _bh_build_all, peer, repo, cache, logs)
+            peer.remove()
+        if seconds is not None:
+            if attempt:
+                result.notes.append(f"buildah: machine {machine.upper()} timed on its 2nd try")
+            break
+    return seconds, logs
+
+
+def _bh_build_all(peer, repo: Monorepo, cache: tuple[str, ...], logs: Path) -> None:
+    for service in (repo.base, *repo.services):
+        options = ("--layers", "--isolation", "chroot", "--tls-verify=false", *cache)
+        log = Path(f"{logs}-{service.name}.log")
+        dockerfile, context = str(service.dockerfile), str(service.context)
+        peer.buildah("bud", *options, "-f", dockerfile, "-t", service.name, context, log=log)
+
+
+def _bh_steps_run(log: Path) -> int:
+    """RUN/COPY steps of a `buildah bud` log not followed by "Using cache"."""
+    ran, current = 0, None
+    for line in log.read_text(errors="replace").splitlines():
+        if re.search(r"STEP \d+/\d+: ", line):
+            if current:
+                ran += 1
+            current = re.search(r"STEP \d+/\d+: (RUN|COPY) ", line) is not None
+        elif "Using cache" in line or line.startswith("--> Using cache"):
+            current = False
+    return ran + (1 if current else 0)
+
+
+# -- the report -------------------------------------------------------------------------------
+def print_report(command: str, options: argparse.Namespace, results: dict[str, Result]) -> None:
+    ours = results.get("buildgraph", Result())
+    bk = results.get("buildkit", Result())
+    bh = results.get("buildah", Result())
+    print(f"command: {command}")
+    print(f"machine: {machine_summary()}; wall-clock seconds; buildgraph: best of {options.repeat}")
+    print(f"versions: {tool_versions()}")
+    print()
+    header = (
+        f"{'scenario':<34} {'N':>3} {'buildgraph':>10} {'BuildKit':>9} {'buildah':>9}  "
+        f"{'steps run (bg/bk/bh)':<20}  note"
+    )
+    print(header)
+    print("-" * len(header))
+    n = options.services
+    rows = [
+        ("cold, no export", (ours.cold, None, None), "", "store: busybox only"),
+        (
+            "A: cold + cache export",
+            (ours.export, bk.export, bh.export),
+            "",
+            "bg --cache-to; bk inline cache + push; bh --cache-to",
+        ),
+        (
+            "B: fresh machine, remote cache",
+            (ours.fresh, bk.fresh, bh.fresh),
+            "/".join(_cell(r.steps_run) for r in (ours, bk, bh)),
+            "store: busybox only; --cache-from",
+        ),
+    ]
+    for name, seconds, steps, text in rows:
+        cells = [_seconds(value) for value in seconds]
+        print(f"{name:<34} {n:>3} {cells[0]:>10} {cells[1]:>9} {cells[2]:>9}  {steps:<20}  {text}")
+    print()
+    header = f"{'target':<44} {'value':>14} {'bound':>10}  met"
+    print(header)
+    print("-" * len(header))
+    targets = [
+        ("B: buildgraph / BuildKit", _ratio(ours.fresh, bk.fresh), FRESH_VS_BUILDKIT),
+        ("B: buildgraph / buildgraph cold", _ratio(ours.fresh, ours.cold), FRESH_VS_COLD),
+        ("A: cold + export / cold, no export", _ratio(ours.export, ours.cold), EXPORT_VS_NO_EXPORT),
+    ]
+    for name, value, bound in targets:
+        met = "-" if value is None else "yes" if value <= bound else "NO"
+        print(f"{name:<44} {ratio(value):>14} {f'<= {bound:g}x':>10}  {met}")
+    steps_met = "-" if ours.steps_run is None else "yes" if ours.steps_run == 0 else "NO"
+    print(f"{'B: buildgraph steps run':<44} {_cell(ours.steps_run):>14} {'0':>10}  {steps_met}")
+    equal = None if ours.downloaded is None else ours.downloaded == ours.needed
+    print(
+        f"{'B: bytes downloaded / layers the outputs need':<44} "
+        f"{_cell(ours.downloaded):>14} {_cell(ours.needed):>10}  "
+        f"{'-' if equal is None else 'yes' if equal else 'NO'}"
+    )
+    for result in results.values():
+        for text in result.notes:
+            print(f"note: {text}")
+
+
+def _timed(engine: str, what: str, action: Callable[..., None], *args: object) -> float | None:
+    subprocess.run(["sync"], check=False)  # the last build's dirty pages stay out of this one
+    started = time.perf_counter()
+    try:
+        action(*args)
+    except PeerError as err:
+        note(f"{engine} {what} failed: {err}")
+        return None
+    seconds = time.perf_counter() - started
+    note(f"{engine:<10} {what:<28} {seconds:8.2f} s")
+    return seconds
+
+
+def _least(best: float | None, seconds: float | None) -> float | None:
+    if seconds is None:
+        return best
+    return seconds if best is None else min(best, seconds)
+
+
+def _ratio(ours: float | None, theirs: float | None) -> float | None:
+    return None if ours is None or not theirs else ours / theirs
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else str(value)
+
+
+def note(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+if __name__ == "__main__":
+    main()
