@@ -27,7 +27,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -39,6 +38,7 @@ from peers import (
     buildkit,
     ensure_packages,
     machine_summary,
+    names_option,
     ratio,
     run,
     tool_versions,
@@ -147,21 +147,10 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--large", type=int, default=50, help="N for the large no-op (50)")
     parser.add_argument("--wide", type=_wide, default=(1000, 10), help="TARGETSxSTEPS to plan")
     parser.add_argument("--repeat", type=int, default=3, help="best of N warm runs (default 3)")
-    parser.add_argument("--only", type=_names(ENGINES), default=ENGINES, help="engines, a,b")
-    parser.add_argument("--skip", type=_names(PARTS), default=(), help=f"parts of {PARTS}")
+    parser.add_argument("--only", type=names_option(ENGINES), default=ENGINES, help="engines, a,b")
+    parser.add_argument("--skip", type=names_option(PARTS), default=(), help=f"parts of {PARTS}")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     return parser.parse_args()
-
-
-def _names(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
-        unknown = [name for name in names if name not in choices]
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {choices}")
-        return names
-
-    return parse
 
 
 def _wide(text: str) -> tuple[int, int]:

@@ -51,6 +51,7 @@ from peers import (
     buildkit,
     ensure_packages,
     machine_summary,
+    names_option,
     ratio,
     run,
     tool_versions,
@@ -120,21 +121,10 @@ def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=12, help="N services (default 12)")
     parser.add_argument("--repeat", type=int, default=1, help="best of N buildgraph runs")
-    parser.add_argument("--only", type=_names(ENGINES), default=ENGINES, help="engines, a,b")
+    parser.add_argument("--only", type=names_option(ENGINES), default=ENGINES, help="engines, a,b")
     parser.add_argument("--profile", action="store_true", help="py-spy of buildgraph on A and B")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     return parser.parse_args()
-
-
-def _names(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
-    def parse(text: str) -> tuple[str, ...]:
-        names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
-        unknown = [name for name in names if name not in choices]
-        if unknown:
-            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {choices}")
-        return names
-
-    return parse
 
 
 # -- buildgraph -------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ unix sockets are used; no build reaches a network.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -14,7 +15,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from workloads import Workload
@@ -254,3 +255,16 @@ def tool_versions() -> str:
             done = subprocess.run(argv, capture_output=True, text=True, check=False)
             found.append(f"{name}: {done.stdout.strip() or done.stderr.strip()}")
     return "; ".join(found)
+
+
+def names_option(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
+    """An argparse type for "a,b" lists drawn from `choices` (--only, --skip)."""
+
+    def parse(text: str) -> tuple[str, ...]:
+        names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+        unknown = [name for name in names if name not in choices]
+        if unknown:
+            raise argparse.ArgumentTypeError(f"unknown {unknown}; choose from {choices}")
+        return names
+
+    return parse
