@@ -26,12 +26,12 @@ from typing import Protocol
 
 from peers import (
     PeerError,
-    buildah,
-    buildkit,
-    ensure_packages,
     machine_summary,
+    names_option,
+    note,
     ratio,
     run,
+    start_peers,
     tool_versions,
 )
 from workloads import Workload, make_workloads
@@ -125,18 +125,12 @@ def main() -> None:
 def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=1, help="best of N runs (default 1)")
-    parser.add_argument("--only", type=_engines, default=ENGINES, help="comma-separated engines")
+    parser.add_argument(
+        "--only", type=names_option(ENGINES), default=ENGINES, help="comma-separated engines"
+    )
     parser.add_argument("--workloads", type=_numbers, default=(1, 2, 3, 4, 5), help="e.g. 1,3")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     return parser.parse_args()
-
-
-def _engines(text: str) -> tuple[str, ...]:
-    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in ENGINES]
-    if unknown:
-        raise argparse.ArgumentTypeError(f"unknown engine {unknown}; choose from {ENGINES}")
-    return names
 
 
 def _numbers(text: str) -> tuple[int, ...]:
@@ -167,24 +161,8 @@ def start_engines(only: tuple[str, ...], work: Path, stack: contextlib.ExitStack
     engines: list[Engine] = []
     if "buildgraph" in only:
         engines.append(Buildgraph(work / "buildgraph", seed))
-    if {"buildkit", "buildah"} & set(only):
-        try:
-            ensure_packages()
-        except PeerError as err:
-            note(f"could not install the peers: {err}")
-    if "buildkit" in only:
-        archive = work / "busybox-docker.tar"
-        try:
-            export = ["image", "export", "busybox", "-o", f"type=docker,dest={archive}"]
-            run([*bootstrap.command, *export, "--cache-dir", str(seed)])
-            engines.append(stack.enter_context(buildkit(work / "buildkit", archive)))
-        except PeerError as err:
-            note(f"BuildKit skipped: {err}")
-    if "buildah" in only:
-        try:
-            engines.append(stack.enter_context(buildah(work / "buildah", seed)))
-        except PeerError as err:
-            note(f"buildah skipped: {err}")
+    kit, bah = start_peers(only, work, seed, bootstrap.command, stack)
+    engines += [peer for peer in (kit, bah) if peer is not None]
     return engines
 
 
@@ -297,10 +275,6 @@ def _seconds(value: float | None, ran: bool) -> str:
 
 def _load() -> float:
     return os.getloadavg()[0]
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -34,13 +34,12 @@ from typing import Protocol
 from monorepo import Monorepo, Service, generate, generate_wide, touch_one
 from peers import (
     PeerError,
-    buildah,
-    buildkit,
-    ensure_packages,
     machine_summary,
     names_option,
+    note,
     ratio,
     run,
+    start_peers,
     tool_versions,
 )
 from workloads import Workload
@@ -224,24 +223,8 @@ def start_engines(
     """Start each chosen engine; one that cannot start is left out (and said so)."""
     ours = Buildgraph(work / "buildgraph" / "cache", seed)
     engines: list[Engine] = [ours] if "buildgraph" in only else []
-    if {"buildkit", "buildah"} & set(only):
-        try:
-            ensure_packages()
-        except PeerError as err:
-            note(f"could not install the peers: {err}")
-    if "buildkit" in only:
-        archive = work / "busybox-docker.tar"
-        try:
-            export = ["image", "export", "busybox", "-o", f"type=docker,dest={archive}"]
-            run([*ours.command, *export, "--cache-dir", str(seed)])
-            engines.append(CiScript(stack.enter_context(buildkit(work / "buildkit", archive))))
-        except PeerError as err:
-            note(f"BuildKit left out: {err}")
-    if "buildah" in only:
-        try:
-            engines.append(CiScript(stack.enter_context(buildah(work / "buildah", seed))))
-        except PeerError as err:
-            note(f"buildah left out: {err}")
+    kit, bah = start_peers(only, work, seed, ours.command, stack)
+    engines += [CiScript(peer) for peer in (kit, bah) if peer is not None]
     return engines
 
 
@@ -269,12 +252,15 @@ def timed(engine: Engine, repo: Monorepo, log: Path, cold: bool) -> float | None
 
 
 def started_steps(log: Path) -> list[dict]:
-    """The steps a `buildgraph run --progress json` started, from its log."""
+    """The steps a `buildgraph run --progress json` started, from its log (a target's
+    export node, which tags the image, is not a step)."""
     steps = []
     for line in log.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             event = json.loads(line)
-            if isinstance(event, dict) and event.get("state") == "started":
+            if not isinstance(event, dict) or event.get("state") != "started":
+                continue
+            if not str(event.get("key", "")).startswith("export:"):
                 steps.append(event)
     return steps
 
@@ -478,10 +464,6 @@ def _value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
     return f"{value:.2f}" + (" ms" if unit == "ms" else "")
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,7 @@ from peers import (
     ensure_packages,
     machine_summary,
     names_option,
+    note,
     ratio,
     run,
     tool_versions,
@@ -486,10 +487,6 @@ def _seconds(value: float | None) -> str:
 
 def _cell(value: int | None) -> str:
     return "-" if value is None else str(value)
-
-
-def note(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -268,3 +269,39 @@ def names_option(choices: tuple[str, ...]) -> Callable[[str], tuple[str, ...]]:
         return names
 
     return parse
+
+
+def note(message: str) -> None:
+    """Progress and skips go to stderr; the table alone goes to stdout."""
+    print(message, file=sys.stderr, flush=True)
+
+
+def start_peers(
+    only: Sequence[str],
+    work: Path,
+    seed: Path,
+    buildgraph_command: Sequence[str],
+    stack: contextlib.ExitStack,
+) -> tuple[BuildKit | None, Buildah | None]:
+    """Install and start the chosen peers with the busybox image of buildgraph's `seed`
+    store; a peer that cannot start is left out (None) and said so."""
+    kit = bah = None
+    if {"buildkit", "buildah"} & set(only):
+        try:
+            ensure_packages()
+        except PeerError as err:
+            note(f"could not install the peers: {err}")
+    if "buildkit" in only:
+        archive = work / "busybox-docker.tar"
+        try:
+            export = ["image", "export", "busybox", "-o", f"type=docker,dest={archive}"]
+            run([*buildgraph_command, *export, "--cache-dir", str(seed)])
+            kit = stack.enter_context(buildkit(work / "buildkit", archive))
+        except PeerError as err:
+            note(f"BuildKit left out: {err}")
+    if "buildah" in only:
+        try:
+            bah = stack.enter_context(buildah(work / "buildah", seed))
+        except PeerError as err:
+            note(f"buildah left out: {err}")
+    return kit, bah
