@@ -169,7 +169,7 @@ def measure_buildgraph(
         )
         result.fresh = _least(result.fresh, seconds)
         if seconds is not None and attempt == 0:
-            steps = [s for s in started_steps(log) if not s["key"].startswith("export:")]
+            steps = started_steps(log)
             result.steps_run = len(steps)
             found = DOWNLOADED.findall(log.read_text(errors="replace"))
             result.downloaded = int(found[-1]) if found else 0

@@ -18,9 +18,18 @@ class BuildRecords:
     def _path(self, target: str) -> Path:
         return self.root / f"{xxhash.xxh3_64_hexdigest(target.encode())}.json"
 
-    def save(self, target: str, chain: list[Summary]) -> None:
-        doc = {"target": target, "steps": chain}
+    def save(self, target: str, keys: list[str], chain: list[Summary]) -> None:
+        doc = {"target": target, "keys": keys, "steps": chain}
         atomic_write(self._path(target), json.dumps(doc, sort_keys=True).encode())
+
+    def keys(self, target: str) -> list[str] | None:
+        """The step keys the last record was made for (None: no usable record)."""
+        try:
+            doc = json.loads(self._path(target).read_bytes())
+        except (FileNotFoundError, ValueError):
+            return None
+        keys = doc.get("keys") if isinstance(doc, dict) else None
+        return keys if isinstance(keys, list) else None
 
     def load(self, target: str) -> list[Summary] | None:
         try:

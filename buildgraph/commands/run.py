@@ -289,10 +289,12 @@ def record_builds(
     records = BuildRecords(store.root / "targets")
     for name in names:
         keys = chain(graph, compiled.plans[name].target.key)
+        if records.keys(name) == keys:
+            continue  # the record already describes these steps: no context walk again
         summaries = [
             summarize(graph.nodes[k]["step"], compiled.ignores, compiled.stat_cache) for k in keys
         ]
-        records.save(name, summaries)
+        records.save(name, keys, summaries)
 
 
 def export_target(
