@@ -26,6 +26,8 @@ from typing import Protocol
 
 from peers import (
     PeerError,
+    buildgraph_command,
+    cache_bytecode,
     machine_summary,
     names_option,
     note,
@@ -60,13 +62,7 @@ class Buildgraph:
     def __init__(self, work: Path, seed: Path) -> None:
         self.cache = work / "cache"
         self.seed = seed
-        # The console script itself, not a version-manager shim that adds its own start-up.
-        script = Path(sys.executable).parent / "buildgraph"
-        self.command = [str(script)] if script.exists() else [sys.executable, "-m", "buildgraph"]
-        # Byte-code is cached (in WORK, not the source tree) as an installed wheel's would be: a
-        # PYTHONDONTWRITEBYTECODE=1 environment would otherwise recompile ~110 modules per build.
-        self.env = {**os.environ, "PYTHONPYCACHEPREFIX": str(work / "pycache")}
-        self.env.pop("PYTHONDONTWRITEBYTECODE", None)
+        self.command = buildgraph_command()
 
     def reset(self) -> None:
         shutil.rmtree(self.cache, ignore_errors=True)
@@ -79,7 +75,7 @@ class Buildgraph:
             str(self.cache),
         )
         options = ["-f", dockerfile, "-t", tag, "--cache-dir", cache, "--progress", "plain"]
-        run([*self.command, "build", *options, context], env=self.env, log=log)
+        run([*self.command, "build", *options, context], log=log)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +93,7 @@ def main() -> None:
         note(f"warning: load average {options.load_before:.2f}; other work will skew the times")
     command = shlex.join(["python", "bench/bench_engine.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
+    cache_bytecode(work)
     try:
         with contextlib.ExitStack() as stack:
             workloads = make_workloads(work / "workloads", options.workloads)

@@ -34,6 +34,8 @@ from typing import Protocol
 from monorepo import Monorepo, Service, generate, generate_wide, touch_one
 from peers import (
     PeerError,
+    buildgraph_command,
+    cache_bytecode,
     machine_summary,
     names_option,
     note,
@@ -72,9 +74,7 @@ class Buildgraph:
     def __init__(self, cache: Path, seed: Path) -> None:
         self.cache = cache
         self.seed = seed
-        # The console script itself, not a version-manager shim that adds its own start-up.
-        script = Path(sys.executable).parent / "buildgraph"
-        self.command = [str(script)] if script.exists() else [sys.executable, "-m", "buildgraph"]
+        self.command = buildgraph_command()
 
     def reset(self) -> None:
         shutil.rmtree(self.cache, ignore_errors=True)
@@ -122,6 +122,7 @@ def main() -> None:
     options = parse_options()
     command = shlex.join(["python", "bench/bench_monorepo.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="bench-monorepo-"))
+    cache_bytecode(work)
     rows: list[Row] = []
     try:
         note(f"work dir: {work}")

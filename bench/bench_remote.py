@@ -49,6 +49,7 @@ from peers import (
     PeerError,
     buildah,
     buildkit,
+    cache_bytecode,
     ensure_packages,
     machine_summary,
     names_option,
@@ -87,6 +88,7 @@ def main() -> None:
     options = parse_options()
     command = shlex.join(["python", "bench/bench_remote.py", *sys.argv[1:]])
     work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    cache_bytecode(work)
     results: dict[str, Result] = {}
     registry = RegistryServer(work / "registry")
     try:

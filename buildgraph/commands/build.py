@@ -92,14 +92,14 @@ def base_resolver(
     def resolve(text: str, where: Location | None) -> BaseImage:
         if text in seen:
             return seen[text]
-        from buildgraph.registry.transfer import pull  # needs requests: only when pulling
-
         try:
             ref = parse_reference(text)
             image = (
                 None if always_pull else (store.resolve(ref.familiar) or store.resolve(str(ref)))
             )
             if image is None:
+                from buildgraph.registry.transfer import pull  # needs requests: only here
+
                 image = pull(client(), store.ensure(), ref, platform=platform)
             config = store.read_config(store.read_manifest(image.descriptor))
         except BuildgraphError as err:

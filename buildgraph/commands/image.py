@@ -6,6 +6,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import InputError, NotFound
@@ -13,9 +14,10 @@ from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.layer import layer_from_tar, write_layer
 from buildgraph.image.oci import Descriptor, Platform
-from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference, parse_reference
-from buildgraph.registry.transfer import pull, push
+
+if TYPE_CHECKING:  # the client pulls in requests (60 ms): a local build never needs it
+    from buildgraph.registry.client import RegistryClient
 
 
 def build_timestamp() -> tuple[str, int | None]:
@@ -93,6 +95,8 @@ def pull_image(
     platform: Platform,
     progress: Callable[[str], None],
 ) -> StoredImage:
+    from buildgraph.registry.transfer import pull
+
     return pull(client, store.ensure(), parse_reference(text), platform=platform, progress=progress)
 
 
@@ -107,4 +111,6 @@ def push_image(
 ) -> tuple[Reference, str]:
     image = find_image(store, source)
     ref = parse_reference(destination or image.full_name)
+    from buildgraph.registry.transfer import push
+
     return ref, push(client, store, image, ref, progress=progress, manifest_format=manifest_format)
