@@ -20,12 +20,12 @@ ours or disagrees with itself is a miss (`fetch_record` returns None and reports
 from __future__ import annotations
 
 import io
-import threading
 import json
+import threading
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from buildgraph import __version__
 from buildgraph.cache.local import LocalStore
@@ -78,7 +78,8 @@ class RemoteCache:
         self.repository = repository.repository_only()
         self.jobs = max(1, jobs)
         self._lock = threading.Lock()
-        self._present: set[str] = set()  # blob digests known to be in the repository
+        # blob digest -> done once the repository has it (set by the first export to need it)
+        self._present: dict[str, Future[None]] = {}
 
     def tag(self, key: str) -> Reference:
         return self.repository.with_tag(key)  # InputError if `key` is not a valid tag
@@ -145,36 +146,55 @@ class RemoteCache:
         """Push `record` as `<repository>:<key>`; returns the manifest digest.
 
         Layers the registry lacks are mounted from a `mount_from` repository where possible,
-        else uploaded; then the config, then the manifest. The tag is written last, so an
-        interrupted export leaves no tag pointing at a missing blob. Exporting an entry that
-        is already there costs one HEAD.
+        else uploaded (each blob is checked once per run, however many entries share it); then
+        the config, then the manifest. The tag is written last, so an interrupted export leaves
+        no tag pointing at a missing blob. A step is exported because it was built, so its
+        entry is new: no HEAD asks first (exporting an entry again rewrites the same tag).
         """
         ref = self.tag(key)
         config = entry_config(key, record, platform or default_platform())
         config_descriptor = Descriptor(mt.OCI_CONFIG, sha256_digest(config), len(config))
         manifest = entry_manifest(key, record, config_descriptor)
-        digest = sha256_digest(manifest)
-        existing = self.client.head_manifest(ref, accept=mt.MANIFESTS)
-        if existing is not None and existing.digest == digest:
-            return digest  # any other entry under the key (older format, damaged) is replaced
         layers = list(
             {layer.descriptor.digest: layer.descriptor for layer in record.layers}.values()
         )
         _map_all(lambda blob: self._push_layer(blob, store, mount_from), layers, self.jobs)
         self.client.upload_blob(
-            self.repository, config_descriptor.digest, len(config), io.BytesIO(config)
+            self.repository,
+            config_descriptor.digest,
+            len(config),
+            io.BytesIO(config),
+            check=False,  # the config names the key: a new key has a new config
         )
         return self.client.put_manifest(ref, manifest, mt.OCI_MANIFEST)
 
     def _push_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
+        """Make `blob` present in the repository, once per run: concurrent exports of entries
+        that share a layer wait for the first one's check or upload."""
         with self._lock:
-            if blob.digest in self._present:  # pushed or seen by an earlier export of this run
-                return
-        if self.client.blob_exists(self.repository, blob.digest):
+            pending = self._present.get(blob.digest)
+            owner = pending is None
+            if owner:
+                pending = self._present[blob.digest] = Future()
+        assert pending is not None
+        if not owner:
+            pending.result()  # raises what the owner's upload raised
+            return
+        try:
+            self._upload_layer(blob, store, mount_from)
+        except BaseException as err:
             with self._lock:
-                self._present.add(blob.digest)
+                del self._present[blob.digest]  # a later export may try again
+            pending.set_exception(err)
+            raise
+        pending.set_result(None)
+
+    def _upload_layer(
+        self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
+    ) -> None:
+        if self.client.blob_exists(self.repository, blob.digest):
             return
         for source in mount_from:
             if source.repository_only() == self.repository:
@@ -182,9 +202,7 @@ class RemoteCache:
             if self.client.mount_blob(self.repository, blob.digest, source.repository_only()):
                 return
         with store.open_blob(blob.digest) as handle:
-            self.client.upload_blob(self.repository, blob.digest, blob.size, handle)
-        with self._lock:
-            self._present.add(blob.digest)
+            self.client.upload_blob(self.repository, blob.digest, blob.size, handle, check=False)
 
 
 # -- the entry format -----------------------------------------------------------------------------

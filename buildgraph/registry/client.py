@@ -210,8 +210,10 @@ class RegistryClient:
         source: BinaryIO,
         *,
         chunk_size: int | None = None,
+        check: bool = True,
     ) -> None:
-        """Push `size` bytes of `source` as blob `digest`, unless the registry has it already.
+        """Push `size` bytes of `source` as blob `digest`, unless the registry has it already
+        (`check=False` skips that HEAD, for a caller that knows the blob is new).
 
         Monolithic (POST, then one PUT) without `chunk_size`, else PATCH chunks and a PUT.
         A failed attempt starts over with a new upload when `source` can seek back.
@@ -220,7 +222,7 @@ class RegistryClient:
         if chunk_size is not None and chunk_size <= 0:
             raise InputError(f"chunk size must be positive, not {chunk_size}")
         scopes = _push(repo)
-        if not self._blob_exists(repo, digest, scopes):
+        if not check or not self._blob_exists(repo, digest, scopes):
             upload(
                 self._transport, repo, digest, size, source, chunk_size=chunk_size, scopes=scopes
             )

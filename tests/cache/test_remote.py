@@ -239,16 +239,22 @@ def test_an_entry_is_an_ordinary_image_for_skopeo(
     assert (tmp_path / "copy" / "blobs" / "sha256" / digest.removeprefix("sha256:")).is_file()
 
 
-def test_export_again_only_asks(
+def test_export_again_uploads_no_layer(
     fresh_registry: RegistryServer, client: RegistryClient, store: LocalStore, tmp_path: Path
 ) -> None:
-    cache = RemoteCache(client, unique_repo(fresh_registry))
     record = make_record(store, tmp_path)
     key = key_of("again")
-    digest = cache.export(key, record, store, platform=PLATFORM)
-    before = snapshot(fresh_registry.storage)
-    assert cache.export(key, record, store, platform=PLATFORM) == digest
-    assert snapshot(fresh_registry.storage) == before  # no upload, no manifest write
+    repository = unique_repo(fresh_registry)
+    digest = RemoteCache(client, repository).export(key, record, store, platform=PLATFORM)
+    blobs = fresh_registry.storage / "docker/registry/v2/blobs/sha256"
+    layers = [
+        blobs / d[:2] / d / "data"
+        for d in (layer.descriptor.digest.removeprefix("sha256:") for layer in record.layers)
+    ]
+    before = {path: path.stat().st_mtime_ns for path in layers}
+    again = RemoteCache(client, repository)  # a new run: nothing remembered
+    assert again.export(key, record, store, platform=PLATFORM) == digest  # the same entry
+    assert {path: path.stat().st_mtime_ns for path in layers} == before  # no layer sent again
 
 
 def test_export_mounts_blobs_from_another_repository(
