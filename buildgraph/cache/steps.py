@@ -72,6 +72,10 @@ class StepIndex:
         except (ValueError, KeyError, TypeError) as err:
             raise CacheError(f"corrupt step record: {err}", Location(path)) from err
 
+    def has(self, key: str) -> bool:
+        """Whether a record is stored (read nothing: a corrupt one is found when it is read)."""
+        return self.path(key).is_file()
+
     def put(self, key: str, record: StepRecord) -> None:
         # No fsync: the rename is atomic, and a record torn by a crash reads as corrupt and
         # is rebuilt; an fsync per step cost more than the steps themselves on slow disks.

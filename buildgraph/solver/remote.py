@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import RemoteCache, RemoteEntry
 from buildgraph.cache.steps import StepRecord
-from buildgraph.errors import BuildgraphError, RegistryError
+from buildgraph.errors import AuthError, BuildgraphError, InputError, NotFound, RegistryError
 from buildgraph.registry.reference import parse_reference
 
 if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
@@ -50,36 +50,60 @@ class RemoteSession:
         self._pool = ThreadPoolExecutor(max_workers=jobs) if target else None
 
     def _failed(self, what: str, err: BuildgraphError) -> None:
+        if isinstance(err, AuthError):  # credentials to fix, not an outage to build through
+            raise AuthError(f"remote cache {what} failed: {err}") from err
         if self.required:
             raise err
         self.warn(f"remote cache {what} failed, going on without it: {err}")
 
     def lookup(self, keys: Iterable[str]) -> None:
+        """One HEAD per key, all at once; records are read later, only for the hits a run needs."""
         if self.source is None:
             return
         try:
             self.hits = self.source.lookup(keys)
-            self._records = self._read_all(self.hits)
         except RegistryError as err:
             self.source = None
             self.hits = {}
             self._failed("lookup", err)
 
-    def _read_all(self, hits: dict[str, RemoteEntry]) -> dict[str, StepRecord | None]:
-        """Every hit's record, read in parallel up front (a hit costs two small GETs)."""
-        assert self.source is not None
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Read the records of these hits in parallel (a hit costs two small GETs), so the
+        scheduler never waits on one; a registry failure drops the remote cache for the run."""
         source = self.source
-        with ThreadPoolExecutor(max_workers=max(1, source.jobs)) as pool:
-            found = pool.map(
-                lambda entry: source.fetch_record(entry, warn=self.warn), hits.values()
-            )
-            return dict(zip(hits, found, strict=True))
+        wanted = [self.hits[key] for key in keys if key in self.hits and key not in self._records]
+        if source is None or not wanted:
+            return
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, min(source.jobs, len(wanted)))) as pool:
+                found = pool.map(lambda entry: source.fetch_record(entry, warn=self.warn), wanted)
+                records = dict(zip((entry.key for entry in wanted), found, strict=True))
+        except RegistryError as err:
+            self.source = None
+            self.hits = {}
+            self._failed("lookup", err)
+            return
+        with self._lock:
+            self._records.update(records)
 
     def record(self, key: str) -> StepRecord | None:
-        """The step's record from the remote cache, if it has a usable one."""
-        if key not in self.hits or self.source is None:
+        """The step's record from the remote cache, if it has a usable one (read on first use
+        when `prefetch` did not)."""
+        source = self.source
+        if key not in self.hits or source is None:
             return None
-        return self._records.get(key)
+        with self._lock:
+            if key in self._records:
+                return self._records[key]
+        found = source.fetch_record(self.hits[key], warn=self.warn)
+        with self._lock:
+            return self._records.setdefault(key, found)
+
+    def forget(self, key: str) -> None:
+        """Stop using the entry under `key` for this run (it turned out unusable)."""
+        with self._lock:
+            self.hits.pop(key, None)
+            self._records[key] = None
 
     def ensure_layers(self, record: StepRecord) -> None:
         """Download the layers of `record` the local store lacks (when something needs them)."""
@@ -130,11 +154,33 @@ def remote_session(
     required: bool,
     export_only: set[str] | None,
 ) -> RemoteSession | None:
-    """The remote cache for this run, or None when no repository is configured."""
+    """The remote cache for this run, or None when no repository is configured.
+
+    Push access to `target` is checked here, before anything is built: exports run in the
+    background and a refused one would only show as a warning once the build is done. The
+    check mounts the empty blob into the repository itself, which writes nothing."""
     if not source and not target:
         return None
-    read = RemoteCache(client(), parse_reference(source, default_tag=None)) if source else None
-    write = RemoteCache(client(), parse_reference(target, default_tag=None)) if target else None
-    return RemoteSession(
+    try:
+        read = RemoteCache(client(), parse_reference(source, default_tag=None)) if source else None
+        write = RemoteCache(client(), parse_reference(target, default_tag=None)) if target else None
+    except InputError as err:
+        raise InputError(f"remote cache: {err}") from err
+    failure: BuildgraphError | None = None
+    if write is not None:
+        empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        try:
+            write.client.mount_blob(write.repository, empty, write.repository)
+        except AuthError as err:
+            raise AuthError(f"remote cache {write.repository}: {err}") from err
+        except (RegistryError, NotFound) as err:
+            failure = err
+            if read is not None and read.repository.registry == write.repository.registry:
+                read = None  # the same failing registry: a lookup would only wait and fail again
+            write = None
+    session = RemoteSession(
         store, source=read, target=write, warn=warn, required=required, export_only=export_only
     )
+    if failure is not None:
+        session._failed("export", failure)  # one warning, or the error when it is required
+    return session

@@ -25,6 +25,7 @@ class Outcome:
     skipped: tuple[str, ...]  # not run because something they need failed
     cached: frozenset[str] = frozenset()  # finished from the cache, no work done
     exported: dict[str, object] = field(default_factory=dict)  # export node -> its result
+    unneeded: frozenset[str] = frozenset()  # not run, not read: later steps came from a cache
 
 
 Export = Callable[[StepRecord], object]  # what an export node does with its target's record
@@ -56,10 +57,21 @@ def run(
     remote: RemoteSession | None = None,
     exports: Mapping[str, Export] | None = None,
 ) -> Outcome:
-    """Execute every node of `graph` (edges: input -> step). With `remote`, steps missing
-    locally are looked up in the remote cache first, and built steps are exported."""
+    """Execute every node of `graph` (edges: input -> step) that a result needs. With `remote`,
+    steps missing locally are looked up in the remote cache first, and built steps are exported.
+
+    A step whose every consumer comes from a cache is not needed: a remote hit of that kind is
+    not even read, a miss is not built (as BuildKit never builds below a cached step). Should a
+    cached step turn out unusable (a corrupt record, a remote blob that fails its digest), the
+    inputs it then needs are demanded on the spot and it is built once they are done."""
+    steps = [key for key in graph if "step" in graph.nodes[key]]
+    local = set() if no_cache else {key for key in steps if index.has(key)}
     if remote is not None and not no_cache:
-        remote.lookup(k for k in graph if "step" in graph.nodes[k] and index.get(k) is None)
+        remote.lookup(key for key in steps if key not in local)
+    hits = set(remote.hits) if remote is not None and not no_cache else set()
+    pruned = set() if no_cache else _not_needed(graph, local | hits) - local
+    if remote is not None and hits:
+        remote.prefetch(key for key in steps if key in hits and key not in pruned | local)
     priority = _remaining_path_lengths(graph)
     waiting = {key: graph.in_degree(key) for key in graph}
     ready: list[tuple[int, str]] = []
@@ -72,16 +84,44 @@ def run(
     from_cache: set[str] = set()
     exported: dict[str, object] = {}
     fetching: set[str] = set()  # remote hits whose layers are being downloaded
+    demanded: set[str] = set()  # pruned steps that a step turned out to need after all
+    late: dict[str, list[str]] = {}  # demanded step -> the steps waiting for it
+    pending: dict[str, int] = {}  # step -> demanded inputs it still waits for
 
-    def finish(key: str) -> None:
+    def push(key: str) -> None:
+        heapq.heappush(ready, (-priority[key], key))
+
+    def release(key: str) -> None:
         for child in graph.successors(key):
             waiting[child] -= 1
             if waiting[child] == 0 and child not in skipped:
-                heapq.heappush(ready, (-priority[child], child))
+                push(child)
+
+    def finish(key: str) -> None:
+        for waiter in late.pop(key, ()):
+            pending[waiter] -= 1
+            if pending[waiter] == 0 and waiter not in skipped:
+                push(waiter)
+        if key not in demanded:  # a demanded step released its children when it was pruned
+            release(key)
+
+    def await_inputs(key: str) -> bool:
+        """Demand the inputs of `key` that were pruned; True when it has to wait for them."""
+        missing = [parent for parent in graph.predecessors(key) if parent not in records]
+        for parent in missing:  # finished without a record: pruned, or demanded already
+            late.setdefault(parent, []).append(key)
+            if parent not in demanded:
+                demanded.add(parent)
+                push(parent)
+        pending[key] = len(missing)
+        return bool(missing)
+
+    def will_build(key: str) -> bool:
+        return key not in local and key not in hits and (key not in pruned or key in demanded)
 
     def skip_below(key: str) -> None:
         for child in nx.descendants(graph, key):
-            if child not in skipped:
+            if child not in skipped and child not in records and child not in exported:
                 skipped.add(child)
                 sink.emit(
                     StepEvent(
@@ -93,7 +133,7 @@ def run(
                 )
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        running: dict[Future[StepRecord], str] = {}
+        running: dict[Future[tuple[object, float]], str] = {}
         while ready or running:
             stop = failures and not keep_going
             while ready and not stop:
@@ -106,6 +146,11 @@ def run(
                         continue
                     sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
                     running[pool.submit(_timed_export, action, records[final])] = key
+                    continue
+                if key in pruned and key not in demanded:  # a later step comes from a cache
+                    if key in hits:
+                        sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
+                    release(key)
                     continue
                 step: Step = graph.nodes[key]["step"]
                 cached = (
@@ -123,24 +168,13 @@ def run(
                 if (
                     found is not None
                     and remote is not None
-                    and _files_needed(graph, key, index, remote)
+                    and _files_needed(graph, key, will_build)
                 ):
-                    # A step that will run on top of it needs its files: fetch them now, and
-                    # build the step instead if the remote entry turns out to be unusable.
-                    inputs = {parent: records[parent] for parent in graph.predecessors(key)}
+                    # A step that will run on top of it needs its files: fetch them now (and
+                    # build the step instead if the remote entry turns out to be unusable).
                     sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
                     fetching.add(key)
-                    started = StepEvent(key, StepState.RUNNING, _title(graph, key))
-                    job = pool.submit(
-                        _fetch_or_build,
-                        worker,
-                        remote,
-                        step,
-                        found,
-                        inputs,
-                        lambda e=started: sink.emit(e),
-                    )
-                    running[job] = key
+                    running[pool.submit(_fetch, remote, found)] = key
                     continue
                 if found is not None:  # its layers are fetched only when something needs them
                     index.put(key, found)
@@ -148,6 +182,8 @@ def run(
                     from_cache.add(key)
                     sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
                     finish(key)
+                    continue
+                if await_inputs(key):  # built after all: its pruned inputs come first
                     continue
                 inputs = {parent: records[parent] for parent in graph.predecessors(key)}
                 sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
@@ -165,42 +201,83 @@ def run(
             for future in done:
                 key = running.pop(future)
                 try:
-                    record, seconds = future.result()
-                    if key in fetching and seconds < 0:  # taken from the remote cache as is
-                        index.put(key, record)
-                        records[key] = record
-                        from_cache.add(key)
-                        finish(key)
-                        continue
+                    result, seconds = future.result()
                 except BuildgraphError as err:
                     failures[key] = err
                     sink.emit(StepEvent(key, StepState.FAILED, _title(graph, key), reason=str(err)))
                     skip_below(key)
                     continue
+                if key in fetching:
+                    fetching.discard(key)
+                    if isinstance(result, StepRecord):  # taken from the remote cache as is
+                        index.put(key, result)
+                        records[key] = result
+                        from_cache.add(key)
+                        finish(key)
+                    else:  # unusable: forget the entry and build the step here
+                        assert remote is not None
+                        title = _title(graph, key)
+                        remote.warn(
+                            f"remote cache entry for {title} is unusable ({result}); building it"
+                        )
+                        remote.forget(key)
+                        hits.discard(key)
+                        push(key)
+                    continue
                 if "export" in graph.nodes[key]:
-                    exported[key] = record
+                    exported[key] = result
                     sink.emit(
                         StepEvent(key, StepState.DONE, _title(graph, key), duration_s=seconds)
                     )
                     finish(key)
                     continue
-                index.put(key, record)
-                records[key] = record
+                assert isinstance(result, StepRecord)
+                index.put(key, result)
+                records[key] = result
                 if remote is not None:
-                    remote.export(key, record)
+                    remote.export(key, result)
                 parent = records.get(getattr(graph.nodes[key]["step"], "parent", ""))
-                added = parent is not None and len(record.layers) > len(parent.layers)
-                size = record.layers[-1].descriptor.size if added else 0
+                added = parent is not None and len(result.layers) > len(parent.layers)
+                size = result.layers[-1].descriptor.size if added else 0
                 sink.emit(
                     StepEvent(
                         key, StepState.DONE, _title(graph, key), duration_s=seconds, bytes=size
                     )
                 )
                 finish(key)
-    not_run = [k for k in graph if k not in records and k not in failures and k not in exported]
+    unneeded = pruned - demanded
+    not_run = [
+        key
+        for key in graph
+        if key not in records
+        and key not in failures
+        and key not in exported
+        and key not in unneeded
+    ]
     return Outcome(
-        records, failures, tuple(sorted(set(not_run) | skipped)), frozenset(from_cache), exported
+        records,
+        failures,
+        tuple(sorted(set(not_run) | skipped)),
+        frozenset(from_cache),
+        exported,
+        frozenset(unneeded),
     )
+
+
+def _not_needed(graph: nx.DiGraph, available: set[str]) -> set[str]:
+    """Steps no result needs: every path from them to an export (or a last step) passes
+    through a step that comes from a cache."""
+    needed: set[str] = set()
+    roots = [key for key in graph if "export" in graph.nodes[key] or graph.out_degree(key) == 0]
+    stack = list(roots)
+    while stack:
+        key = stack.pop()
+        if key in needed:
+            continue
+        needed.add(key)
+        if key not in available:  # built (or an export): every input is needed
+            stack.extend(graph.predecessors(key))
+    return {key for key in graph if "step" in graph.nodes[key] and key not in needed}
 
 
 def _timed(worker: Worker, step: Step, inputs: dict[str, StepRecord]) -> tuple[StepRecord, float]:
@@ -218,37 +295,26 @@ def _cached(index: StepIndex, key: str, sink: EventSink, step: Step) -> StepReco
         return None
 
 
-def _files_needed(graph: nx.DiGraph, key: str, index: StepIndex, remote: RemoteSession) -> bool:
+def _files_needed(graph: nx.DiGraph, key: str, will_build: Callable[[str], bool]) -> bool:
     """Will something that runs need this step's files (a RUN/COPY to build, a local export)?"""
     for child in graph.successors(key):
         node = graph.nodes[child]
         if "export" in node:
-            return True
-        built = index.get(child) is None and child not in remote.hits
-        if built and isinstance(node["step"], RunStep | CopyStep):
+            if node.get("needs_files", True):  # a push that mounts from the cache does not
+                return True
+            continue
+        if will_build(child) and isinstance(node["step"], RunStep | CopyStep):
             return True
     return False
 
 
-def _fetch_or_build(
-    worker: Worker,
-    remote: RemoteSession,
-    step: Step,
-    found: StepRecord,
-    inputs: dict[str, StepRecord],
-    building: Callable[[], None],
-) -> tuple[StepRecord, float]:
-    """The remote record with its layers downloaded (seconds < 0 says so), or, when they
-    cannot be had intact, the step built here."""
+def _fetch(remote: RemoteSession, found: StepRecord) -> tuple[StepRecord | str, float]:
+    """The remote record with its layers downloaded, or why they cannot be had intact."""
     try:
         remote.ensure_layers(found)
         return found, -1.0
     except (DigestMismatch, RegistryError) as err:
-        remote.warn(
-            f"remote cache entry for {step.title or 'a step'} is unusable ({err}); building it"
-        )
-        building()
-        return _timed(worker, step, inputs)
+        return str(err), -1.0
 
 
 def _timed_export(action: Export, record: StepRecord) -> tuple[object, float]:

@@ -1,0 +1,161 @@
+"""Only the steps a result needs are read or run: nothing below a cached step, unless that
+cached step turns out unusable, and then exactly the inputs it needs are built on demand."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from registry_server import RegistryServer
+
+from buildgraph.cache.steps import StepIndex
+from buildgraph.cli import main
+
+BUILDFILE = """version: 1
+cache: {{dir: cache{remote}}}
+targets:
+  app:
+    context: app
+    tags: ["app:1"]
+"""
+DOCKERFILE = """FROM busybox
+COPY main.txt /app/
+RUN cat /app/main.txt > /app/copy.txt
+RUN echo done >> /app/copy.txt
+"""
+
+
+@pytest.fixture(scope="module")
+def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
+    cache = tmp_path_factory.mktemp("store") / "cache"
+    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    return cache
+
+
+def make_repo(root: Path, busybox_cache: Path, remote: str = "") -> Path:
+    extra = f', remote: "{remote}", mode: min' if remote else ""
+    files = {
+        "Buildfile.yaml": BUILDFILE.format(remote=extra),
+        "app/Dockerfile": DOCKERFILE,
+        "app/main.txt": "v1\n",
+    }
+    for path, text in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
+    return root
+
+
+def run(root: Path, capsys, *argv: str) -> tuple[int, list[dict], str]:
+    """Exit code, progress events and stderr of `buildgraph run` in ROOT."""
+    capsys.readouterr()
+    code = main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
+    out, err = capsys.readouterr()
+    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
+
+
+def started(events: list[dict]) -> list[str]:
+    return [
+        e["instruction"]
+        for e in events
+        if e["state"] == "started" and not e["key"].startswith("export:")
+    ]
+
+
+def step_keys(root: Path, capsys) -> dict[str, str]:
+    """Title -> key of every step of the repo's graph."""
+    capsys.readouterr()
+    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    return {node["title"]: node["key"] for node in nodes if not node["key"].startswith("export:")}
+
+
+def exported_file(root: Path, tmp_path: Path) -> str:
+    out = tmp_path / "rootfs"
+    shutil.rmtree(out, ignore_errors=True)
+    argv = ["image", "export", "app:1", "-o", f"type=local,dest={out}"]
+    assert main([*argv, "--cache-dir", str(root / "cache")]) == 0
+    return (out / "app/copy.txt").read_text()
+
+
+def test_steps_below_a_cached_last_step_are_not_rebuilt(
+    busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    repo = make_repo(tmp_path / "repo", busybox_cache)
+    assert run(repo, capsys)[0] == 0
+    keys = step_keys(repo, capsys)
+    index = StepIndex(repo / "cache/steps")
+    for title, key in keys.items():  # keep the last step only
+        if not title.startswith("[stage-0] RUN echo done"):
+            index.forget(key)
+    code, events, _ = run(repo, capsys)
+    assert code == 0
+    assert started(events) == []
+    assert exported_file(repo, tmp_path) == "v1\ndone\n"
+
+
+def test_a_corrupt_last_step_builds_the_inputs_it_needs_on_demand(
+    busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    repo = make_repo(tmp_path / "repo", busybox_cache)
+    assert run(repo, capsys)[0] == 0
+    keys = step_keys(repo, capsys)
+    index = StepIndex(repo / "cache/steps")
+    last = keys["[stage-0] RUN echo done >> /app/copy.txt"]
+    index.forget(keys["[stage-0] RUN cat /app/main.txt > /app/copy.txt"])
+    index.forget(keys["[stage-0] COPY main.txt /app/"])
+    index.path(last).write_text("{not json")
+    code, events, _ = run(repo, capsys)
+    assert code == 0
+    # The corrupt entry is rebuilt; the two steps under it were pruned, then demanded.
+    assert sorted(started(events)) == [
+        "[stage-0] COPY main.txt /app/",
+        "[stage-0] RUN cat /app/main.txt > /app/copy.txt",
+        "[stage-0] RUN echo done >> /app/copy.txt",
+    ]
+    assert index.get(last) is not None
+    assert exported_file(repo, tmp_path) == "v1\ndone\n"
+
+
+def test_mode_min_cache_machine_b_builds_nothing(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/needed-min"
+    machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
+    code, _, _ = run(machine_a, capsys)
+    assert code == 0
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    code, events, _ = run(machine_b, capsys)
+    assert code == 0
+    # mode=min exported only the target's last step: the steps below it are misses on B,
+    # and nothing needs them.
+    assert started(events) == []
+    keys = step_keys(machine_b, capsys)
+    index = StepIndex(machine_b / "cache/steps")
+    assert not index.has(keys["[stage-0] COPY main.txt /app/"])
+    assert exported_file(machine_b, tmp_path) == "v1\ndone\n"
+
+
+def test_a_corrupt_remote_blob_of_the_last_step_builds_its_pruned_inputs(
+    fresh_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{fresh_registry.host}/cache/needed-corrupt"
+    machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
+    assert run(machine_a, capsys)[0] == 0
+    keys = step_keys(machine_a, capsys)
+    record = StepIndex(machine_a / "cache/steps").get(
+        keys["[stage-0] RUN echo done >> /app/copy.txt"]
+    )
+    assert record is not None
+    blob = record.layers[-1].descriptor.digest.removeprefix("sha256:")
+    stored = fresh_registry.storage / "docker/registry/v2/blobs/sha256" / blob[:2] / blob / "data"
+    stored.write_bytes(b"not the layer")
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    code, events, err = run(machine_b, capsys)
+    assert code == 0
+    assert "is unusable" in err
+    assert "[stage-0] RUN echo done >> /app/copy.txt" in started(events)
+    assert exported_file(machine_b, tmp_path) == "v1\ndone\n"
