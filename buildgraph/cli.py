@@ -252,19 +252,39 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _warm(args: argparse.Namespace, project) -> None:
     from buildgraph.commands.warm import warm_project
+    from buildgraph.ui.warm import total_line
 
-    result = warm_project(
-        project,
-        args.targets,
-        store=_project_store(args, project),
-        client=lambda: _client(args),
-        cache_from=args.cache_from,
-        progress=_progress(args),
-    )
-    print(
-        f"warm: {result.steps} steps: {result.local} already local, {result.fetched} fetched "
-        f"({result.bytes} bytes), {result.missing} not in any cache"
-    )
+    renderer = _warm_renderer(args)
+    try:
+        result = warm_project(
+            project,
+            args.targets,
+            store=_project_store(args, project),
+            client=lambda: _client(args),
+            cache_from=args.cache_from,
+            jobs=args.jobs or 8,
+            progress=renderer.emit if renderer else lambda _: None,
+            warn=lambda text: _say(f"buildgraph: warning: {text}"),
+        )
+    finally:
+        if renderer:
+            renderer.close()
+    if args.progress == "json":  # stdout is for the events
+        _say(total_line(result))
+    else:
+        print(total_line(result))
+
+
+def _warm_renderer(args: argparse.Namespace):
+    from buildgraph.ui.warm import JsonWarmRenderer, PlainWarmRenderer, TtyWarmRenderer
+
+    if args.progress == "json":
+        return JsonWarmRenderer()
+    if args.quiet:
+        return None
+    if args.progress == "tty" or (args.progress == "auto" and sys.stderr.isatty()):
+        return TtyWarmRenderer()
+    return PlainWarmRenderer()
 
 
 def cmd_affected(args: argparse.Namespace) -> int:
@@ -482,7 +502,9 @@ def build_parser() -> argparse.ArgumentParser:
     warmp.add_argument("--cache-from", metavar="REF", help="read the remote cache here")
     warmp.add_argument("--cache-to", metavar="REF", help="export built steps here")
     warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
-    warmp.add_argument("--progress", choices=("auto", "tty", "plain", "json"), default="plain")
+    warmp.add_argument(
+        "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
+    )
     warmp.set_defaults(
         handler=cmd_run,
         no_cache=False,
