@@ -16,7 +16,7 @@ from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
-from buildgraph.errors import BuildgraphError, InputError, StepFailed
+from buildgraph.errors import BuildgraphError, CacheError, InputError, StepFailed
 from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
@@ -27,7 +27,7 @@ from buildgraph.graph.query import chain
 from buildgraph.graph.remote import url_fetcher
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
-from buildgraph.registry.reference import parse_reference
+from buildgraph.registry.reference import Reference, parse_reference
 from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.remote import RemoteSession, remote_session
 from buildgraph.solver.scheduler import Outcome, add_export, run
@@ -48,6 +48,17 @@ class TargetResult:
     tags: tuple[str, ...]
     error: str = ""
     seconds: float = 0.0  # from the start of the run until the target was exported
+    note: str = ""  # e.g. that it was pushed without being tagged locally
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    """What a target's export node did."""
+
+    image: Descriptor
+    tags: tuple[str, ...]  # the local tags; the pushed references when not tagged locally
+    finished: float  # time.monotonic()
+    note: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -221,6 +232,11 @@ def _run_project(
         if project.cache.mode == "max"
         else {p.target.key for p in compiled.plans.values()},
     )
+    # An export that pushes by mounting from the remote cache needs no layers here: the
+    # scheduler then does not fetch the layers of its last step for it.
+    for name in compiled.plans:
+        lazy = _mount_cache(project.target(name), push_all, remote) is not None
+        graph.nodes[f"export:{name}"]["needs_files"] = not lazy
     worker = Worker(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
@@ -307,10 +323,20 @@ def export_target(
     epoch: int | None,
     push_all: bool,
     remote: RemoteSession | None,
-) -> tuple[Descriptor, tuple[str, ...], float]:
+) -> Exported:
     """The work of a target's export node: image, local tags, outputs, pushes."""
+    cache = _mount_cache(spec, push_all, remote)
+    if cache is not None and remote is not None and _missing_layers(store, record):
+        return _push_mounted(
+            spec, plan, record, cache, remote, store=store, client=client, epoch=epoch
+        )
     if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
         remote.ensure_layers(record)
+    if missing := _missing_layers(store, record):
+        raise CacheError(
+            f"target {spec.name}: {len(missing)} layers (first {missing[0]}) are in neither the "
+            "local store nor a reachable remote cache; run with its remote cache or --no-cache"
+        )
     image = assemble_image(store, plan.target, record, epoch=epoch)
     tags = []
     for tag in spec.tags:
@@ -325,7 +351,67 @@ def export_target(
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
             push(client(), store, stored, parse_reference(tag))
-    return image, tuple(tags), time.monotonic()
+    return Exported(image, tuple(tags), time.monotonic())
+
+
+def _mount_cache(
+    spec: TargetSpec, push_all: bool, remote: RemoteSession | None
+) -> Reference | None:
+    """The remote cache repository a target's push can mount layers from instead of
+    downloading them: when it is only pushed (no local outputs) and only to the cache's
+    registry. None when its export needs the files here."""
+    if remote is None or remote.source is None or spec.outputs or not spec.tags:
+        return None
+    cache = remote.source.repository
+    if not (spec.push or push_all) or any(
+        parse_reference(tag).registry != cache.registry for tag in spec.tags
+    ):
+        return None
+    return cache
+
+
+def _missing_layers(store: LocalStore, record: StepRecord) -> list[str]:
+    digests = dict.fromkeys(layer.descriptor.digest for layer in record.layers)
+    return [digest for digest in digests if not store.has_blob(digest)]
+
+
+def _push_mounted(
+    spec: TargetSpec,
+    plan: BuildPlan,
+    record: StepRecord,
+    cache: Reference,
+    remote: RemoteSession,
+    *,
+    store: LocalStore,
+    client: ClientFactory,
+    epoch: int | None,
+) -> Exported:
+    """Push an image whose layers are (partly) only in the remote cache: the registry mounts
+    them from the cache repository, as the cache holds them (built layers: uncompressed), and
+    nothing is downloaded; a layer it will not mount is downloaded and uploaded. A local tag
+    must name blobs the store has, so the image is tagged locally only if all ended up here."""
+    from buildgraph.registry.transfer import push  # needs requests: only when pushing
+
+    layers = {layer.descriptor.digest: layer for layer in record.layers}
+
+    def fetch(blob: Descriptor) -> None:  # a refused mount: just this layer comes through here
+        remote.ensure_layers(StepRecord((layers[blob.digest],), ()))
+
+    image = assemble_image(store, plan.target, record, epoch=epoch)  # config + manifest only
+    refs = [parse_reference(tag) for tag in spec.tags]
+    for ref in refs:
+        stored = StoredImage(ref.familiar, str(ref), image)
+        push(client(), store, stored, ref, mount_from=(cache,), fetch=fetch)
+    if not (missing := _missing_layers(store, record)):
+        for ref in refs:
+            store.tag(ref.familiar, str(ref), image)
+        return Exported(image, tuple(ref.familiar for ref in refs), time.monotonic())
+    layers_word = "layer" if len(missing) == 1 else "layers"
+    note = (
+        f"pushed without downloading: {len(missing)} {layers_word} mounted from {cache}; "
+        "not tagged locally"
+    )
+    return Exported(image, tuple(str(ref) for ref in refs), time.monotonic(), note)
 
 
 def _target_result(
@@ -340,8 +426,12 @@ def _target_result(
         failed = [outcome.failures[k] for k in keys if k in outcome.failures]
         error = str(failed[0]) if failed else "skipped: a step it needs failed"
         return TargetResult(name, key, steps, ran, 0, None, (), error)
-    image, tags, finished = done  # type: ignore[misc]
-    return TargetResult(name, key, steps, ran, len(steps) - ran, image, tags, "", finished - start)
+    assert isinstance(done, Exported)
+    cached = len(steps) - ran
+    seconds = done.finished - start
+    return TargetResult(
+        name, key, steps, ran, cached, done.image, done.tags, "", seconds, done.note
+    )
 
 
 def raise_for_failures(result: RunResult) -> None:

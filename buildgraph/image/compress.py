@@ -31,8 +31,13 @@ def compressed_layer(store: LocalStore, layer: Descriptor, compression: str = "g
 
 
 def for_registry(store: LocalStore, manifest: Manifest, compression: str = "gzip") -> Manifest:
-    """The manifest with every uncompressed layer swapped for its compressed copy."""
-    layers = tuple(compressed_layer(store, layer, compression) for layer in manifest.layers)
+    """The manifest with every uncompressed layer swapped for its compressed copy. A layer the
+    store lacks (taken from a remote cache, never downloaded) stays as it is: without its bytes
+    it cannot be compressed, only mounted from where it is."""
+    layers = tuple(
+        compressed_layer(store, layer, compression) if store.has_blob(layer.digest) else layer
+        for layer in manifest.layers
+    )
     if layers == manifest.layers:
         return manifest
     return Manifest(manifest.config, layers, manifest.media_type, manifest.annotations)

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from buildgraph.cache.local import LocalStore, StoredImage
-from buildgraph.errors import InputError
+from buildgraph.errors import CacheError, InputError
 from buildgraph.image.compress import for_registry
 from buildgraph.image.oci import (
     Descriptor,
@@ -20,6 +20,7 @@ from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference, parse_reference
 
 Progress = Callable[[str], None]
+Fetch = Callable[[Descriptor], None]  # puts a blob the store lacks into the store
 
 
 def _quiet(_: str) -> None:
@@ -82,22 +83,33 @@ def push(
     jobs: int = 4,
     progress: Progress = _quiet,
     manifest_format: str = "oci",
+    mount_from: Sequence[Reference] = (),
+    fetch: Fetch | None = None,
 ) -> str:
     """Upload the image's blobs (mounting them where the registry already has them),
     then its manifest under `ref`; returns the manifest digest. Layers stored uncompressed
-    are sent gzip-compressed (once: the compressed copy is kept)."""
+    are sent gzip-compressed (once: the compressed copy is kept).
+
+    The image may lack layer blobs in the store (one assembled from a remote cache's records):
+    those are mounted from a `mount_from` repository of the same registry as they are; one that
+    the registry will not mount is put into the store with `fetch`, then uploaded."""
     stored = store.read_manifest(image.descriptor)
     manifest = for_registry(store, stored)
     if manifest_format == "docker":
         manifest = as_docker_manifest(manifest)
-    source = _mount_source(image, ref)
+    sources = _mount_sources(image, ref, mount_from)
 
     def upload(blob: Descriptor) -> None:
         if client.blob_exists(ref, blob.digest):
             return
-        if source and client.mount_blob(ref, blob.digest, source):
-            progress(f"mounted {blob.digest[:19]} from {source.repository}")
-            return
+        for source in sources:
+            if client.mount_blob(ref, blob.digest, source):
+                progress(f"mounted {blob.digest[:19]} from {source.repository}")
+                return
+        if not store.has_blob(blob.digest):
+            if fetch is None:
+                raise CacheError(f"cannot push {ref}: blob {blob.digest} is not in the store")
+            fetch(blob)  # a mount was refused: the bytes have to come through here after all
         with store.open_blob(blob.digest) as handle:
             client.upload_blob(ref, blob.digest, blob.size, handle)
         progress(f"pushed {blob.digest[:19]} ({blob.size} bytes)")
@@ -113,12 +125,17 @@ def push(
     return client.put_manifest(ref, data, media_type)
 
 
-def _mount_source(image: StoredImage, ref: Reference) -> Reference | None:
-    """The repository the image came from, when it is on the same registry as `ref`."""
+def _mount_sources(
+    image: StoredImage, ref: Reference, mount_from: Sequence[Reference]
+) -> list[Reference]:
+    """Where blobs may be mounted from: the repository the image came from, then `mount_from`;
+    only those on `ref`'s registry and other than `ref`'s repository."""
     try:
-        origin = parse_reference(image.full_name)
+        origin = [parse_reference(image.full_name)]
     except InputError:
-        return None
-    if origin.registry != ref.registry or origin.repository == ref.repository:
-        return None
-    return origin
+        origin = []
+    found: dict[str, Reference] = {}
+    for source in (*origin, *mount_from):
+        if source.registry == ref.registry and source.repository != ref.repository:
+            found.setdefault(source.repository, source.repository_only())
+    return list(found.values())

@@ -19,6 +19,7 @@ def summary_table(result: RunResult) -> str:
         + row[5]
         for row in rows
     ]
+    lines.extend(f"{target.name}: {target.note}" for target in result.targets if target.note)
     built = sum(t.built for t in result.targets)
     steps = sum(1 for key in result.graph if "step" in result.graph.nodes[key])
     lines.append(
