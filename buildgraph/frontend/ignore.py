@@ -34,6 +34,8 @@ class IgnoreMatcher:
         """True when the path (or a parent dir) is excluded and no later exception re-includes it.
 
         Same as patternmatcher.MatchesOrParentMatches: the last pattern that matches wins."""
+        if not self.patterns:
+            return False  # no .dockerignore: asked once per context file, so answer at once
         path = _clean(relative_path)
         if path in (".", ""):
             return False  # the context root itself is never excluded

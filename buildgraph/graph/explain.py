@@ -32,10 +32,8 @@ def summarize(step: Step, ignores: Mapping[str, IgnoreMatcher], stat_cache: Stat
             if step.source.context and not step.source.stage_key:
                 ignore = ignores.get(step.source.context) or IgnoreMatcher(())
                 context = Path(step.source.context)
-                for entry, path in walk_selection(context, step.source.paths, ignore):
-                    content = (
-                        stat_cache.content_hash(path, path.stat()) if entry.kind == "file" else ""
-                    )
+                for entry, path, info in walk_selection(context, step.source.paths, ignore):
+                    content = stat_cache.content_hash(path, info) if entry.kind == "file" else ""
                     files[entry.path] = f"{entry.kind}:{entry.mode:o}:{entry.target}:{content}"
             return {
                 "kind": "copy",

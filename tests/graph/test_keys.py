@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from buildgraph.errors import Location
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import load_dockerignore
-from buildgraph.graph.context import StatCache
+from buildgraph.graph.context import KEEP_DAYS, StatCache
 from buildgraph.graph.keys import (
     CONFIG_KEY_FIELDS,
     COPY_KEY_FIELDS,
@@ -214,3 +215,37 @@ def test_the_stat_cache_survives_a_restart_and_spares_reading(tmp_path: Path) ->
     assert loaded.content_hash(source, source.stat()) != digest
     (tmp_path / "bad.json").write_text("{not json")
     assert StatCache.load(tmp_path / "bad.json").entries == {}
+
+
+def test_the_stat_cache_keeps_other_targets_entries_and_drops_old_ones(tmp_path: Path) -> None:
+    saved = tmp_path / "stat.json"
+    one, two = tmp_path / "one.txt", tmp_path / "two.txt"
+    one.write_text("1")
+    two.write_text("2")
+    first = StatCache()
+    first.content_hash(one, one.stat())
+    first.content_hash(two, two.stat())
+    first.save(saved)
+    # A run that uses only `one` (a subset of the targets) keeps `two` for the next run.
+    subset = StatCache.load(saved)
+    subset.content_hash(one, one.stat())
+    subset.save(saved)
+    assert {row[0] for row in json.loads(saved.read_text())["entries"]} == {str(one), str(two)}
+    # Nothing new and everything used today: the file is not even rewritten.
+    before = saved.stat().st_mtime_ns
+    again = StatCache.load(saved)
+    again.content_hash(one, one.stat())
+    again.save(saved)
+    assert saved.stat().st_mtime_ns == before
+    # A changed file replaces its old entry; an entry unused for KEEP_DAYS is dropped.
+    rows = json.loads(saved.read_text())["entries"]
+    for row in rows:
+        if row[0] == str(two):
+            row[5] -= KEEP_DAYS + 1
+    saved.write_text(json.dumps({"entries": rows}))
+    one.write_text("one, changed")
+    later = StatCache.load(saved)
+    later.content_hash(one, one.stat())
+    later.save(saved)
+    rows = json.loads(saved.read_text())["entries"]
+    assert [(row[0], row[1]) for row in rows] == [(str(one), len("one, changed"))]
