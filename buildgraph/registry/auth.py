@@ -324,6 +324,7 @@ class Authenticator:
         if not realm.startswith(("http://", "https://")):
             raise RegistryError(f"registry {registry} sent a Bearer challenge without a realm")
         service = challenge.get("service")
+        proxies = requests.utils.get_environ_proxies(realm)  # the session does not read them
         if credentials and credentials.identity_token:
             form = {
                 "grant_type": "refresh_token",
@@ -332,7 +333,7 @@ class Authenticator:
                 "scope": " ".join(scopes),
                 **({"service": service} if service else {}),
             }
-            response = self._session.post(realm, data=form, timeout=timeout)
+            response = self._session.post(realm, data=form, timeout=timeout, proxies=proxies)
         else:
             params = [("service", service)] if service else []
             params += [("scope", scope) for scope in scopes]
@@ -340,7 +341,9 @@ class Authenticator:
             basic = credentials.basic_header() if credentials else None
             if basic:
                 headers["Authorization"] = basic
-            response = self._session.get(realm, params=params, headers=headers, timeout=timeout)
+            response = self._session.get(
+                realm, params=params, headers=headers, timeout=timeout, proxies=proxies
+            )
         with response:
             if response.status_code in (401, 403):
                 raise AuthError(describe_scopes(registry, scopes))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import os
 import ssl
 import threading
 import time
@@ -71,8 +72,13 @@ class Transport:
         backoff: float,
     ) -> None:
         self.session = requests.Session()
+        # requests would read the proxy variables (and .netrc) on every request, which cost
+        # more than a HEAD itself; they are read once per host here (see _proxies) instead.
+        self.session.trust_env = False
         self.session.headers["User-Agent"] = f"buildgraph/{__version__}"
-        self._trust: bool | str = ca_bundle or True  # requests' verify=: a CA bundle or default
+        default_bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+        # requests' verify=: a CA bundle or the default store
+        self._trust: bool | str = ca_bundle or default_bundle or True
         self.session.verify = self._trust  # for token servers too
         adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
         self.session.mount("https://", adapter)
@@ -84,6 +90,7 @@ class Transport:
         self._backoff = backoff
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}
+        self._proxy_map: dict[str, dict[str, str]] = {}  # scheme://host -> proxies
 
     def close(self) -> None:
         self.session.close()
@@ -136,6 +143,7 @@ class Transport:
         timeout = deadline.timeout()
         options = {"params": params, "data": data, "stream": stream, "timeout": timeout}
         options["verify"] = self._verify(host)
+        options["proxies"] = self._proxies(url)
         if authenticate:
             authorization = self._auth.authorization(registry, scopes, timeout[1])
             if authorization:
@@ -167,6 +175,17 @@ class Transport:
     def remember_challenge(self, registry: str, header: str) -> None:
         self._auth.remember(registry, header)
 
+    def _proxies(self, url: str) -> dict[str, str]:
+        """HTTP(S)_PROXY / NO_PROXY for `url`'s host, as requests reads them, once per host."""
+        origin = "/".join(url.split("/", 3)[:3])
+        with self._lock:
+            known = self._proxy_map.get(origin)
+        if known is None:
+            known = requests.utils.get_environ_proxies(origin)
+            with self._lock:
+                self._proxy_map[origin] = known
+        return known
+
     def _base_url(self, host: str, deadline: Deadline) -> str:
         return f"{self._scheme(host, deadline)}://{host}"
 
@@ -183,8 +202,9 @@ class Transport:
             return known
         try:
             timeout = min(_PROBE_TIMEOUT, max(deadline.remaining(), 0.05))
+            probe = f"https://{host}/v2/"
             self.session.get(
-                f"https://{host}/v2/", timeout=timeout, verify=self._verify(host)
+                probe, timeout=timeout, verify=self._verify(host), proxies=self._proxies(probe)
             ).close()
             scheme = "https"
         except requests.exceptions.SSLError as err:
