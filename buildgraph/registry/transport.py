@@ -90,6 +90,8 @@ class Transport:
         self._backoff = backoff
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}
+        self._probing = threading.Lock()  # held while a host's scheme is being found out
+        self._unreachable: dict[str, float] = {}  # host -> when its last probe failed
         self._proxy_map: dict[str, dict[str, str]] = {}  # scheme://host -> proxies
 
     def close(self) -> None:
@@ -200,6 +202,17 @@ class Transport:
             known = self._schemes.get(host)
         if known:
             return known
+        with self._probing:  # one probe per host: parallel first requests wait for its answer
+            with self._lock:
+                known = self._schemes.get(host)
+                failed = self._unreachable.get(host, 0.0)
+            if known:
+                return known
+            if time.monotonic() - failed < _PROBE_TIMEOUT:
+                return "http"  # a probe just failed: do not make every waiter probe again
+            return self._probe(host, deadline)
+
+    def _probe(self, host: str, deadline: Deadline) -> str:
         try:
             timeout = min(_PROBE_TIMEOUT, max(deadline.remaining(), 0.05))
             probe = f"https://{host}/v2/"
@@ -212,6 +225,8 @@ class Transport:
                 raise RegistryError(f"registry {host}: {short_reason(err)}") from err
             scheme = "http"  # a plain-HTTP server answered our TLS handshake with garbage
         except RETRYABLE_ERRORS:
+            with self._lock:
+                self._unreachable[host] = time.monotonic()
             return "http"  # down right now: decide on a later attempt
         with self._lock:
             self._schemes[host] = scheme
