@@ -18,7 +18,7 @@ from buildgraph.graph.explain import reason, summarize
 from buildgraph.graph.query import chain
 from buildgraph.solver.events import StepState
 from buildgraph.solver.remote import remote_session
-from buildgraph.solver.scheduler import add_export
+from buildgraph.solver.scheduler import add_export, not_needed
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,8 +64,12 @@ def plan_project(
         required=False,
         export_only=None,
     )
+    steps = [key for key in graph if "step" in graph.nodes[key]]
+    local = {key for key in steps if index.has(key)}
     if remote is not None:  # the same up-front lookups a run makes
-        remote.lookup(k for k in graph if "step" in graph.nodes[k] and index.get(k) is None)
+        remote.lookup(key for key in steps if key not in local)
+    hits = set(remote.hits) if remote is not None else set()
+    unneeded = not_needed(graph, local | hits)  # what a run would neither read nor build
     records = BuildRecords(store.root / "targets")
     stat_cache = compiled.stat_cache
     targets = []
@@ -75,13 +79,18 @@ def plan_project(
         parent_changed = False
         for position, key in enumerate(chain(graph, plan.target.key)):
             step = graph.nodes[key]["step"]
-            if index.get(key) is not None:
+            if key in local:
                 planned.append(PlannedStep(key, _title(step), StepState.CACHED))
                 parent_changed = False
                 continue
-            if remote is not None and key in remote.hits:
+            if key in hits:
                 planned.append(PlannedStep(key, _title(step), StepState.REMOTE))
                 parent_changed = False
+                continue
+            if key in unneeded:
+                why = "a later step is cached"
+                planned.append(PlannedStep(key, _title(step), StepState.NOT_NEEDED, why))
+                parent_changed = True
                 continue
             now = summarize(step, compiled.ignores, stat_cache)
             earlier = before[position] if position < len(before) else None
@@ -106,17 +115,16 @@ def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
     for target in targets:
         lines.append(f"{target.name}:")
         for step in target.steps:
-            state = {StepState.CACHED: "cached", StepState.REMOTE: "remote"}.get(
-                step.state, "to build"
-            )
             why = f"  ({step.reason})" if step.reason else ""
-            lines.append(f"  {step.key[:12]}  {state:8}  {step.title}{why}")
+            lines.append(f"  {step.key[:12]}  {step.state.value:10}  {step.title}{why}")
     to_build = {s.key for t in targets for s in t.steps if s.state is StepState.TO_BUILD}
     remote = {s.key for t in targets for s in t.steps if s.state is StepState.REMOTE}
+    unneeded = {s.key for t in targets for s in t.steps if s.state is StepState.NOT_NEEDED}
     steps = sum(1 for key in graph if "step" in graph.nodes[key])
+    cached = steps - len(to_build) - len(remote) - len(unneeded)
     lines.append(
-        f"{steps} distinct steps: {steps - len(to_build) - len(remote)} cached, "
-        f"{len(remote)} remote, {len(to_build)} to build"
+        f"{steps} distinct steps: {cached} cached, {len(remote)} remote, "
+        f"{len(to_build)} to build" + (f", {len(unneeded)} not needed" if unneeded else "")
     )
     return "\n".join(lines)
 

@@ -11,6 +11,7 @@ class StepState(Enum):
     CACHED = "cached"
     REMOTE = "remote"
     TO_BUILD = "to build"
+    NOT_NEEDED = "not needed"  # a miss below cached steps only: never built
     RUNNING = "started"
     DONE = "done"
     FAILED = "failed"

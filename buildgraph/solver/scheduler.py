@@ -69,7 +69,7 @@ def run(
     if remote is not None and not no_cache:
         remote.lookup(key for key in steps if key not in local)
     hits = set(remote.hits) if remote is not None and not no_cache else set()
-    pruned = set() if no_cache else _not_needed(graph, local | hits) - local
+    pruned = set() if no_cache else not_needed(graph, local | hits) - local
     if remote is not None and hits:
         remote.prefetch(key for key in steps if key in hits and key not in pruned | local)
     priority = _remaining_path_lengths(graph)
@@ -264,7 +264,7 @@ def run(
     )
 
 
-def _not_needed(graph: nx.DiGraph, available: set[str]) -> set[str]:
+def not_needed(graph: nx.DiGraph, available: set[str]) -> set[str]:
     """Steps no result needs: every path from them to an export (or a last step) passes
     through a step that comes from a cache."""
     needed: set[str] = set()

@@ -91,6 +91,11 @@ def test_steps_below_a_cached_last_step_are_not_rebuilt(
     for title, key in keys.items():  # keep the last step only
         if not title.startswith("[stage-0] RUN echo done"):
             index.forget(key)
+    capsys.readouterr()
+    assert main(["plan", "-f", str(repo / "Buildfile.yaml")]) == 0
+    plan = capsys.readouterr().out
+    assert "not needed  [stage-0] COPY main.txt /app/  (a later step is cached)" in plan
+    assert plan.strip().endswith("0 to build, 3 not needed")
     code, events, _ = run(repo, capsys)
     assert code == 0
     assert started(events) == []
