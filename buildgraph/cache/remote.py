@@ -124,14 +124,14 @@ class RemoteCache:
         downloaded. A blob that does not match its digest raises DigestMismatch, stores nothing."""
         wanted = {ref.descriptor.digest: ref.descriptor for ref in record.layers}
         missing = [blob for blob in wanted.values() if not store.has_blob(blob.digest)]
+        return sum(_map_all(lambda blob: self.download_blob(blob, store), missing, self.jobs))
 
-        def fetch(blob: Descriptor) -> int:
-            if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
-                return 0
-            with store.ingest(blob.digest) as writer:
-                return self.client.fetch_blob(self.repository, blob.digest, writer)
-
-        return sum(_map_all(fetch, missing, self.jobs))
+    def download_blob(self, blob: Descriptor, store: LocalStore) -> int:
+        """Fetch one blob into `store`, verified; the bytes downloaded (0 if it is there)."""
+        if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
+            return 0
+        with store.ingest(blob.digest) as writer:
+            return self.client.fetch_blob(self.repository, blob.digest, writer)
 
     # -- writing ------------------------------------------------------------------------------
     def export(

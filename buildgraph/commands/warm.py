@@ -14,7 +14,6 @@ from buildgraph.commands.plan import union_graph
 from buildgraph.commands.run import compile_project
 from buildgraph.errors import AuthError, InputError
 from buildgraph.frontend.buildfile import Project
-from buildgraph.image.oci import Descriptor
 from buildgraph.registry.reference import parse_reference
 
 
@@ -75,7 +74,7 @@ def warm_project(
     compiled = compile_project(project, names, store=store, client=client)
     graph = union_graph(compiled)
     index = StepIndex(store.root / "steps")
-    wanted = [key for key in graph if index.get(key) is None]
+    wanted = [key for key in graph if not index.has(key)]
     try:
         return _fetch(
             RemoteCache(client(), repository, jobs=jobs),
@@ -137,7 +136,7 @@ def _fetch(
     pool = ThreadPoolExecutor(max_workers=remote.jobs)
     try:
         futures: dict[Future[int], str] = {
-            pool.submit(_download, remote, store, blob): digest for digest, blob in blobs.items()
+            pool.submit(remote.download_blob, blob, store): digest for digest, blob in blobs.items()
         }
         for future in as_completed(futures):  # events come from this thread only
             digest = futures[future]
@@ -162,10 +161,3 @@ def _fetch(
 
 def _digests(record: StepRecord) -> set[str]:
     return {layer.descriptor.digest for layer in record.layers}
-
-
-def _download(remote: RemoteCache, store: LocalStore, blob: Descriptor) -> int:
-    if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
-        return 0
-    with store.ingest(blob.digest) as writer:
-        return remote.client.fetch_blob(remote.repository, blob.digest, writer)
