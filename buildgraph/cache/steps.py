@@ -65,8 +65,7 @@ class StepIndex:
         except FileNotFoundError:
             return None
         if touch:  # last use, for `cache prune --older-than` (a look by prune is no use)
-            with contextlib.suppress(OSError):
-                os.utime(path)
+            self.touch(key)
         try:
             return StepRecord.from_json(data)
         except (ValueError, KeyError, TypeError) as err:
@@ -75,6 +74,11 @@ class StepIndex:
     def has(self, key: str) -> bool:
         """Whether a record is stored (read nothing: a corrupt one is found when it is read)."""
         return self.path(key).is_file()
+
+    def touch(self, key: str) -> None:
+        """Mark the record used now (what `cache prune --older-than` goes by)."""
+        with contextlib.suppress(OSError):
+            os.utime(self.path(key))
 
     def put(self, key: str, record: StepRecord) -> None:
         # No fsync: the rename is atomic, and a record torn by a crash reads as corrupt and

@@ -8,14 +8,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import networkx as nx
-
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex
-from buildgraph.errors import BuildgraphError, InputError, Location, StepFailed
+from buildgraph.errors import BuildgraphError, CacheError, InputError, Location, StepFailed
 from buildgraph.frontend.dockerfile import parse_dockerfile
-from buildgraph.frontend.ignore import load_dockerignore
+from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, lower_dockerfile
 from buildgraph.graph.remote import url_fetcher
@@ -24,13 +22,12 @@ from buildgraph.image.assemble import assemble_image
 from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.reference import parse_reference
-from buildgraph.solver.events import EventSink, LogEvent
-from buildgraph.solver.remote import remote_session
-from buildgraph.solver.scheduler import Outcome, add_step, run
-from buildgraph.worker.execute import Worker
-from buildgraph.worker.snapshot import SnapshotStore
+from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
+from buildgraph.solver.outcome import Outcome
 
 if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
+    import networkx as nx
+
     from buildgraph.registry.client import RegistryClient
 
 ClientFactory = Callable[[], "RegistryClient"]
@@ -139,43 +136,23 @@ def _build(
         fetch_url=url_fetcher(store.root / "downloads"),
     )
     stat_cache.save(store.root / "statcache.json")
-    graph = compile_graph(plan)
-    remote = remote_session(
-        store,
-        client,
-        source=request.cache_from,
-        target=request.cache_to,
-        warn=lambda text: sink.emit(LogEvent("remote cache", f"warning: {text}\n".encode())),
-        required=False,
-        export_only=None,
-    )
-    worker = Worker(
-        store=store,
-        snapshots=SnapshotStore(store.root / "snapshots"),
-        ignores={str(context): ignore},
-        epoch=epoch,
-        output=lambda title, data: sink.emit(LogEvent(title, data)),
-        network=request.network,
-        secrets=request.secrets,
-        fetch_layers=remote.ensure_layers if remote else None,
-    )
-    outcome = run(
-        graph,
-        worker=worker,
-        index=StepIndex(store.root / "steps"),
-        sink=sink,
-        jobs=request.jobs,
-        no_cache=request.no_cache,
-        remote=remote,
-    )
-    if remote is not None:
-        remote.finish()
+    index = StepIndex(store.root / "steps")
+    outcome = None if request.no_cache else _already_built(plan, store, index, sink)
+    if outcome is None:
+        outcome = _run_steps(
+            request,
+            plan,
+            store=store,
+            client=client,
+            sink=sink,
+            epoch=epoch,
+            index=index,
+            ignores={str(context): ignore},
+        )
     if outcome.failures:
         first = next(iter(outcome.failures.values()))
         raise first if isinstance(first, StepFailed) else relocate(first, None)
     record = outcome.records[plan.target.key]
-    if remote is not None:
-        remote.ensure_layers(record)
     image = assemble_image(store, plan.target, record, epoch=epoch)
     tags = _tag(store, image, request.tags)
     for spec in request.outputs:
@@ -190,6 +167,80 @@ def _build(
     return BuildResult(image, tags, outcome, plan)
 
 
+def _already_built(
+    plan: BuildPlan, store: LocalStore, index: StepIndex, sink: EventSink
+) -> Outcome | None:
+    """The outcome of a build whose last step is cached here with all its layers: nothing
+    else is read, no graph is built and the scheduler and worker are never imported (a no-op
+    rebuild is then mostly interpreter start-up). None when anything has to run or be fetched."""
+    try:
+        record = index.get(plan.target.key)
+    except CacheError:
+        return None  # corrupt: the scheduler rebuilds it
+    if record is None or not all(store.has_blob(ref.descriptor.digest) for ref in record.layers):
+        return None
+    cached = frozenset(key for key in plan.steps if index.has(key))
+    for key, step in plan.steps.items():  # what the scheduler would report: the local hits
+        if key in cached:
+            index.touch(key)
+            sink.emit(StepEvent(key, StepState.CACHED, step.title or key[:12]))
+    unneeded = frozenset(plan.steps) - cached
+    return Outcome({plan.target.key: record}, {}, (), cached, unneeded=unneeded)
+
+
+def _run_steps(
+    request: BuildRequest,
+    plan: BuildPlan,
+    *,
+    store: LocalStore,
+    client: ClientFactory,
+    sink: EventSink,
+    epoch: int | None,
+    index: StepIndex,
+    ignores: dict[str, IgnoreMatcher],
+) -> Outcome:
+    """Schedule the plan's steps (cache, remote cache, worker) and wait for the outcome."""
+    from buildgraph.solver.remote import remote_session
+    from buildgraph.solver.scheduler import run
+    from buildgraph.worker.execute import Worker
+    from buildgraph.worker.snapshot import SnapshotStore
+
+    remote = remote_session(
+        store,
+        client,
+        source=request.cache_from,
+        target=request.cache_to,
+        warn=lambda text: sink.emit(LogEvent("remote cache", f"warning: {text}\n".encode())),
+        required=False,
+        export_only=None,
+    )
+    worker = Worker(
+        store=store,
+        snapshots=SnapshotStore(store.root / "snapshots"),
+        ignores=ignores,
+        epoch=epoch,
+        output=lambda title, data: sink.emit(LogEvent(title, data)),
+        network=request.network,
+        secrets=request.secrets,
+        fetch_layers=remote.ensure_layers if remote else None,
+    )
+    outcome = run(
+        compile_graph(plan),
+        worker=worker,
+        index=index,
+        sink=sink,
+        jobs=request.jobs,
+        no_cache=request.no_cache,
+        remote=remote,
+    )
+    if remote is not None:
+        remote.finish()
+        record = outcome.records.get(plan.target.key)
+        if record is not None:  # the image is tagged here: its layers must be here
+            remote.ensure_layers(record)
+    return outcome
+
+
 def build(request: BuildRequest, **options) -> BuildResult:
     """Build one Dockerfile, holding the cache dir against a concurrent prune."""
     with using(options["store"]):
@@ -198,6 +249,10 @@ def build(request: BuildRequest, **options) -> BuildResult:
 
 def compile_graph(*plans: BuildPlan) -> nx.DiGraph:
     """One graph of every plan's steps; equal keys from different plans are one node."""
+    import networkx as nx
+
+    from buildgraph.solver.scheduler import add_step
+
     graph = nx.DiGraph()
     for plan in plans:
         for key, step in plan.steps.items():

@@ -6,7 +6,6 @@ import heapq
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
 
 import networkx as nx
 
@@ -14,19 +13,9 @@ from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.errors import BuildgraphError, CacheError, DigestMismatch, RegistryError
 from buildgraph.graph.steps import CopyStep, RunStep, SourceStep, Step
 from buildgraph.solver.events import EventSink, StepEvent, StepState
+from buildgraph.solver.outcome import Outcome
 from buildgraph.solver.remote import RemoteSession
 from buildgraph.worker.execute import Worker
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    records: dict[str, StepRecord]  # every step that finished (built or cached)
-    failures: dict[str, BuildgraphError]  # key -> why it failed
-    skipped: tuple[str, ...]  # not run because something they need failed
-    cached: frozenset[str] = frozenset()  # finished from the cache, no work done
-    exported: dict[str, object] = field(default_factory=dict)  # export node -> its result
-    unneeded: frozenset[str] = frozenset()  # not run, not read: later steps came from a cache
-
 
 Export = Callable[[StepRecord], object]  # what an export node does with its target's record
 

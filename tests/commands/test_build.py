@@ -110,6 +110,22 @@ def test_build_then_rebuild_hits_the_cache(cache: Path, tmp_path: Path, capsys) 
     assert our_mounts(cache, tmp_path) == []
 
 
+def test_a_fully_cached_build_needs_neither_graph_nor_scheduler(
+    cache: Path, tmp_path: Path, capsys
+) -> None:
+    context = write_context(tmp_path / "ctx", SERVICE, {"app.txt": "world"})
+    assert build(cache, context, "-t", "svc:1") == 0
+    first = digest_of(cache, "svc:1")
+    capsys.readouterr()
+    argv = [sys.executable, "-X", "importtime", "-m", "buildgraph", "build", str(context)]
+    again = [*argv, "--cache-dir", str(cache), "--progress", "plain", "-t", "svc:2"]
+    done = subprocess.run(again, capture_output=True, text=True, check=True)
+    imported = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines()}
+    assert "networkx" not in imported and "buildgraph.solver.scheduler" not in imported
+    assert "CACHED" in done.stderr and "STARTED" not in done.stderr
+    assert digest_of(cache, "svc:2") == first
+
+
 def test_a_changed_file_rebuilds_only_what_reads_it(cache: Path, tmp_path: Path, capsys) -> None:
     context = write_context(tmp_path / "ctx", SERVICE, {"app.txt": "world"})
     assert build(cache, context, "-t", "svc:1") == 0
