@@ -34,11 +34,13 @@ class StoredImage:
 
 
 class BlobWriter:
-    """A file being written into the store; hashed as it is written."""
+    """A file being written into the store; hashed as it is written, unless the writer hashes
+    it itself and says so (`unhashed` + `declare`: a layer tar is hashed once, not twice)."""
 
     def __init__(self, handle: BinaryIO) -> None:
         self._handle = handle
         self._hash = hashlib.sha256()
+        self._declared = ""
         self.size = 0
         self.digest = ""
 
@@ -53,8 +55,17 @@ class BlobWriter:
     def flush(self) -> None:
         self._handle.flush()
 
+    @property
+    def unhashed(self) -> BinaryIO:
+        """The file itself, for a writer that computes the digest of what it writes."""
+        return self._handle
+
+    def declare(self, digest: str, size: int) -> None:
+        """The digest and size of everything written through `unhashed`."""
+        self._declared, self.size = digest.removeprefix("sha256:"), size
+
     def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+        return self._declared or self._hash.hexdigest()
 
 
 class LocalStore:

@@ -157,20 +157,26 @@ def _compressor(compression: str, level: int | None) -> _Compressor:
 
 
 class _BlobSink:
-    """Takes tar bytes, writes compressed bytes to `out`, and hashes both sides on the way."""
+    """Takes tar bytes, writes compressed bytes to `out`, and hashes both sides on the way.
+    Uncompressed, the blob is the tar itself: one hash serves as digest and diff_id."""
 
     def __init__(self, out: BinaryIO, compression: str, level: int | None) -> None:
         self._out = out
+        self._plain = compression == "none"
         self._compressor = _compressor(compression, level)
         self._diff = hashlib.sha256()
-        self._blob = hashlib.sha256()
+        self._blob = self._diff if self._plain else hashlib.sha256()
         self._offset = 0
         self._size = 0
 
     def write(self, data: bytes) -> int:
         self._diff.update(data)
         self._offset += len(data)
-        self._emit(self._compressor.compress(data))
+        if self._plain:
+            self._size += len(data)
+            self._out.write(data)
+        else:
+            self._emit(self._compressor.compress(data))
         return len(data)
 
     def tell(self) -> int:  # tarfile asks for the start offset

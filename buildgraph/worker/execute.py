@@ -168,8 +168,13 @@ class Worker:
             return StepRecord(parent.layers, (*parent.history, entry))
         with self.store.ingest() as writer:
             blob = write_layer(
-                upper, writer, compression=self.compression, epoch=self.epoch, whiteouts="overlay"
+                upper,
+                writer.unhashed,  # write_layer hashes what it writes: no second pass
+                compression=self.compression,
+                epoch=self.epoch,
+                whiteouts="overlay",
             )
+            writer.declare(blob.digest, blob.size)
         self.snapshots.adopt(upper, blob.diff_id)
         layer = LayerRef(Descriptor(blob.media_type, blob.digest, blob.size), blob.diff_id)
         entry = HistoryEntry(self._now(), created_by)
