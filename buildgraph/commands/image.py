@@ -60,7 +60,21 @@ def import_rootfs(
         comment="imported from a root filesystem",
     )
     config = ImageConfig(platform=platform, created=created).with_layer(blob.diff_id, history)
-    return store.tag(name.familiar, str(name), store.put_image(config, (layer,)))
+    image = store.tag(name.familiar, str(name), store.put_image(config, (layer,)))
+    unpack_image(store, image)
+    return image
+
+
+def unpack_image(store: LocalStore, image: StoredImage) -> None:
+    """Unpack the image's layers into snapshots now, as `docker load`/`pull` and buildah do,
+    so that the first build from it does not (each layer is unpacked once, ever)."""
+    from buildgraph.worker.snapshot import SnapshotStore
+
+    manifest = store.read_manifest(image.descriptor)
+    diff_ids = store.read_config(manifest).diff_ids
+    snapshots = SnapshotStore(store.root / "snapshots")
+    for layer, diff_id in zip(manifest.layers, diff_ids, strict=True):
+        snapshots.ensure(store, layer, diff_id)
 
 
 def find_image(store: LocalStore, text: str) -> StoredImage:
@@ -97,7 +111,10 @@ def pull_image(
 ) -> StoredImage:
     from buildgraph.registry.transfer import pull
 
-    return pull(client, store.ensure(), parse_reference(text), platform=platform, progress=progress)
+    ref = parse_reference(text)
+    image = pull(client, store.ensure(), ref, platform=platform, progress=progress)
+    unpack_image(store, image)
+    return image
 
 
 def push_image(

@@ -88,6 +88,15 @@ def test_import_is_readable_by_skopeo_and_umoci(
     assert "busybox:latest" in capsys.readouterr().out
 
 
+def test_import_unpacks_its_layer_once_for_every_later_build(
+    imported: Path, busybox_rootfs: Path
+) -> None:
+    info = json.loads(skopeo("inspect", "--config", f"oci:{imported}:busybox:latest"))
+    (diff_id,) = info["rootfs"]["diff_ids"]
+    snapshot = imported / "snapshots" / diff_id.removeprefix("sha256:")
+    assert tree(snapshot) == tree(busybox_rootfs)  # as a build's overlay lower dir sees it
+
+
 def test_import_of_a_tarball_equals_import_of_the_directory(
     busybox_rootfs: Path, tmp_path: Path
 ) -> None:
