@@ -1,5 +1,5 @@
 """Entry point for `python -m buildgraph`."""
 
-from buildgraph.cli import main
+from buildgraph.cli import console
 
-raise SystemExit(main())
+console()

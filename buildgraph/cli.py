@@ -567,3 +567,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+
+
+def console() -> None:
+    """The `buildgraph` command: `main`, then exit at once. Every file, lock, thread and child
+    is closed by then; what interpreter shutdown would add is tearing down every object one by
+    one, which took 0.1 s after a cold build."""
+    code = main()
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except BrokenPipeError:
+        pass
+    os._exit(code)
