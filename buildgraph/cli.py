@@ -153,9 +153,13 @@ def cmd_build(args: argparse.Namespace) -> int:
     )
     _, epoch = build_timestamp()
     sink = _renderer(args)
-    result = build(
-        request, store=_store(args), client=lambda: _client(args), sink=sink, epoch=epoch
-    )
+    try:
+        result = build(
+            request, store=_store(args), client=lambda: _client(args), sink=sink, epoch=epoch
+        )
+    finally:  # a live display gives the terminal back (its cursor) whatever happened
+        if hasattr(sink, "close"):
+            sink.close()
     for warning in result.plan.warnings:
         _say(f"buildgraph: warning: {warning}")
     print(
