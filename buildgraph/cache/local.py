@@ -227,6 +227,8 @@ class LocalStore:
         self.ensure()
         with self._index_lock():
             doc = self._read_index()
+            if entry.to_dict() in doc.get("manifests", []):
+                return StoredImage(name, full_name, entry)  # a rebuild: nothing to write
             kept = [
                 item
                 for item in doc.get("manifests", [])

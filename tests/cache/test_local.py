@@ -71,6 +71,19 @@ def test_tag_replaces_and_untag_removes(tmp_path: Path) -> None:
     assert store.resolve("a:latest") is None
 
 
+def test_tagging_the_same_image_again_writes_nothing(tmp_path: Path) -> None:
+    store = LocalStore(tmp_path).ensure()
+    image = store.put_image(ImageConfig(), ())
+    store.tag("a:latest", "docker.io/library/a:latest", image)
+    before = store.index_path.stat().st_mtime_ns
+    again = store.tag("a:latest", "docker.io/library/a:latest", image)
+    assert store.index_path.stat().st_mtime_ns == before  # a rebuild costs no index write
+    assert again.descriptor.digest == image.digest
+    other = store.put_image(ImageConfig(author="x"), ())
+    store.tag("a:latest", "docker.io/library/a:latest", other)
+    assert [i.descriptor.digest for i in store.images()] == [other.digest]
+
+
 def test_tagging_a_missing_manifest_is_refused(tmp_path: Path) -> None:
     store = LocalStore(tmp_path).ensure()
     descriptor = store.put_image(ImageConfig(), ())
