@@ -38,3 +38,14 @@ def make_busybox_rootfs(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def busybox_rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_busybox_rootfs(tmp_path_factory.mktemp("busybox") / "rootfs")
+
+
+@pytest.fixture(scope="session")
+def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
+    """A store holding only busybox:latest (unpacked); tests copy it, never write to it."""
+    from buildgraph.cli import main
+
+    cache = tmp_path_factory.mktemp("store") / "cache"
+    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    return cache

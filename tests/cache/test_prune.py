@@ -16,14 +16,6 @@ from buildgraph.cli import main
 from buildgraph.errors import InputError
 
 
-@pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
-
-
 def build(cache: Path, context: Path, text: str, *extra: str) -> int:
     context.mkdir(parents=True, exist_ok=True)
     (context / "Dockerfile").write_text(text)

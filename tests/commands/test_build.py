@@ -19,17 +19,6 @@ import pytest
 from buildgraph.cli import main
 
 
-@pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    """A store holding busybox:latest; tests copy it so each starts with a clean cache."""
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    assert (
-        main(["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)])
-        == 0
-    )
-    return cache
-
-
 @pytest.fixture
 def cache(busybox_cache: Path, tmp_path: Path) -> Path:
     target = tmp_path / "cache"

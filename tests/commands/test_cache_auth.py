@@ -28,14 +28,6 @@ DOCKERFILE = "FROM busybox\nRUN echo built > /built.txt\n"
 
 
 @pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
-
-
-@pytest.fixture(scope="module")
 def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(CA bundle, certificate chain, key) for a server on 127.0.0.1."""
     root = tmp_path_factory.mktemp("tls")

@@ -7,7 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from registry_server import RegistryServer
 
 from buildgraph.cache.steps import StepIndex
@@ -25,14 +24,6 @@ COPY main.txt /app/
 RUN cat /app/main.txt > /app/copy.txt
 RUN echo done >> /app/copy.txt
 """
-
-
-@pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
 
 
 def make_repo(root: Path, busybox_cache: Path, remote: str = "") -> Path:

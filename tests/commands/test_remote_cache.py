@@ -6,7 +6,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pytest
 from registry_server import RegistryServer
 
 from buildgraph.cli import main
@@ -28,14 +27,6 @@ FILES = {
     "app/Dockerfile": "FROM base\nCOPY main.txt /app/\nRUN cat /base.txt /app/main.txt > /out\n",
     "app/main.txt": "v1\n",
 }
-
-
-@pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
 
 
 def make_repo(root: Path, busybox_cache: Path, remote: str) -> Path:

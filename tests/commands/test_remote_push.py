@@ -35,14 +35,6 @@ targets:
 DOCKERFILE = "FROM busybox\nRUN mkdir -p /srv && echo {name} > /srv/name && ln -s name /srv/link\n"
 
 
-@pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
-
-
 def make_repo(root: Path, busybox_cache: Path, name: str, tag: str, outputs: str = "[]") -> Path:
     files = {
         "Buildfile.yaml": BUILDFILE.format(tag=tag, outputs=outputs),

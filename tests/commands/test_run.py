@@ -11,15 +11,6 @@ import pytest
 
 from buildgraph.cli import main
 
-
-@pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
-
-
 BUILDFILE = """version: 1
 vars: {REGISTRY: "localhost:5000/acme"}
 cache: {dir: cache}

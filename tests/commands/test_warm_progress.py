@@ -38,14 +38,6 @@ TOTAL = re.compile(
 
 
 @pytest.fixture(scope="module")
-def busybox_cache(tmp_path_factory: pytest.TempPathFactory, busybox_rootfs: Path) -> Path:
-    cache = tmp_path_factory.mktemp("store") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
-
-
-@pytest.fixture(scope="module")
 def remote(registry: RegistryServer, busybox_cache: Path, tmp_path_factory) -> str:
     """A cache repository that machine A filled with every step of both targets."""
     remote = f"{registry.host}/cache/test-warm-progress"
