@@ -7,34 +7,11 @@ import shutil
 from pathlib import Path
 
 from registry_server import RegistryServer
+from remote_repo import make_repo
 
 from buildgraph.cli import main
 
-BUILDFILE = """version: 1
-cache: {{dir: cache, remote: "{remote}"}}
-targets:
-  base:
-    context: base
-    tags: ["base:1"]
-  app:
-    context: app
-    contexts: {{base: "target:base"}}
-    tags: ["app:1"]
-"""
 REF = "org.opencontainers.image.ref.name"
-FILES = {
-    "base/Dockerfile": "FROM busybox\nRUN echo base > /base.txt\n",
-    "app/Dockerfile": "FROM base\nCOPY main.txt /app/\nRUN cat /base.txt /app/main.txt > /out\n",
-    "app/main.txt": "v1\n",
-}
-
-
-def make_repo(root: Path, busybox_cache: Path, remote: str) -> Path:
-    for path, text in {**FILES, "Buildfile.yaml": BUILDFILE.format(remote=remote)}.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)  # only the base image
-    return root
 
 
 def run(root: Path, *argv: str) -> int:

@@ -5,28 +5,17 @@ from __future__ import annotations
 import io
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 from registry_server import RegistryServer
+from remote_repo import make_repo as make_two_targets
 from rich.console import Console
 
 from buildgraph.cli import main
 from buildgraph.commands.warm import EntryFetched, WarmPlan, WarmResult
 from buildgraph.ui.warm import PlainWarmRenderer, TtyWarmRenderer, total_line
 
-BUILDFILE = """version: 1
-cache: {{dir: cache, remote: "{remote}"}}
-targets:
-  base:
-    context: base
-    tags: ["base:1"]
-  app:
-    context: app
-    contexts: {{base: "target:base"}}
-    tags: ["app:1"]
-"""
 FILES = {
     "base/Dockerfile": "FROM busybox\nRUN echo base > /base.txt && head -c 3000 /bin/sh > /b\n",
     "app/Dockerfile": "FROM base\nCOPY main.txt /app/\nRUN cat /base.txt /app/main.txt > /out\n",
@@ -47,11 +36,7 @@ def remote(registry: RegistryServer, busybox_cache: Path, tmp_path_factory) -> s
 
 
 def make_repo(root: Path, busybox_cache: Path, remote: str) -> Path:
-    for path, text in {**FILES, "Buildfile.yaml": BUILDFILE.format(remote=remote)}.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)  # only the base image
-    return root
+    return make_two_targets(root, busybox_cache, remote, FILES)
 
 
 def contents(cache: Path) -> tuple[set[Path], dict[Path, int]]:

@@ -1,0 +1,35 @@
+"""A two-target repository (base, and app FROM base) whose Buildfile names a remote cache."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+
+BUILDFILE = """version: 1
+cache: {{dir: cache, remote: "{remote}"}}
+targets:
+  base:
+    context: base
+    tags: ["base:1"]
+  app:
+    context: app
+    contexts: {{base: "target:base"}}
+    tags: ["app:1"]
+"""
+FILES = {
+    "base/Dockerfile": "FROM busybox\nRUN echo base > /base.txt\n",
+    "app/Dockerfile": "FROM base\nCOPY main.txt /app/\nRUN cat /base.txt /app/main.txt > /out\n",
+    "app/main.txt": "v1\n",
+}
+
+
+def make_repo(
+    root: Path, busybox_cache: Path, remote: str, files: Mapping[str, str] = FILES
+) -> Path:
+    """Write the repository under ROOT with a cache dir holding only busybox (a copy)."""
+    for path, text in {**files, "Buildfile.yaml": BUILDFILE.format(remote=remote)}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
+    return root
