@@ -147,6 +147,18 @@ def run(
                     if no_cache and not isinstance(step, SourceStep)
                     else _cached(index, key, sink, step)
                 )
+                if cached is not None and (remote is None or remote.source is None):
+                    # A record taken from a remote cache keeps its layers there until they are
+                    # needed; with no remote cache now, such a step is built here again.
+                    missing = [
+                        r for r in cached.layers if not worker.store.has_blob(r.descriptor.digest)
+                    ]
+                    if missing:
+                        reason = f"layer {missing[0].descriptor.digest[:19]} not in the local store"
+                        sink.emit(
+                            StepEvent(key, StepState.TO_BUILD, _title(graph, key), reason=reason)
+                        )
+                        cached = None
                 if cached is not None:
                     records[key] = cached
                     from_cache.add(key)

@@ -155,3 +155,24 @@ def test_a_corrupt_remote_blob_of_the_last_step_builds_its_pruned_inputs(
     assert "is unusable" in err
     assert "[stage-0] RUN echo done >> /app/copy.txt" in started(events)
     assert exported_file(machine_b, tmp_path) == "v1\ndone\n"
+
+
+def test_a_cached_step_whose_layers_are_not_here_is_rebuilt_without_a_remote(
+    busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    """A record taken from a remote cache whose layers never came (its image was pushed by
+    mount), then a run with no remote cache (`--offline`): the step is built here again."""
+    repo = make_repo(tmp_path / "repo", busybox_cache)
+    assert run(repo, capsys)[0] == 0
+    keys = step_keys(repo, capsys)
+    index = StepIndex(repo / "cache/steps")
+    last = keys["[stage-0] RUN echo done >> /app/copy.txt"]
+    record = index.get(last)
+    assert record is not None
+    top = record.layers[-1].descriptor.digest.removeprefix("sha256:")
+    (repo / "cache/blobs/sha256" / top).unlink()
+    assert main(["image", "rm", "app:1", "--cache-dir", str(repo / "cache")]) == 0
+    code, events, _ = run(repo, capsys, "--offline")
+    assert code == 0
+    assert started(events) == ["[stage-0] RUN echo done >> /app/copy.txt"]
+    assert exported_file(repo, tmp_path) == "v1\ndone\n"
