@@ -108,14 +108,23 @@ def import_base(busybox_oci: Path, workdir: Path) -> None:
         marker.write_text(digest)
 
 
+# buildah 1.28's chroot isolation copies its own binary into a sealed memfd for each RUN, and
+# that now and then fails with EBUSY under load: a flake of the peer, not a build failure.
+PEER_FLAKES = ("sealing memfd copy: Device or resource busy",)
+PEER_ATTEMPTS = 3
+
+
 def _buildah(workdir: Path, *argv: str) -> str:
     store = ["--storage-driver=vfs", f"--root={workdir / 'root'}"]
     command = ["buildah", *store, f"--runroot={workdir / 'runroot'}", *argv]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    if done.returncode != 0:
+    for attempt in range(1, PEER_ATTEMPTS + 1):
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        if done.returncode == 0:
+            return done.stdout
         output = (done.stdout + done.stderr)[-4000:]
-        raise PeerBuildError(f"{' '.join(command)} exited {done.returncode}:\n{output}")
-    return done.stdout
+        if attempt == PEER_ATTEMPTS or not any(flake in output for flake in PEER_FLAKES):
+            raise PeerBuildError(f"{' '.join(command)} exited {done.returncode}:\n{output}")
+    raise AssertionError("unreachable")
 
 
 def _mkdir(path: Path) -> Path:
