@@ -17,7 +17,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -27,7 +26,6 @@ from typing import Protocol
 from peers import (
     PeerError,
     buildgraph_command,
-    cache_bytecode,
     machine_summary,
     names_option,
     note,
@@ -35,6 +33,7 @@ from peers import (
     run,
     start_peers,
     tool_versions,
+    work_dir,
 )
 from workloads import Workload, make_workloads
 
@@ -92,9 +91,7 @@ def main() -> None:
     if options.load_before > 0.5:
         note(f"warning: load average {options.load_before:.2f}; other work will skew the times")
     command = shlex.join(["python", "bench/bench_engine.py", *sys.argv[1:]])
-    work = Path(tempfile.mkdtemp(prefix="bench-engine-"))
-    cache_bytecode(work)
-    try:
+    with work_dir("bench-engine-", keep=options.keep) as work:
         with contextlib.ExitStack() as stack:
             workloads = make_workloads(work / "workloads", options.workloads)
             engines = start_engines(options.only, work, stack)
@@ -112,11 +109,6 @@ def main() -> None:
         print_report(
             command, options, workloads, [engine.name.lower() for engine in engines], results
         )
-    finally:
-        if options.keep:
-            note(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def parse_options() -> argparse.Namespace:

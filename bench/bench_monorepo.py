@@ -25,7 +25,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +34,6 @@ from monorepo import Monorepo, Service, generate, generate_wide, touch_one
 from peers import (
     PeerError,
     buildgraph_command,
-    cache_bytecode,
     machine_summary,
     names_option,
     note,
@@ -43,6 +41,7 @@ from peers import (
     run,
     start_peers,
     tool_versions,
+    work_dir,
 )
 from workloads import Workload
 
@@ -121,24 +120,19 @@ class Row:
 def main() -> None:
     options = parse_options()
     command = shlex.join(["python", "bench/bench_monorepo.py", *sys.argv[1:]])
-    work = Path(tempfile.mkdtemp(prefix="bench-monorepo-"))
-    cache_bytecode(work)
     rows: list[Row] = []
-    try:
-        note(f"work dir: {work}")
-        seed = make_seed(work)
-        if "peers" not in options.skip:
-            rows += compare_engines(options, work, seed)
-        if "large" not in options.skip:
-            rows += large_no_op(options, work, seed)
-        if "wide" not in options.skip:
-            rows += wide_plan(options, work, seed)
-    finally:
-        print_report(command, options, rows)
-        if options.keep:
-            note(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("bench-monorepo-", keep=options.keep) as work:
+        try:
+            note(f"work dir: {work}")
+            seed = make_seed(work)
+            if "peers" not in options.skip:
+                rows += compare_engines(options, work, seed)
+            if "large" not in options.skip:
+                rows += large_no_op(options, work, seed)
+            if "wide" not in options.skip:
+                rows += wide_plan(options, work, seed)
+        finally:
+            print_report(command, options, rows)
 
 
 def parse_options() -> argparse.Namespace:

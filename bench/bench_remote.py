@@ -33,10 +33,8 @@ import contextlib
 import json
 import re
 import shlex
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +47,6 @@ from peers import (
     PeerError,
     buildah,
     buildkit,
-    cache_bytecode,
     ensure_packages,
     machine_summary,
     names_option,
@@ -57,6 +54,7 @@ from peers import (
     ratio,
     run,
     tool_versions,
+    work_dir,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,37 +85,32 @@ class Result:
 def main() -> None:
     options = parse_options()
     command = shlex.join(["python", "bench/bench_remote.py", *sys.argv[1:]])
-    work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
-    cache_bytecode(work)
     results: dict[str, Result] = {}
-    registry = RegistryServer(work / "registry")
-    try:
-        note(f"work dir: {work}")
-        seed = make_seed(work)
-        repo = generate(work / "repo", options.services)
-        (work / "logs").mkdir()
-        registry.start()
-        note(f"registry: {registry.host}")
-        if "buildgraph" in options.only:
-            results["buildgraph"] = measure_buildgraph(options, work, seed, repo, registry.host)
-        if {"buildkit", "buildah"} & set(options.only):
-            try:
-                ensure_packages()
-            except PeerError as err:
-                note(f"could not install the peers: {err}")
-        if "buildkit" in options.only:
-            results["buildkit"] = measure_buildkit(work, seed, repo, registry.host)
-        if "buildah" in options.only:
-            results["buildah"] = measure_buildah(work, seed, repo, registry.host)
-        if options.profile and "buildgraph" in options.only:
-            profile_runs(work, seed, repo, registry.host)
-    finally:
-        registry.stop()
-        print_report(command, options, results)
-        if options.keep:
-            note(f"kept {work}")
-        else:
-            shutil.rmtree(work, ignore_errors=True)
+    with work_dir("bench-remote-", keep=options.keep) as work:
+        registry = RegistryServer(work / "registry")
+        try:
+            note(f"work dir: {work}")
+            seed = make_seed(work)
+            repo = generate(work / "repo", options.services)
+            (work / "logs").mkdir()
+            registry.start()
+            note(f"registry: {registry.host}")
+            if "buildgraph" in options.only:
+                results["buildgraph"] = measure_buildgraph(options, work, seed, repo, registry.host)
+            if {"buildkit", "buildah"} & set(options.only):
+                try:
+                    ensure_packages()
+                except PeerError as err:
+                    note(f"could not install the peers: {err}")
+            if "buildkit" in options.only:
+                results["buildkit"] = measure_buildkit(work, seed, repo, registry.host)
+            if "buildah" in options.only:
+                results["buildah"] = measure_buildah(work, seed, repo, registry.host)
+            if options.profile and "buildgraph" in options.only:
+                profile_runs(work, seed, repo, registry.host)
+        finally:
+            registry.stop()
+            print_report(command, options, results)
 
 
 def parse_options() -> argparse.Namespace:

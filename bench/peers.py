@@ -15,6 +15,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -37,11 +38,21 @@ def buildgraph_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "buildgraph"]
 
 
-def cache_bytecode(work: Path) -> None:
-    """Byte-code is cached (in WORK, not the source tree) as an installed wheel's would be: under
-    PYTHONDONTWRITEBYTECODE=1 every buildgraph command would recompile ~110 modules (~0.1 s)."""
+@contextlib.contextmanager
+def work_dir(prefix: str, *, keep: bool) -> Iterator[Path]:
+    """A temporary work dir for one benchmark, removed afterwards unless `keep`. Byte-code is
+    cached there as an installed wheel's would be: under PYTHONDONTWRITEBYTECODE=1 every
+    buildgraph command would recompile ~110 modules (~0.1 s)."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
+    try:
+        yield work
+    finally:
+        if keep:
+            note(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def run(
