@@ -122,8 +122,7 @@ class RemoteCache:
     def download_layers(self, record: StepRecord, store: LocalStore) -> int:
         """Fetch every layer blob of `record` that `store` lacks, verified; returns the bytes
         downloaded. A blob that does not match its digest raises DigestMismatch, stores nothing."""
-        wanted = {ref.descriptor.digest: ref.descriptor for ref in record.layers}
-        missing = [blob for blob in wanted.values() if not store.has_blob(blob.digest)]
+        missing = record.missing_layers(store)
         return sum(_map_all(lambda blob: self.download_blob(blob, store), missing, self.jobs))
 
     def download_blob(self, blob: Descriptor, store: LocalStore) -> int:

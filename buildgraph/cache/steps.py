@@ -7,11 +7,16 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from buildgraph.errors import CacheError, Location
 from buildgraph.fs import atomic_write
 from buildgraph.image.config import HistoryEntry
 from buildgraph.image.oci import Descriptor, canonical_json
+
+
+class HasBlobs(Protocol):
+    def has_blob(self, digest: str) -> bool: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +31,12 @@ class StepRecord:
 
     layers: tuple[LayerRef, ...]
     history: tuple[HistoryEntry, ...]
+
+    def missing_layers(self, store: HasBlobs) -> list[Descriptor]:
+        """The distinct layer blobs of this image that `store` does not hold (a record taken
+        from a remote cache keeps its layers there until something needs them)."""
+        wanted = {layer.descriptor.digest: layer.descriptor for layer in self.layers}
+        return [blob for digest, blob in wanted.items() if not store.has_blob(digest)]
 
     def to_json(self) -> bytes:
         return canonical_json(

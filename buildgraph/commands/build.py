@@ -177,7 +177,7 @@ def _already_built(
         record = index.get(plan.target.key)
     except CacheError:
         return None  # corrupt: the scheduler rebuilds it
-    if record is None or not all(store.has_blob(ref.descriptor.digest) for ref in record.layers):
+    if record is None or record.missing_layers(store):
         return None
     cached = frozenset(key for key in plan.steps if index.has(key))
     for key, step in plan.steps.items():  # what the scheduler would report: the local hits

@@ -326,16 +326,17 @@ def export_target(
 ) -> Exported:
     """The work of a target's export node: image, local tags, outputs, pushes."""
     cache = _mount_cache(spec, push_all, remote)
-    if cache is not None and remote is not None and _missing_layers(store, record):
+    if cache is not None and remote is not None and record.missing_layers(store):
         return _push_mounted(
             spec, plan, record, cache, remote, store=store, client=client, epoch=epoch
         )
     if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
         remote.ensure_layers(record)
-    if missing := _missing_layers(store, record):
+    if missing := record.missing_layers(store):
         raise CacheError(
-            f"target {spec.name}: {len(missing)} layers (first {missing[0]}) are in neither the "
-            "local store nor a reachable remote cache; run with its remote cache or --no-cache"
+            f"target {spec.name}: {len(missing)} layers (first {missing[0].digest}) are in "
+            "neither the local store nor a reachable remote cache; run with its remote cache "
+            "or --no-cache"
         )
     image = assemble_image(store, plan.target, record, epoch=epoch)
     tags = []
@@ -370,11 +371,6 @@ def _mount_cache(
     return cache
 
 
-def _missing_layers(store: LocalStore, record: StepRecord) -> list[str]:
-    digests = dict.fromkeys(layer.descriptor.digest for layer in record.layers)
-    return [digest for digest in digests if not store.has_blob(digest)]
-
-
 def _push_mounted(
     spec: TargetSpec,
     plan: BuildPlan,
@@ -402,7 +398,7 @@ def _push_mounted(
     for ref in refs:
         stored = StoredImage(ref.familiar, str(ref), image)
         push(client(), store, stored, ref, mount_from=(cache,), fetch=fetch)
-    if not (missing := _missing_layers(store, record)):
+    if not (missing := record.missing_layers(store)):
         for ref in refs:
             store.tag(ref.familiar, str(ref), image)
         return Exported(image, tuple(ref.familiar for ref in refs), time.monotonic())

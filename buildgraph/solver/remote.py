@@ -107,9 +107,7 @@ class RemoteSession:
 
     def ensure_layers(self, record: StepRecord) -> None:
         """Download the layers of `record` the local store lacks (when something needs them)."""
-        if self.source is None or all(
-            self.store.has_blob(layer.descriptor.digest) for layer in record.layers
-        ):
+        if self.source is None or not record.missing_layers(self.store):
             return
         size = self.source.download_layers(record, self.store)
         with self._lock:

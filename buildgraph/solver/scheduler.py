@@ -150,11 +150,9 @@ def run(
                 if cached is not None and (remote is None or remote.source is None):
                     # A record taken from a remote cache keeps its layers there until they are
                     # needed; with no remote cache now, such a step is built here again.
-                    missing = [
-                        r for r in cached.layers if not worker.store.has_blob(r.descriptor.digest)
-                    ]
+                    missing = cached.missing_layers(worker.store)
                     if missing:
-                        reason = f"layer {missing[0].descriptor.digest[:19]} not in the local store"
+                        reason = f"layer {missing[0].digest[:19]} not in the local store"
                         sink.emit(
                             StepEvent(key, StepState.TO_BUILD, _title(graph, key), reason=reason)
                         )
