@@ -71,20 +71,16 @@ class RemoteSession:
         """Read the records of these hits in parallel (a hit costs two small GETs), so the
         scheduler never waits on one; a registry failure drops the remote cache for the run."""
         source = self.source
-        wanted = [self.hits[key] for key in keys if key in self.hits and key not in self._records]
+        wanted = [key for key in keys if key in self.hits and key not in self._records]
         if source is None or not wanted:
             return
         try:
             with ThreadPoolExecutor(max_workers=max(1, min(source.jobs, len(wanted)))) as pool:
-                found = pool.map(lambda entry: source.fetch_record(entry, warn=self.warn), wanted)
-                records = dict(zip((entry.key for entry in wanted), found, strict=True))
+                list(pool.map(self.record, wanted))
         except RegistryError as err:
             self.source = None
             self.hits = {}
             self._failed("lookup", err)
-            return
-        with self._lock:
-            self._records.update(records)
 
     def record(self, key: str) -> StepRecord | None:
         """The step's record from the remote cache, if it has a usable one (read on first use
