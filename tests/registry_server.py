@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +33,7 @@ class RegistryServer:
     port: int = field(default_factory=free_port)
     auth: dict | None = None
     tls: tuple[Path, Path] | None = None  # (certificate chain, private key)
+    access_log: bool = False  # log every request to registry.log (see `requests`)
     process: subprocess.Popen | None = None
 
     @property
@@ -52,7 +54,7 @@ class RegistryServer:
             http["tls"] = {"certificate": str(self.tls[0]), "key": str(self.tls[1])}
         doc: dict = {
             "version": 0.1,
-            "log": {"level": "warn", "accesslog": {"disabled": True}},
+            "log": {"level": "warn", "accesslog": {"disabled": not self.access_log}},
             "storage": {
                 "filesystem": {"rootdirectory": str(self.storage)},
                 "delete": {"enabled": True},
@@ -90,6 +92,11 @@ class RegistryServer:
                 return
             time.sleep(0.05)
         raise RuntimeError("registry did not start in time")
+
+    def requests(self) -> list[tuple[str, str]]:
+        """(method, path) of every request so far, from the access log (`access_log=True`)."""
+        log = (self.root / "registry.log").read_text(errors="replace")
+        return re.findall(r'"([A-Z]+) (/v2/\S*) HTTP/[\d.]+"', log)
 
     def stop(self) -> None:
         if self.process and self.process.poll() is None:

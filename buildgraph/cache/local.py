@@ -8,7 +8,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -124,6 +124,15 @@ class LocalStore:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(tmp_name)
             raise
+
+    def put_verified(self, digest: str, fetch: Callable[[BinaryIO], int]) -> int:
+        """Store the blob `digest` that `fetch` writes into the file it is given and checks
+        itself (raising on a mismatch, so nothing is stored); returns its size. Hashed once,
+        by `fetch`, not a second time here."""
+        with self.ingest(digest) as writer:
+            size = fetch(writer.unhashed)
+            writer.declare(digest, size)
+        return size
 
     def put_blob(self, data: bytes, media_type: str) -> Descriptor:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()

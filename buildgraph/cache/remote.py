@@ -129,8 +129,9 @@ class RemoteCache:
         """Fetch one blob into `store`, verified; the bytes downloaded (0 if it is there)."""
         if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
             return 0
-        with store.ingest(blob.digest) as writer:
-            return self.client.fetch_blob(self.repository, blob.digest, writer)
+        return store.put_verified(
+            blob.digest, lambda out: self.client.fetch_blob(self.repository, blob.digest, out)
+        )
 
     # -- writing ------------------------------------------------------------------------------
     def export(

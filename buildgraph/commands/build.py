@@ -234,10 +234,10 @@ def _run_steps(
         remote=remote,
     )
     if remote is not None:
-        remote.finish()
         record = outcome.records.get(plan.target.key)
         if record is not None:  # the image is tagged here: its layers must be here
             remote.ensure_layers(record)
+        remote.finish()
     return outcome
 
 

@@ -66,7 +66,7 @@ def plan_project(
     )
     steps = [key for key in graph if "step" in graph.nodes[key]]
     local = {key for key in steps if index.has(key)}
-    if remote is not None:  # the same up-front lookups a run makes
+    if remote is not None:  # every step missing here (a run skips those below hits)
         remote.lookup(key for key in steps if key not in local)
     hits = set(remote.hits) if remote is not None else set()
     unneeded = not_needed(graph, local | hits)  # what a run would neither read nor build

@@ -64,8 +64,7 @@ def _fetch_all(
     def fetch(blob: Descriptor) -> None:
         if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
             return
-        with store.ingest(blob.digest) as writer:
-            client.fetch_blob(ref, blob.digest, writer)
+        store.put_verified(blob.digest, lambda out: client.fetch_blob(ref, blob.digest, out))
         progress(f"fetched {blob.digest[:19]} ({blob.size} bytes)")
 
     unique = list({blob.digest: blob for blob in blobs}.values())

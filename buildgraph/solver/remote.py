@@ -11,6 +11,7 @@ from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import RemoteCache, RemoteEntry
 from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import AuthError, BuildgraphError, InputError, NotFound, RegistryError
+from buildgraph.image.oci import Descriptor
 from buildgraph.registry.reference import parse_reference
 
 if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
@@ -41,6 +42,7 @@ class RemoteSession:
         self.required = required
         self.export_only = export_only
         self.hits: dict[str, RemoteEntry] = {}
+        self._looked_up: set[str] = set()
         self._records: dict[str, StepRecord | None] = {}
         self.downloaded = 0
         self.exported: list[str] = []
@@ -48,6 +50,9 @@ class RemoteSession:
         self._lock = threading.Lock()
         self._exports: list[Future[None]] = []
         self._pool = ThreadPoolExecutor(max_workers=jobs) if target else None
+        # blob digest -> its download, shared by every record that needs the blob
+        self._downloads: dict[str, Future[None]] = {}
+        self._download_pool = ThreadPoolExecutor(max_workers=jobs) if source else None
 
     def _failed(self, what: str, err: BuildgraphError) -> None:
         if isinstance(err, AuthError):  # credentials to fix, not an outage to build through
@@ -57,15 +62,21 @@ class RemoteSession:
         self.warn(f"remote cache {what} failed, going on without it: {err}")
 
     def lookup(self, keys: Iterable[str]) -> None:
-        """One HEAD per key, all at once; records are read later, only for the hits a run needs."""
-        if self.source is None:
+        """One HEAD per key not looked up yet, all at once; the hits join `hits`. Records are
+        read later, only for the hits a run needs."""
+        wanted = [key for key in dict.fromkeys(keys) if key not in self._looked_up]
+        if self.source is None or not wanted:
             return
         try:
-            self.hits = self.source.lookup(keys)
+            found = self.source.lookup(wanted)
         except RegistryError as err:
             self.source = None
             self.hits = {}
             self._failed("lookup", err)
+            return
+        with self._lock:
+            self._looked_up.update(wanted)
+            self.hits.update(found)
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Read the records of these hits in parallel (a hit costs two small GETs), so the
@@ -85,6 +96,8 @@ class RemoteSession:
     def record(self, key: str) -> StepRecord | None:
         """The step's record from the remote cache, if it has a usable one (read on first use
         when `prefetch` did not)."""
+        if key not in self._looked_up:  # a step no result seemed to need, demanded after all
+            self.lookup([key])
         source = self.source
         if key not in self.hits or source is None:
             return None
@@ -102,10 +115,24 @@ class RemoteSession:
             self._records[key] = None
 
     def ensure_layers(self, record: StepRecord) -> None:
-        """Download the layers of `record` the local store lacks (when something needs them)."""
-        if self.source is None or not record.missing_layers(self.store):
+        """Download the layers of `record` the local store lacks (when something needs them).
+        Each blob is downloaded once, however many records that need it at once share it; a
+        blob that fails its digest raises DigestMismatch for every one of them."""
+        source, pool = self.source, self._download_pool
+        missing = record.missing_layers(self.store)
+        if source is None or pool is None or not missing:
             return
-        size = self.source.download_layers(record, self.store)
+        downloads = []
+        with self._lock:
+            for blob in missing:
+                if blob.digest not in self._downloads:
+                    self._downloads[blob.digest] = pool.submit(self._download, source, blob)
+                downloads.append(self._downloads[blob.digest])
+        for download in downloads:
+            download.result()
+
+    def _download(self, source: RemoteCache, blob: Descriptor) -> None:
+        size = source.download_blob(blob, self.store)
         with self._lock:
             self.downloaded += size
 
@@ -129,8 +156,9 @@ class RemoteSession:
         """Wait for the exports; report failures once."""
         for future in self._exports:
             future.result()
-        if self._pool is not None:
-            self._pool.shutdown()
+        for pool in (self._pool, self._download_pool):
+            if pool is not None:
+                pool.shutdown()
         if self.export_errors:
             message = f"{len(self.export_errors)} cache exports failed: {self.export_errors[0]}"
             if self.required:

@@ -56,7 +56,7 @@ def run(
     steps = [key for key in graph if "step" in graph.nodes[key]]
     local = set() if no_cache else {key for key in steps if index.has(key)}
     if remote is not None and not no_cache:
-        remote.lookup(key for key in steps if key not in local)
+        look_up_needed(graph, local, remote)
     hits = set(remote.hits) if remote is not None and not no_cache else set()
     pruned = set() if no_cache else not_needed(graph, local | hits) - local
     if remote is not None and hits:
@@ -260,6 +260,27 @@ def run(
         frozenset(from_cache),
         exported,
         frozenset(unneeded),
+    )
+
+
+def look_up_needed(graph: nx.DiGraph, local: set[str], remote: RemoteSession) -> None:
+    """Look up in the remote cache every step missing here that a result may need, before
+    anything runs, in two rounds of parallel HEADs: first the steps the results read directly
+    (when they hit, nothing below them is needed: a fully cached graph costs one HEAD per
+    target), then every step that the misses among them may need."""
+    results = {
+        key
+        for node in graph
+        if "export" in graph.nodes[node] or graph.out_degree(node) == 0
+        for key in (graph.predecessors(node) if "export" in graph.nodes[node] else (node,))
+        if "step" in graph.nodes[key] and key not in local
+    }
+    remote.lookup(results)
+    unneeded = not_needed(graph, local | set(remote.hits))
+    remote.lookup(
+        key
+        for key in graph
+        if "step" in graph.nodes[key] and key not in local and key not in unneeded
     )
 
 

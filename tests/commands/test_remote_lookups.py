@@ -1,0 +1,115 @@
+"""What a run asks the remote cache for, counted in the registry's own access log: the targets'
+last steps first, then only what a miss among them may need; each needed blob once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+from registry_server import RegistryServer
+from remote_repo import make_repo
+
+from buildgraph.cache.local import LocalStore
+from buildgraph.cli import main
+from buildgraph.registry.client import RegistryClient
+from buildgraph.solver.remote import remote_session
+
+
+@pytest.fixture
+def logged_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path / "registry", access_log=True) as server:
+        yield server
+
+
+def run(root: Path, capsys) -> None:
+    assert main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json"]) == 0
+    capsys.readouterr()
+
+
+def step_keys(root: Path, capsys) -> dict[str, str]:
+    """Title -> key of every step of the repo's graph."""
+    capsys.readouterr()
+    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    return {node["title"]: node["key"] for node in nodes if not node["key"].startswith("export:")}
+
+
+def looked_up(registry: RegistryServer, since: int) -> list[str]:
+    """The keys of the manifest HEADs made after the first SINCE requests."""
+    return sorted(
+        path.rsplit("/", 1)[1]
+        for method, path in registry.requests()[since:]
+        if method == "HEAD" and "/manifests/" in path
+    )
+
+
+def test_a_fully_cached_graph_costs_one_lookup_per_target(
+    logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{logged_registry.host}/cache/lookups"
+    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)  # exports every step
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    keys = step_keys(machine_b, capsys)
+    before = len(logged_registry.requests())
+    run(machine_b, capsys)
+    last_steps = [keys["[stage-0] RUN echo base > /base.txt"]]
+    last_steps.append(keys["[stage-0] RUN cat /base.txt /app/main.txt > /out"])
+    assert looked_up(logged_registry, before) == sorted(last_steps)
+
+
+def test_a_miss_looks_up_what_it_may_need_and_nothing_below_hits(
+    logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{logged_registry.host}/cache/lookups-miss"
+    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    (machine_b / "app/main.txt").write_text("v2\n")
+    keys = step_keys(machine_b, capsys)
+    before = len(logged_registry.requests())
+    run(machine_b, capsys)
+    seen = looked_up(logged_registry, before)
+    base_last = keys["[stage-0] RUN echo base > /base.txt"]
+    copy = keys["[stage-0] COPY main.txt /app/"]
+    app_last = keys["[stage-0] RUN cat /base.txt /app/main.txt > /out"]
+    # Round one: both last steps; round two: the changed COPY under the miss. base's last step
+    # hit, so nothing below it (its FROM busybox) is looked up.
+    assert {base_last, copy, app_last} <= set(seen)
+    below_base = {key for title, key in keys.items() if "busybox" in title}
+    assert below_base and not below_base & set(seen)
+    assert len(seen) == len(set(seen))  # no step is looked up twice
+
+
+def test_records_that_share_layers_download_each_blob_once(
+    logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{logged_registry.host}/cache/shared-layers"
+    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    key = step_keys(machine_b, capsys)["[stage-0] RUN cat /base.txt /app/main.txt > /out"]
+    store = LocalStore(machine_b / "cache")
+    session = remote_session(
+        store,
+        RegistryClient,
+        source=remote,
+        target=None,
+        warn=pytest.fail,
+        required=True,
+        export_only=None,
+    )
+    assert session is not None
+    session.lookup([key])
+    record = session.record(key)
+    assert record is not None
+    missing = record.missing_layers(store)
+    assert len(missing) >= 2  # base's layer and app's own
+    before = len(logged_registry.requests())
+    with ThreadPoolExecutor(max_workers=8) as pool:  # eight consumers need them at once
+        list(pool.map(lambda _: session.ensure_layers(record), range(8)))
+    session.finish()
+    fetched = [path for method, path in logged_registry.requests()[before:] if method == "GET"]
+    assert sorted(fetched) == sorted(f"/v2/cache/shared-layers/blobs/{b.digest}" for b in missing)
+    assert session.downloaded == sum(blob.size for blob in missing)
+    assert record.missing_layers(store) == []
