@@ -17,6 +17,7 @@ from buildgraph.solver.outcome import Outcome
 from buildgraph.solver.remote import RemoteSession
 from buildgraph.worker.execute import Worker
 
+FETCH_JOBS = 8  # remote hits whose layers are downloaded at once
 Export = Callable[[StepRecord], object]  # what an export node does with its target's record
 
 
@@ -121,7 +122,11 @@ def run(
                     )
                 )
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+    # Downloads wait on the network, not on a core: they do not take a build slot.
+    with (
+        ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
+        ThreadPoolExecutor(max_workers=FETCH_JOBS) as fetch_pool,
+    ):
         running: dict[Future[tuple[object, float]], str] = {}
         while ready or running:
             stop = failures and not keep_going
@@ -173,7 +178,7 @@ def run(
                     # build the step instead if the remote entry turns out to be unusable).
                     sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
                     fetching.add(key)
-                    running[pool.submit(_fetch, remote, found)] = key
+                    running[fetch_pool.submit(_fetch, remote, found)] = key
                     continue
                 if found is not None:  # its layers are fetched only when something needs them
                     index.put(key, found)
