@@ -93,7 +93,7 @@ class RemoteCache:
             found = self.client.head_manifest(refs[key], accept=mt.MANIFESTS)
             return RemoteEntry(key, found.digest) if found else None
 
-        found = _map_all(head, list(refs), self.jobs)
+        found = map_all(head, list(refs), self.jobs)
         return {entry.key: entry for entry in found if entry is not None}
 
     def fetch_record(
@@ -123,7 +123,7 @@ class RemoteCache:
         """Fetch every layer blob of `record` that `store` lacks, verified; returns the bytes
         downloaded. A blob that does not match its digest raises DigestMismatch, stores nothing."""
         missing = record.missing_layers(store)
-        return sum(_map_all(lambda blob: self.download_blob(blob, store), missing, self.jobs))
+        return sum(map_all(lambda blob: self.download_blob(blob, store), missing, self.jobs))
 
     def download_blob(self, blob: Descriptor, store: LocalStore) -> int:
         """Fetch one blob into `store`, verified; the bytes downloaded (0 if it is there)."""
@@ -158,7 +158,7 @@ class RemoteCache:
         layers = list(
             {layer.descriptor.digest: layer.descriptor for layer in record.layers}.values()
         )
-        _map_all(lambda blob: self._push_layer(blob, store, mount_from), layers, self.jobs)
+        map_all(lambda blob: self._push_layer(blob, store, mount_from), layers, self.jobs)
         self.client.upload_blob(
             self.repository,
             config_descriptor.digest,
@@ -276,7 +276,7 @@ def _parse_record(data: bytes, manifest: Manifest, key: str, where: Reference) -
     return StepRecord(layers, history)
 
 
-def _map_all(function: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
+def map_all(function: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
     """`function` over `items` on up to `jobs` threads; the first failure cancels the rest."""
     if not items:
         return []

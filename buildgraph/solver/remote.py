@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 from buildgraph.cache.local import LocalStore
-from buildgraph.cache.remote import RemoteCache, RemoteEntry
+from buildgraph.cache.remote import RemoteCache, RemoteEntry, map_all
 from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import AuthError, BuildgraphError, InputError, NotFound, RegistryError
 from buildgraph.image.oci import Descriptor
@@ -63,31 +64,27 @@ class RemoteSession:
 
     def lookup(self, keys: Iterable[str]) -> None:
         """One HEAD per key not looked up yet, all at once; the hits join `hits`. Records are
-        read later, only for the hits a run needs."""
+        read later, only for the hits a run needs. A registry failure drops the remote cache
+        for the run."""
+        source = self.source
         wanted = [key for key in dict.fromkeys(keys) if key not in self._looked_up]
-        if self.source is None or not wanted:
+        if source is None or not wanted:
             return
-        try:
-            found = self.source.lookup(wanted)
-        except RegistryError as err:
-            self.source = None
-            self.hits = {}
-            self._failed("lookup", err)
-            return
-        with self._lock:
-            self._looked_up.update(wanted)
-            self.hits.update(found)
+        self._looked_up.update(wanted)
+        self._guarded(lambda: self.hits.update(source.lookup(wanted)))
 
     def prefetch(self, keys: Iterable[str]) -> None:
         """Read the records of these hits in parallel (a hit costs two small GETs), so the
         scheduler never waits on one; a registry failure drops the remote cache for the run."""
         source = self.source
-        wanted = [key for key in keys if key in self.hits and key not in self._records]
-        if source is None or not wanted:
-            return
+        wanted = [self.hits[key] for key in keys if key in self.hits and key not in self._records]
+        if source is not None and wanted:
+            read = functools.partial(self._read, source)
+            self._guarded(lambda: map_all(read, wanted, source.jobs))
+
+    def _guarded(self, action: Callable[[], object]) -> None:
         try:
-            with ThreadPoolExecutor(max_workers=max(1, min(source.jobs, len(wanted)))) as pool:
-                list(pool.map(self.record, wanted))
+            action()
         except RegistryError as err:
             self.source = None
             self.hits = {}
@@ -99,14 +96,16 @@ class RemoteSession:
         if key not in self._looked_up:  # a step no result seemed to need, demanded after all
             self.lookup([key])
         source = self.source
-        if key not in self.hits or source is None:
-            return None
+        entry = self.hits.get(key)
+        return None if source is None or entry is None else self._read(source, entry)
+
+    def _read(self, source: RemoteCache, entry: RemoteEntry) -> StepRecord | None:
         with self._lock:
-            if key in self._records:
-                return self._records[key]
-        found = source.fetch_record(self.hits[key], warn=self.warn)
+            if entry.key in self._records:
+                return self._records[entry.key]
+        found = source.fetch_record(entry, warn=self.warn)
         with self._lock:
-            return self._records.setdefault(key, found)
+            return self._records.setdefault(entry.key, found)
 
     def forget(self, key: str) -> None:
         """Stop using the entry under `key` for this run (it turned out unusable)."""
