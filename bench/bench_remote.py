@@ -23,7 +23,9 @@ the summary's "remote cache: N bytes downloaded" line, set beside the sizes of t
 final images hold that B did not already have. A peer's steps run are the RUN/COPY vertices its
 log shows without a cache hit. Times are wall-clock seconds; with --repeat N each buildgraph time
 is the best of N (every export attempt goes to a repository of its own, so none finds the blobs
-of the one before). --profile runs buildgraph's machine B and machine A once more under py-spy.
+of the one before). A last table gives the CPU seconds of buildgraph's best runs, its own and the
+registry process's (which shares this machine's cores), and the least wall time that much CPU
+allows. --profile runs buildgraph's machine B and machine A once more under py-spy.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
+import resource
 import shlex
 import subprocess
 import sys
@@ -79,7 +83,38 @@ class Result:
     steps_run: int | None = None  # on machine B
     downloaded: int | None = None  # buildgraph only: bytes, from its summary line
     needed: int | None = None  # buildgraph only: layer bytes of the final images B lacked
+    cpu: dict[str, Cpu] = field(default_factory=dict)  # buildgraph only: scenario -> its best run
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Cpu:
+    """CPU seconds one timed run cost: buildgraph's process and the registry's."""
+
+    wall: float
+    ours: float
+    registry: float
+
+
+class CpuMeter:
+    """CPU seconds used by our child processes and by the registry process between two calls.
+    Export costs CPU on both sides; on a machine that hosts its own registry, the two cores
+    the build uses are the ones they share."""
+
+    def __init__(self, registry_pid: int) -> None:
+        self.registry_pid = registry_pid
+        self.start = self._now()
+
+    def _now(self) -> tuple[float, float]:
+        children = resource.getrusage(resource.RUSAGE_CHILDREN)
+        fields = Path(f"/proc/{self.registry_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        registry = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+        return children.ru_utime + children.ru_stime, registry
+
+    def read(self, wall: float) -> Cpu:
+        ours, registry = self._now()
+        return Cpu(wall, ours - self.start[0], registry - self.start[1])
 
 
 def main() -> None:
@@ -96,7 +131,7 @@ def main() -> None:
             registry.start()
             note(f"registry: {registry.host}")
             if "buildgraph" in options.only:
-                results["buildgraph"] = measure_buildgraph(options, work, seed, repo, registry.host)
+                results["buildgraph"] = measure_buildgraph(options, work, seed, repo, registry)
             if {"buildkit", "buildah"} & set(options.only):
                 try:
                     ensure_packages()
@@ -125,9 +160,12 @@ def parse_options() -> argparse.Namespace:
 
 # -- buildgraph -------------------------------------------------------------------------------
 def measure_buildgraph(
-    options: argparse.Namespace, work: Path, seed: Path, repo: Monorepo, host: str
+    options: argparse.Namespace, work: Path, seed: Path, repo: Monorepo, registry: RegistryServer
 ) -> Result:
     result = Result()
+    host = registry.host
+    assert registry.process is not None
+    pid = registry.process.pid
     logs = work / "logs"
     warm_up = Buildgraph(work / "bg-warm-up", seed)  # no timed build pays for cold binaries
     with contextlib.suppress(PeerError):
@@ -137,13 +175,17 @@ def measure_buildgraph(
     for attempt in range(options.repeat):  # interleaved, so load drifts hit both alike
         plain = Buildgraph(work / f"bg-cold-{attempt}", seed)
         plain.reset()  # a copy of the seed: busybox only; not timed
+        meter = CpuMeter(pid)
         seconds = _timed("buildgraph", "cold, no export", _run, plain, repo, logs, ())
+        _keep_best(result, "cold", seconds, meter)
         result.cold = _least(result.cold, seconds)
         cache_repo = f"{host}/cache/bg{attempt or ''}"
         machine_a = Buildgraph(work / f"bg-a-{attempt}", seed)
         machine_a.reset()
         export = ("--cache-to", cache_repo)
+        meter = CpuMeter(pid)
         seconds = _timed("buildgraph", "A: cold + export", _run, machine_a, repo, logs, export)
+        _keep_best(result, "export", seconds, meter)
         result.export = _least(result.export, seconds)
     if result.export is None:
         result.notes.append("machine A failed; no remote cache to read")
@@ -152,6 +194,7 @@ def measure_buildgraph(
         machine_b = Buildgraph(work / f"bg-b-{attempt}", seed)
         machine_b.reset()
         log = logs / f"bg-b-{attempt}.log"
+        meter = CpuMeter(pid)
         seconds = _timed(
             "buildgraph",
             "B: fresh, --cache-from",
@@ -162,6 +205,7 @@ def measure_buildgraph(
             ("--cache-from", cache_repo),
             log,
         )
+        _keep_best(result, "fresh", seconds, meter)
         result.fresh = _least(result.fresh, seconds)
         if seconds is not None and attempt == 0:
             steps = started_steps(log)
@@ -170,6 +214,13 @@ def measure_buildgraph(
             result.downloaded = int(found[-1]) if found else 0
             result.needed = missing_layer_bytes(machine_b.cache, seed)
     return result
+
+
+def _keep_best(result: Result, scenario: str, seconds: float | None, meter: CpuMeter) -> None:
+    """Remember the CPU of this run if it is the scenario's fastest so far."""
+    best = result.cpu.get(scenario)
+    if seconds is not None and (best is None or seconds < best.wall):
+        result.cpu[scenario] = meter.read(seconds)
 
 
 def _run(
@@ -448,9 +499,37 @@ def print_report(command: str, options: argparse.Namespace, results: dict[str, R
         f"{_cell(ours.downloaded):>14} {_cell(ours.needed):>10}  "
         f"{'-' if equal is None else 'yes' if equal else 'NO'}"
     )
+    print_cpu(ours)
     for result in results.values():
         for text in result.notes:
             print(f"note: {text}")
+
+
+def print_cpu(ours: Result) -> None:
+    """What the buildgraph runs cost in CPU, ours and the registry's, and the least wall time
+    that much CPU allows on this machine's cores."""
+    if not ours.cpu:
+        return
+    cores = os.cpu_count() or 1
+    cold = ours.cpu.get("cold")
+    print()
+    header = (
+        f"{'CPU seconds (best runs)':<34} {'wall':>6} {'ours':>6} {'registry':>9}  "
+        f"{'(ours+registry)/' + str(cores) + ' cores':>24}"
+    )
+    print(header)
+    print("-" * len(header))
+    names = {"cold": "cold, no export", "export": "A: cold + export", "fresh": "B: fresh machine"}
+    for scenario, name in names.items():
+        cpu = ours.cpu.get(scenario)
+        if cpu is None:
+            continue
+        floor = (cpu.ours + cpu.registry) / cores
+        versus = f" = {floor / cold.wall:.2f}x cold" if cold else ""
+        print(
+            f"{name:<34} {cpu.wall:6.2f} {cpu.ours:6.2f} {cpu.registry:9.2f}  "
+            f"{f'{floor:.2f} s{versus}':>24}"
+        )
 
 
 def _timed(engine: str, what: str, action: Callable[..., None], *args: object) -> float | None:
