@@ -59,6 +59,9 @@ def api_host(registry: str) -> str:
     return DOCKER_HUB_API_HOST if registry == DEFAULT_DOMAIN else registry
 
 
+UPLOAD_BLOCK = 1 << 20  # bytes per read of a request body
+
+
 class Transport:
     """One requests.Session shared by all threads; tokens and schemes cached under locks."""
 
@@ -84,7 +87,7 @@ class Transport:
         # requests' verify=: a CA bundle or the default store
         self._trust: bool | str = ca_bundle or default_bundle or True
         self.session.verify = self._trust  # for token servers too
-        adapter = HTTPAdapter(pool_connections=8, pool_maxsize=32, max_retries=0)
+        adapter = _Adapter(pool_connections=8, pool_maxsize=32, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self._auth = Authenticator(self.session, credentials)
@@ -250,6 +253,14 @@ class Transport:
                 if "/" in entry and address in ipaddress.ip_network(entry, strict=False):
                     return True
         return False
+
+
+class _Adapter(HTTPAdapter):
+    """Request bodies (blob uploads) are read and sent 1 MiB at a time, not 16 KiB: a 50 MB
+    export is then 50 Python-level reads and sends instead of 3,000."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, blocksize=UPLOAD_BLOCK, **kwargs)
 
 
 def _hostname(host: str) -> str:
