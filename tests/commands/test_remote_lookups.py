@@ -37,6 +37,15 @@ def step_keys(root: Path, capsys) -> dict[str, str]:
     return {node["title"]: node["key"] for node in nodes if not node["key"].startswith("export:")}
 
 
+def machine_b(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys, name: str
+) -> tuple[Path, str]:
+    """(machine B's repo, the cache repository) after machine A built and exported into it."""
+    remote = f"{registry.host}/cache/{name}"
+    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)  # exports every step
+    return make_repo(tmp_path / "b", busybox_cache, remote), remote
+
+
 def looked_up(registry: RegistryServer, since: int) -> list[str]:
     """The keys of the manifest HEADs made after the first SINCE requests."""
     return sorted(
@@ -49,12 +58,10 @@ def looked_up(registry: RegistryServer, since: int) -> list[str]:
 def test_a_fully_cached_graph_costs_one_lookup_per_target(
     logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
 ) -> None:
-    remote = f"{logged_registry.host}/cache/lookups"
-    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)  # exports every step
-    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
-    keys = step_keys(machine_b, capsys)
+    repo, _ = machine_b(logged_registry, busybox_cache, tmp_path, capsys, "lookups")
+    keys = step_keys(repo, capsys)
     before = len(logged_registry.requests())
-    run(machine_b, capsys)
+    run(repo, capsys)
     last_steps = [keys["[stage-0] RUN echo base > /base.txt"]]
     last_steps.append(keys["[stage-0] RUN cat /base.txt /app/main.txt > /out"])
     assert looked_up(logged_registry, before) == sorted(last_steps)
@@ -63,13 +70,11 @@ def test_a_fully_cached_graph_costs_one_lookup_per_target(
 def test_a_miss_looks_up_what_it_may_need_and_nothing_below_hits(
     logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
 ) -> None:
-    remote = f"{logged_registry.host}/cache/lookups-miss"
-    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)
-    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
-    (machine_b / "app/main.txt").write_text("v2\n")
-    keys = step_keys(machine_b, capsys)
+    repo, _ = machine_b(logged_registry, busybox_cache, tmp_path, capsys, "lookups-miss")
+    (repo / "app/main.txt").write_text("v2\n")
+    keys = step_keys(repo, capsys)
     before = len(logged_registry.requests())
-    run(machine_b, capsys)
+    run(repo, capsys)
     seen = looked_up(logged_registry, before)
     base_last = keys["[stage-0] RUN echo base > /base.txt"]
     copy = keys["[stage-0] COPY main.txt /app/"]
@@ -85,11 +90,9 @@ def test_a_miss_looks_up_what_it_may_need_and_nothing_below_hits(
 def test_records_that_share_layers_download_each_blob_once(
     logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
 ) -> None:
-    remote = f"{logged_registry.host}/cache/shared-layers"
-    run(make_repo(tmp_path / "a", busybox_cache, remote), capsys)
-    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
-    key = step_keys(machine_b, capsys)["[stage-0] RUN cat /base.txt /app/main.txt > /out"]
-    store = LocalStore(machine_b / "cache")
+    repo, remote = machine_b(logged_registry, busybox_cache, tmp_path, capsys, "shared-layers")
+    key = step_keys(repo, capsys)["[stage-0] RUN cat /base.txt /app/main.txt > /out"]
+    store = LocalStore(repo / "cache")
     session = remote_session(
         store,
         RegistryClient,
