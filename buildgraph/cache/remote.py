@@ -119,12 +119,6 @@ class RemoteCache:
         self.client.fetch_blob(self.repository, manifest.config.digest, buffer)  # verified
         return _parse_record(buffer.getvalue(), manifest, entry.key, ref)
 
-    def download_layers(self, record: StepRecord, store: LocalStore) -> int:
-        """Fetch every layer blob of `record` that `store` lacks, verified; returns the bytes
-        downloaded. A blob that does not match its digest raises DigestMismatch, stores nothing."""
-        missing = record.missing_layers(store)
-        return sum(map_all(lambda blob: self.download_blob(blob, store), missing, self.jobs))
-
     def download_blob(self, blob: Descriptor, store: LocalStore) -> int:
         """Fetch one blob into `store`, verified; the bytes downloaded (0 if it is there)."""
         if store.has_blob(blob.digest):  # another process may have fetched it meanwhile
