@@ -273,14 +273,13 @@ def look_up_needed(graph: nx.DiGraph, local: set[str], remote: RemoteSession) ->
     anything runs, in two rounds of parallel HEADs: first the steps the results read directly
     (when they hit, nothing below them is needed: a fully cached graph costs one HEAD per
     target), then every step that the misses among them may need."""
-    results = {
-        key
-        for node in graph
-        if "export" in graph.nodes[node] or graph.out_degree(node) == 0
-        for key in (graph.predecessors(node) if "export" in graph.nodes[node] else (node,))
-        if "step" in graph.nodes[key] and key not in local
-    }
-    remote.lookup(results)
+    results: set[str] = set()
+    for node in graph:
+        if "export" in graph.nodes[node]:
+            results.update(graph.predecessors(node))
+        elif graph.out_degree(node) == 0:  # a last step with no export node (build)
+            results.add(node)
+    remote.lookup(key for key in results if key not in local)
     unneeded = not_needed(graph, local | set(remote.hits))
     remote.lookup(
         key
