@@ -12,9 +12,14 @@ Format (FORMAT_VERSION 1):
                              "layers": [<layer digests, base first>]}
   Nothing in it depends on when or where it was exported, so exporting a key again produces
   the same manifest digest.
+- the manifest also carries the config itself, verbatim, in the annotation
+  `io.buildgraph.step.config`, so one GET reads an entry; a reader uses it only when it hashes to
+  the config descriptor's digest, and reads the config blob otherwise (entries written before the
+  annotation existed have none).
 
-A lookup is one HEAD per key. A failing registry raises RegistryError; an entry that is not
-ours or disagrees with itself is a miss (`fetch_record` returns None and reports why).
+A lookup is one manifest GET per key: a 404 costs what a HEAD would, and a hit needs no second
+request. A failing registry raises RegistryError; an entry that is not ours or disagrees with
+itself is a miss (`fetch_record` returns None and reports why).
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ import json
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from buildgraph import __version__
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import LayerRef, StepRecord
-from buildgraph.errors import CacheError, InputError
+from buildgraph.errors import CacheError, InputError, NotFound
 from buildgraph.image import mediatypes as mt
 from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.oci import (
@@ -49,6 +54,7 @@ if TYPE_CHECKING:  # the client pulls in requests; a run without a remote cache 
 
 STEP_FIELD = "io.buildgraph.step"  # the config's top-level metadata object
 KEY_ANNOTATION = "io.buildgraph.key"  # on the manifest
+CONFIG_ANNOTATION = "io.buildgraph.step.config"  # on the manifest: the config blob's text
 FORMAT_VERSION = 1  # bump when the entry format changes; entries of another format are misses
 MAX_CONFIG_SIZE = 4 << 20  # a step config is small; refuse to buffer a huge foreign one
 
@@ -60,6 +66,9 @@ R = TypeVar("R")
 class RemoteEntry:
     key: str
     manifest_digest: str
+    # the manifest as the lookup read it (verified against manifest_digest); b"" = not read
+    manifest: bytes = field(default=b"", compare=False, repr=False)
+    media_type: str = field(default="", compare=False)
 
 
 class InvalidEntry(CacheError):
@@ -86,14 +95,17 @@ class RemoteCache:
 
     # -- reading ------------------------------------------------------------------------------
     def lookup(self, keys: Iterable[str]) -> dict[str, RemoteEntry]:
-        """HEAD `<repository>:<key>` for every key at once; keys not found are absent."""
+        """GET `<repository>:<key>` for every key at once; keys not found are absent."""
         refs = {key: self.tag(key) for key in dict.fromkeys(keys)}
 
-        def head(key: str) -> RemoteEntry | None:
-            found = self.client.head_manifest(refs[key], accept=mt.MANIFESTS)
-            return RemoteEntry(key, found.digest) if found else None
+        def get(key: str) -> RemoteEntry | None:
+            try:
+                found = self.client.get_manifest(refs[key], accept=mt.MANIFESTS)
+            except NotFound:
+                return None
+            return RemoteEntry(key, found.digest, found.data, found.media_type)
 
-        found = map_all(head, list(refs), self.jobs)
+        found = map_all(get, list(refs), self.jobs)
         return {entry.key: entry for entry in found if entry is not None}
 
     def fetch_record(
@@ -110,14 +122,20 @@ class RemoteCache:
     def read_record(self, entry: RemoteEntry) -> StepRecord:
         """Like fetch_record, but an invalid entry raises InvalidEntry."""
         ref = self.repository.with_digest(entry.manifest_digest)
-        response = self.client.get_manifest(ref, accept=mt.MANIFESTS)  # digest verified
-        manifest = _parse_manifest(response.data, response.media_type, entry.key)
-        if manifest.config.size > MAX_CONFIG_SIZE:
-            size = manifest.config.size
-            raise InvalidEntry(f"cache entry {entry.key} ({ref}): config of {size} bytes")
-        buffer = io.BytesIO()
-        self.client.fetch_blob(self.repository, manifest.config.digest, buffer)  # verified
-        return _parse_record(buffer.getvalue(), manifest, entry.key, ref)
+        data, media_type = entry.manifest, entry.media_type
+        if not data:
+            response = self.client.get_manifest(ref, accept=mt.MANIFESTS)  # digest verified
+            data, media_type = response.data, response.media_type
+        manifest = _parse_manifest(data, media_type, entry.key)
+        config = _embedded_config(manifest)
+        if config is None:
+            if manifest.config.size > MAX_CONFIG_SIZE:
+                size = manifest.config.size
+                raise InvalidEntry(f"cache entry {entry.key} ({ref}): config of {size} bytes")
+            buffer = io.BytesIO()
+            self.client.fetch_blob(self.repository, manifest.config.digest, buffer)  # verified
+            config = buffer.getvalue()
+        return _parse_record(config, manifest, entry.key, ref)
 
     def download_blob(self, blob: Descriptor, store: LocalStore) -> int:
         """Fetch one blob into `store`, verified; the bytes downloaded (0 if it is there)."""
@@ -148,7 +166,7 @@ class RemoteCache:
         ref = self.tag(key)
         config = entry_config(key, record, platform or default_platform())
         config_descriptor = Descriptor(mt.OCI_CONFIG, sha256_digest(config), len(config))
-        manifest = entry_manifest(key, record, config_descriptor)
+        manifest = entry_manifest(key, record, config_descriptor, config)
         layers = list(
             {layer.descriptor.digest: layer.descriptor for layer in record.layers}.values()
         )
@@ -220,9 +238,15 @@ def entry_config(key: str, record: StepRecord, platform: Platform) -> bytes:
     return canonical_json(doc)
 
 
-def entry_manifest(key: str, record: StepRecord, config: Descriptor) -> bytes:
+def entry_manifest(
+    key: str, record: StepRecord, config: Descriptor, embedded: bytes | None = None
+) -> bytes:
+    """The entry's manifest; `embedded` (the config blob itself) goes into CONFIG_ANNOTATION."""
     layers = tuple(layer.descriptor for layer in record.layers)
-    return Manifest(config, layers, mt.OCI_MANIFEST, ((KEY_ANNOTATION, key),)).to_json()
+    annotations = [(KEY_ANNOTATION, key)]
+    if embedded is not None:
+        annotations.append((CONFIG_ANNOTATION, embedded.decode()))
+    return Manifest(config, layers, mt.OCI_MANIFEST, tuple(annotations)).to_json()
 
 
 def _parse_manifest(data: bytes, media_type: str, key: str) -> Manifest:
@@ -237,6 +261,17 @@ def _parse_manifest(data: bytes, media_type: str, key: str) -> Manifest:
     if manifest.config.media_type != mt.OCI_CONFIG:
         raise InvalidEntry(f"cache entry {key}: config type {manifest.config.media_type!r}")
     return manifest
+
+
+def _embedded_config(manifest: Manifest) -> bytes | None:
+    """The config the manifest carries, if it is exactly the blob its descriptor names."""
+    text = dict(manifest.annotations).get(CONFIG_ANNOTATION)
+    if not isinstance(text, str):
+        return None
+    data = text.encode()
+    if len(data) != manifest.config.size or sha256_digest(data) != manifest.config.digest:
+        return None  # damaged or foreign: the config blob itself decides
+    return data
 
 
 def _parse_record(data: bytes, manifest: Manifest, key: str, where: Reference) -> StepRecord:

@@ -63,9 +63,9 @@ class RemoteSession:
         self.warn(f"remote cache {what} failed, going on without it: {err}")
 
     def lookup(self, keys: Iterable[str]) -> None:
-        """One HEAD per key not looked up yet, all at once; the hits join `hits`. Records are
-        read later, only for the hits a run needs. A registry failure drops the remote cache
-        for the run."""
+        """One manifest GET per key not looked up yet, all at once; the hits join `hits`.
+        Records are made from them later, only for the hits a run needs. A registry failure
+        drops the remote cache for the run."""
         source = self.source
         wanted = [key for key in dict.fromkeys(keys) if key not in self._looked_up]
         if source is None or not wanted:
@@ -74,8 +74,9 @@ class RemoteSession:
         self._guarded(lambda: self.hits.update(source.lookup(wanted)))
 
     def prefetch(self, keys: Iterable[str]) -> None:
-        """Read the records of these hits in parallel (a hit costs two small GETs), so the
-        scheduler never waits on one; a registry failure drops the remote cache for the run."""
+        """Read the records of these hits in parallel, so the scheduler never waits on one (a
+        hit whose manifest carries its config costs no request; an older entry one small GET);
+        a registry failure drops the remote cache for the run."""
         source = self.source
         wanted = [self.hits[key] for key in keys if key in self.hits and key not in self._records]
         if source is not None and wanted:

@@ -270,9 +270,9 @@ def run(
 
 def look_up_needed(graph: nx.DiGraph, local: set[str], remote: RemoteSession) -> None:
     """Look up in the remote cache every step missing here that a result may need, before
-    anything runs, in two rounds of parallel HEADs: first the steps the results read directly
-    (when they hit, nothing below them is needed: a fully cached graph costs one HEAD per
-    target), then every step that the misses among them may need."""
+    anything runs, in two rounds of parallel manifest GETs: first the steps the results read
+    directly (when they hit, nothing below them is needed: a fully cached graph costs one GET
+    per target), then every step that the misses among them may need."""
     results: set[str] = set()
     for node in graph:
         if "export" in graph.nodes[node]:

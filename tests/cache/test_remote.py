@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import io
 import json
 import os
 import socket
@@ -8,6 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from typing import BinaryIO
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from tcp_proxy import CuttingProxy
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import (
+    CONFIG_ANNOTATION,
     KEY_ANNOTATION,
     STEP_FIELD,
     RemoteCache,
@@ -211,11 +214,66 @@ def test_the_manifest_is_an_annotated_oci_manifest(
     got = client.get_manifest(repo.with_tag(key))
     doc = json.loads(got.data)
     assert got.media_type == doc["mediaType"] == mt.OCI_MANIFEST
-    assert doc["annotations"] == {KEY_ANNOTATION: key}
+    assert set(doc["annotations"]) == {KEY_ANNOTATION, CONFIG_ANNOTATION}
+    assert doc["annotations"][KEY_ANNOTATION] == key
     assert doc["config"]["mediaType"] == mt.OCI_CONFIG
+    config = io.BytesIO()
+    client.fetch_blob(repo, doc["config"]["digest"], config)
+    assert doc["annotations"][CONFIG_ANNOTATION].encode() == config.getvalue()  # verbatim
     assert [layer["digest"] for layer in doc["layers"]] == [
         layer.descriptor.digest for layer in record.layers
     ]
+
+
+def test_a_hit_is_read_from_its_manifest_alone(
+    registry: RegistryServer, client: RegistryClient, store: LocalStore, tmp_path: Path
+) -> None:
+    cache = RemoteCache(client, unique_repo(registry))
+    record = make_record(store, tmp_path)
+    key = key_of("one request")
+    cache.export(key, record, store, platform=PLATFORM)
+    entry = cache.lookup([key])[key]
+
+    def no_blob_reads(*args: object) -> int:
+        raise AssertionError("the config blob was read")
+
+    client.fetch_blob = no_blob_reads  # type: ignore[method-assign]
+    assert cache.fetch_record(entry) == record
+
+
+@pytest.mark.parametrize("embedded", ["damaged", "absent"])
+def test_without_a_usable_embedded_config_the_config_blob_is_read(
+    registry: RegistryServer,
+    client: RegistryClient,
+    store: LocalStore,
+    tmp_path: Path,
+    embedded: str,
+) -> None:
+    """An entry written before the annotation existed, or one whose copy does not hash to the
+    config digest: the config blob decides, and the record is the same."""
+    repo = unique_repo(registry)
+    cache = RemoteCache(client, repo)
+    record = make_record(store, tmp_path)
+    key = key_of(f"embedded {embedded}")
+    cache.export(key, record, store, platform=PLATFORM)
+    manifest = json.loads(client.get_manifest(repo.with_tag(key)).data)
+    if embedded == "damaged":
+        manifest["annotations"][CONFIG_ANNOTATION] = manifest["annotations"][
+            CONFIG_ANNOTATION
+        ].replace("RUN 0", "RUN 9")
+    else:
+        del manifest["annotations"][CONFIG_ANNOTATION]
+    client.put_manifest(repo.with_tag(key), json.dumps(manifest).encode(), mt.OCI_MANIFEST)
+    reads: list[str] = []
+    fetch_blob = client.fetch_blob
+
+    def counted(repository: Reference, digest: str, out: BinaryIO) -> int:
+        reads.append(digest)
+        return fetch_blob(repository, digest, out)
+
+    client.fetch_blob = counted  # type: ignore[method-assign]
+    assert cache.fetch_record(cache.lookup([key])[key]) == record
+    assert reads == [manifest["config"]["digest"]]
 
 
 def test_an_entry_is_an_ordinary_image_for_skopeo(
@@ -409,6 +467,7 @@ MALFORMED: list[tuple[Damage, str]] = [
 ]
 
 
+@pytest.mark.parametrize("embed", [False, True], ids=["config blob", "embedded config"])
 @pytest.mark.parametrize(("damage", "reason"), MALFORMED)
 def test_a_malformed_entry_is_a_miss_with_a_reason(
     registry: RegistryServer,
@@ -417,6 +476,7 @@ def test_a_malformed_entry_is_a_miss_with_a_reason(
     tmp_path: Path,
     damage: Damage,
     reason: str,
+    embed: bool,
 ) -> None:
     repo = unique_repo(registry)
     cache = RemoteCache(client, repo)
@@ -430,6 +490,8 @@ def test_a_malformed_entry_is_a_miss_with_a_reason(
     with store.open_blob(config_blob.digest) as handle:
         client.upload_blob(repo, config_blob.digest, config_blob.size, handle)
     manifest = json.loads(entry_manifest(key, record, config_blob))
+    if notes and embed:
+        notes[CONFIG_ANNOTATION] = config.decode(errors="surrogateescape")
     if notes:
         manifest["annotations"] = notes
     else:

@@ -1,5 +1,6 @@
 """What a run asks the remote cache for, counted in the registry's own access log: the targets'
-last steps first, then only what a miss among them may need; each needed blob once."""
+last steps first (one manifest GET per hit, nothing more), then only what a miss among them may
+need; each needed blob once."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from remote_repo import make_repo
 from buildgraph.cache.local import LocalStore
 from buildgraph.cli import main
 from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.remote import remote_session
 
 
@@ -47,24 +49,33 @@ def machine_b(
 
 
 def looked_up(registry: RegistryServer, since: int) -> list[str]:
-    """The keys of the manifest HEADs made after the first SINCE requests."""
+    """The keys whose manifests were read by tag after the first SINCE requests."""
     return sorted(
         path.rsplit("/", 1)[1]
         for method, path in registry.requests()[since:]
-        if method == "HEAD" and "/manifests/" in path
+        if method in ("GET", "HEAD") and "/manifests/" in path and "sha256:" not in path
     )
 
 
 def test_a_fully_cached_graph_costs_one_lookup_per_target(
     logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
 ) -> None:
-    repo, _ = machine_b(logged_registry, busybox_cache, tmp_path, capsys, "lookups")
+    repo, remote = machine_b(logged_registry, busybox_cache, tmp_path, capsys, "lookups")
     keys = step_keys(repo, capsys)
     before = len(logged_registry.requests())
     run(repo, capsys)
     last_steps = [keys["[stage-0] RUN echo base > /base.txt"]]
     last_steps.append(keys["[stage-0] RUN cat /base.txt /app/main.txt > /out"])
     assert looked_up(logged_registry, before) == sorted(last_steps)
+    # A hit costs that one GET: its manifest carries the config, so the other reads are the
+    # layer downloads, and no config blob is read.
+    reads = [path for method, path in logged_registry.requests()[before:] if method == "GET"]
+    assert len([path for path in reads if "/manifests/" in path]) == len(last_steps)
+    with RegistryClient() as client:
+        manifests = [client.get_manifest(parse_reference(f"{remote}:{key}")) for key in last_steps]
+    configs = {json.loads(manifest.data)["config"]["digest"] for manifest in manifests}
+    blobs = {path.rsplit("/", 1)[1] for path in reads if "/blobs/" in path}
+    assert blobs and not blobs & configs
 
 
 def test_a_miss_looks_up_what_it_may_need_and_nothing_below_hits(
