@@ -33,6 +33,9 @@ from buildgraph.registry.upload import (
 )
 
 DOWNLOAD_CHUNK = 1 << 20  # bytes per read while streaming a blob
+# What registries must accept (OCI distribution spec); a bigger "manifest" is refused unread,
+# so a hostile registry cannot make a lookup buffer gigabytes.
+MAX_MANIFEST_SIZE = 4 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,16 +90,27 @@ class RegistryClient:
         self, ref: Reference, accept: Sequence[str] = ALL_MANIFESTS
     ) -> ManifestResponse:
         scopes = _pull(ref)
-        response = self._transport.request(
-            "GET", ref.registry, _manifest_path(ref), scopes=scopes, headers=_accept(accept)
-        )
-        with response:
-            if response.status_code == 404:
-                raise NotFound(f"manifest unknown: {ref}")
-            raise_for_status(response, ref.registry, scopes, f"manifest {ref}")
-            data = response.content
-            media_type = _media_type(response, data)
-            claimed = response.headers.get("Docker-Content-Digest")
+        subject = f"manifest {ref}"
+
+        def attempt(deadline: Deadline) -> tuple[bytes, str, str | None]:
+            response = self._transport.send(
+                "GET",
+                ref.registry,
+                _manifest_path(ref),
+                scopes=scopes,
+                deadline=deadline,
+                headers=_accept(accept),
+                stream=True,
+            )
+            with response:
+                if response.status_code == 404:
+                    raise NotFound(f"manifest unknown: {ref}")
+                raise_for_status(response, ref.registry, scopes, subject)
+                data = _read_limited(response, MAX_MANIFEST_SIZE, ref.registry, subject)
+                claimed = response.headers.get("Docker-Content-Digest")
+                return data, _media_type(response, data), claimed
+
+        data, media_type, claimed = self._transport.run(ref.registry, attempt)
         digest = _check_manifest_digest(ref, data, claimed)
         return ManifestResponse(data, media_type, digest)
 
@@ -264,6 +278,20 @@ class RegistryClient:
                 return False
             raise_for_status(response, repo.registry, scopes, f"blob {repo.name}@{digest}")
         return True
+
+
+def _read_limited(response: requests.Response, limit: int, registry: str, subject: str) -> bytes:
+    """The whole body, or RegistryError as soon as it is known to exceed `limit` bytes."""
+    declared = response.headers.get("Content-Length", "")
+    body = bytearray()
+    if not (declared.isdigit() and int(declared) > limit):
+        for chunk in response.iter_content(64 << 10):
+            body += chunk
+            if len(body) > limit:
+                break
+    if len(body) > limit or (declared.isdigit() and int(declared) > limit):
+        raise RegistryError(f"registry {registry}: {subject} is over {limit >> 20} MiB")
+    return bytes(body)
 
 
 def _stream_verified(response: requests.Response, digest: str, out: BinaryIO, subject: str) -> int:

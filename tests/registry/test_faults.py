@@ -56,6 +56,30 @@ def test_5xx_is_retried_then_succeeds(registry: RegistryServer, scripted: Script
     assert _count(scripted, "GET /v2/" + repo.repository + "/manifests/v1") == 3
 
 
+def test_a_manifest_cut_off_midway_is_read_again(
+    registry: RegistryServer, scripted: ScriptedServer
+) -> None:
+    repo = unique_repo(registry)
+    with _client() as client:
+        digest = push_image(client, repo, "v1", Blob(b"cut manifest layer"))
+        scripted.script.append(Answer(f"GET /v2/{repo.repository}/manifests/v1", cut_after=40))
+        got = client.get_manifest(_via(scripted, repo).with_tag("v1"))
+    assert got.digest == digest
+    assert _count(scripted, f"GET /v2/{repo.repository}/manifests/v1") == 2
+
+
+def test_a_manifest_over_4_mib_is_refused_unread(scripted: ScriptedServer) -> None:
+    """A hostile registry cannot make a lookup buffer a huge "manifest"; nothing is retried."""
+    body = b'{"schemaVersion":2,"annotations":{"a":"' + b"x" * (4 << 20) + b'"}}'
+    headers = {"Content-Type": OCI_MANIFEST}
+    scripted.script.append(Answer("/manifests/v1", 200, headers, body=body, times=9))
+    repo = unique_repo(scripted.host).with_tag("v1")
+    with _client() as client, pytest.raises(RegistryError) as caught:
+        client.get_manifest(repo)
+    assert str(caught.value) == f"registry {scripted.host}: manifest {repo} is over 4 MiB"
+    assert _count(scripted, "/manifests/v1") == 1
+
+
 def test_429_honours_retry_after(registry: RegistryServer, scripted: ScriptedServer) -> None:
     repo = unique_repo(registry)
     with _client(backoff=0.01) as client:
