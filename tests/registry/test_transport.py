@@ -1,13 +1,20 @@
-"""Finding out whether a loopback registry speaks TLS: one bare handshake, no CA bundle loaded."""
+"""Finding out whether a loopback registry speaks TLS (one bare handshake, no CA bundle loaded),
+and verified TLS connections sharing one CA store."""
 
 from __future__ import annotations
 
 import ssl
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from registry_server import RegistryServer, free_port
 
+from buildgraph.errors import InputError
+from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.transport import Deadline, Transport, _port
 
 
@@ -29,6 +36,46 @@ def test_the_probe_tells_tls_from_plain_http_without_loading_a_ca_bundle(
     deadline = Deadline(time.monotonic() + 10)
     assert transport._scheme(registry.host, deadline) == "http"
     assert transport._scheme(tls_htpasswd_registry.host, deadline) == "https"
+
+
+def test_parallel_tls_connections_load_the_ca_bundle_once(
+    tls_htpasswd_registry: RegistryServer, tls_ca: tuple[Path, tuple[Path, Path]], monkeypatch
+) -> None:
+    counts = {"loads": 0, "connections": 0}
+    lock = threading.Lock()
+    load, wrap = ssl.SSLContext.load_verify_locations, ssl.SSLContext.wrap_socket
+
+    def counted(name: str, real: Callable[..., object]) -> Callable[..., object]:
+        def call(*args: object, **kwargs: object) -> object:
+            with lock:
+                counts[name] += 1
+            return real(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted("loads", load))
+    monkeypatch.setattr(ssl.SSLContext, "wrap_socket", counted("connections", wrap))
+    host = tls_htpasswd_registry.host
+    with RegistryClient(ca_bundle=str(tls_ca[0])) as client:
+        start = threading.Barrier(8)
+
+        def ping(_: int) -> None:
+            start.wait()  # all at once, so they need connections of their own
+            client.ping(host)  # a verified handshake each; the 401 still means "a registry"
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            list(pool.map(ping, range(8)))
+    assert counts["connections"] >= 4  # the probe's handshake and several pooled connections
+    assert counts["loads"] == 1
+
+
+def test_a_missing_ca_bundle_is_one_clear_error(
+    tls_htpasswd_registry: RegistryServer, tmp_path: Path
+) -> None:
+    missing = tmp_path / "nowhere.pem"
+    with RegistryClient(ca_bundle=str(missing)) as client, pytest.raises(InputError) as caught:
+        client.ping(tls_htpasswd_registry.host)
+    assert str(caught.value) == f"TLS CA bundle {missing}: No such file or directory"
 
 
 def test_an_unreachable_host_is_probed_again_later(registry: RegistryServer) -> None:
