@@ -167,10 +167,10 @@ class RemoteCache:
         config = entry_config(key, record, platform or default_platform())
         config_descriptor = Descriptor(mt.OCI_CONFIG, sha256_digest(config), len(config))
         manifest = entry_manifest(key, record, config_descriptor, config)
-        layers = list(
-            {layer.descriptor.digest: layer.descriptor for layer in record.layers}.values()
-        )
-        map_all(lambda blob: self._push_layer(blob, store, mount_from), layers, self.jobs)
+        layers = {layer.descriptor.digest: layer.descriptor for layer in record.layers}
+        with self._lock:  # most layers are below the step, pushed by an earlier export already
+            unsure = [blob for digest, blob in layers.items() if not _pushed(self._present, digest)]
+        map_all(lambda blob: self._push_layer(blob, store, mount_from), unsure, self.jobs)
         self.client.upload_blob(
             self.repository,
             config_descriptor.digest,
@@ -305,10 +305,17 @@ def _parse_record(data: bytes, manifest: Manifest, key: str, where: Reference) -
     return StepRecord(layers, history)
 
 
+def _pushed(present: dict[str, Future[None]], digest: str) -> bool:
+    """Is the blob known to be in the repository already (its push done, and not failed)?"""
+    push = present.get(digest)
+    return push is not None and push.done() and push.exception() is None
+
+
 def map_all(function: Callable[[T], R], items: Sequence[T], jobs: int) -> list[R]:
-    """`function` over `items` on up to `jobs` threads; the first failure cancels the rest."""
-    if not items:
-        return []
+    """`function` over `items` on up to `jobs` threads; the first failure cancels the rest.
+    A single item runs in the calling thread."""
+    if len(items) <= 1:
+        return [function(item) for item in items]
     pool = ThreadPoolExecutor(max_workers=min(jobs, len(items)))
     try:
         futures = [pool.submit(function, item) for item in items]
