@@ -15,7 +15,7 @@ Format (FORMAT_VERSION 1):
 - the manifest also carries the config itself, verbatim, in the annotation
   `io.buildgraph.step.config`, so one GET reads an entry; a reader uses it only when it hashes to
   the config descriptor's digest, and reads the config blob otherwise (entries written before the
-  annotation existed have none).
+  annotation existed, and configs over MAX_EMBEDDED_CONFIG, have none).
 
 A lookup is one manifest GET per key: a 404 costs what a HEAD would, and a hit needs no second
 request. A failing registry raises RegistryError; an entry that is not ours or disagrees with
@@ -57,6 +57,9 @@ KEY_ANNOTATION = "io.buildgraph.key"  # on the manifest
 CONFIG_ANNOTATION = "io.buildgraph.step.config"  # on the manifest: the config blob's text
 FORMAT_VERSION = 1  # bump when the entry format changes; entries of another format are misses
 MAX_CONFIG_SIZE = 4 << 20  # a step config is small; refuse to buffer a huge foreign one
+# A bigger config (a very long history) is not copied into the manifest, which registries cap at
+# 4 MiB; such an entry costs one more GET to read.
+MAX_EMBEDDED_CONFIG = 256 << 10
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -166,7 +169,8 @@ class RemoteCache:
         ref = self.tag(key)
         config = entry_config(key, record, platform or default_platform())
         config_descriptor = Descriptor(mt.OCI_CONFIG, sha256_digest(config), len(config))
-        manifest = entry_manifest(key, record, config_descriptor, config)
+        embedded = config if len(config) <= MAX_EMBEDDED_CONFIG else None
+        manifest = entry_manifest(key, record, config_descriptor, embedded)
         layers = {layer.descriptor.digest: layer.descriptor for layer in record.layers}
         with self._lock:  # most layers are below the step, pushed by an earlier export already
             unsure = [blob for digest, blob in layers.items() if not _pushed(self._present, digest)]

@@ -21,6 +21,7 @@ from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import (
     CONFIG_ANNOTATION,
     KEY_ANNOTATION,
+    MAX_EMBEDDED_CONFIG,
     STEP_FIELD,
     RemoteCache,
     RemoteEntry,
@@ -274,6 +275,22 @@ def test_without_a_usable_embedded_config_the_config_blob_is_read(
     client.fetch_blob = counted  # type: ignore[method-assign]
     assert cache.fetch_record(cache.lookup([key])[key]) == record
     assert reads == [manifest["config"]["digest"]]
+
+
+def test_a_huge_config_is_not_copied_into_the_manifest(
+    registry: RegistryServer, client: RegistryClient, store: LocalStore, tmp_path: Path
+) -> None:
+    repo = unique_repo(registry)
+    cache = RemoteCache(client, repo)
+    small = make_record(store, tmp_path, 1)
+    long_step = HistoryEntry(created_by="RUN " + "x" * MAX_EMBEDDED_CONFIG)
+    record = StepRecord(small.layers, (*small.history, long_step))
+    key = key_of("huge config")
+    cache.export(key, record, store, platform=PLATFORM)
+    manifest = json.loads(client.get_manifest(repo.with_tag(key)).data)
+    assert set(manifest["annotations"]) == {KEY_ANNOTATION}
+    assert manifest["config"]["size"] > MAX_EMBEDDED_CONFIG
+    assert cache.fetch_record(cache.lookup([key])[key]) == record  # from the config blob
 
 
 def test_an_entry_is_an_ordinary_image_for_skopeo(
