@@ -283,13 +283,14 @@ class RegistryClient:
 def _read_limited(response: requests.Response, limit: int, registry: str, subject: str) -> bytes:
     """The whole body, or RegistryError as soon as it is known to exceed `limit` bytes."""
     declared = response.headers.get("Content-Length", "")
+    too_big = declared.isdigit() and int(declared) > limit
     body = bytearray()
-    if not (declared.isdigit() and int(declared) > limit):
-        for chunk in response.iter_content(64 << 10):
-            body += chunk
-            if len(body) > limit:
-                break
-    if len(body) > limit or (declared.isdigit() and int(declared) > limit):
+    for chunk in () if too_big else response.iter_content(64 << 10):
+        body += chunk
+        if len(body) > limit:
+            too_big = True
+            break
+    if too_big:
         raise RegistryError(f"registry {registry}: {subject} is over {limit >> 20} MiB")
     return bytes(body)
 

@@ -304,7 +304,7 @@ class _Adapter(HTTPAdapter):
                     else:
                         context.load_verify_locations(cafile=bundle)
                 except (OSError, ssl.SSLError) as err:
-                    reason = err.strerror or err.reason or type(err).__name__
+                    reason = err.strerror or type(err).__name__
                     raise InputError(f"TLS CA bundle {bundle}: {reason}") from None
                 self._contexts[bundle] = context
         return context
