@@ -85,13 +85,30 @@ def _ignore(_: str) -> None:
 class RemoteCache:
     """Step records in one registry repository; safe to share between threads."""
 
-    def __init__(self, client: RegistryClient, repository: Reference, *, jobs: int = 8) -> None:
-        self.client = client
+    def __init__(
+        self,
+        client: RegistryClient | Callable[[], RegistryClient],
+        repository: Reference,
+        *,
+        jobs: int = 8,
+    ) -> None:
+        """`client` may be a factory, called on the first registry request: a run whose every
+        step is in the local store then never makes a client (nor imports requests)."""
+        self._client = None if callable(client) else client
+        self._connect = client if callable(client) else None
         self.repository = repository.repository_only()
         self.jobs = max(1, jobs)
         self._lock = threading.Lock()
         # blob digest -> done once the repository has it (set by the first export to need it)
         self._present: dict[str, Future[None]] = {}
+
+    @property
+    def client(self) -> RegistryClient:
+        with self._lock:
+            if self._client is None:
+                assert self._connect is not None
+                self._client = self._connect()
+            return self._client
 
     def tag(self, key: str) -> Reference:
         return self.repository.with_tag(key)  # InputError if `key` is not a valid tag

@@ -183,9 +183,10 @@ def remote_session(
     check mounts the empty blob into the repository itself, which writes nothing."""
     if not source and not target:
         return None
+    connect = _shared(client)  # read and write share one client, made when first needed
     try:
-        read = RemoteCache(client(), parse_reference(source, default_tag=None)) if source else None
-        write = RemoteCache(client(), parse_reference(target, default_tag=None)) if target else None
+        read = RemoteCache(connect, parse_reference(source, default_tag=None)) if source else None
+        write = RemoteCache(connect, parse_reference(target, default_tag=None)) if target else None
     except InputError as err:
         raise InputError(f"remote cache: {err}") from err
     failure: BuildgraphError | None = None
@@ -206,3 +207,17 @@ def remote_session(
     if failure is not None:
         session._failed("export", failure)  # one warning, or the error when it is required
     return session
+
+
+def _shared(client: Callable[[], RegistryClient]) -> Callable[[], RegistryClient]:
+    """`client`, called once: every later call returns the same client."""
+    lock = threading.Lock()
+    made: list[RegistryClient] = []
+
+    def connect() -> RegistryClient:
+        with lock:
+            if not made:
+                made.append(client())
+            return made[0]
+
+    return connect

@@ -5,12 +5,14 @@ need; each needed blob once."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from registry_server import RegistryServer
+from registry_server import RegistryServer, free_port
 from remote_repo import make_repo
 
 from buildgraph.cache.local import LocalStore
@@ -127,3 +129,24 @@ def test_records_that_share_layers_download_each_blob_once(
     assert sorted(fetched) == sorted(f"/v2/cache/shared-layers/blobs/{b.digest}" for b in missing)
     assert session.downloaded == sum(blob.size for blob in missing)
     assert record.missing_layers(store) == []
+
+
+def test_a_run_with_every_step_local_makes_no_registry_client(
+    busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    """Nothing to look up, so no client is made and requests is never imported (~0.1 s)."""
+    nobody = f"127.0.0.1:{free_port()}/cache/none"  # would fail, were it asked anything
+    repo = make_repo(tmp_path / "repo", busybox_cache, nobody)
+    buildfile = str(repo / "Buildfile.yaml")
+    no_remote = ["--cache-from", "", "--cache-to", ""]
+    assert main(["run", "-f", buildfile, "--progress", "json", *no_remote]) == 0  # all local now
+    capsys.readouterr()
+    argv = ["run", "-f", buildfile, "--progress", "plain", "--cache-to", ""]  # reads `nobody`
+    script = (
+        "import sys; from buildgraph.cli import main; "
+        f"code = main({argv!r}); print('requests' in sys.modules); sys.exit(code)"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "False"
+    assert "warning" not in done.stderr
