@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -43,7 +44,10 @@ def work_dir(prefix: str, *, keep: bool) -> Iterator[Path]:
     """A temporary work dir for one benchmark, removed afterwards unless `keep`. Byte-code is
     cached there as an installed wheel's would be: under PYTHONDONTWRITEBYTECODE=1 every
     buildgraph command would recompile ~110 modules (~0.1 s)."""
-    work = Path(tempfile.mkdtemp(prefix=prefix))
+    # Not mkdtemp: buildah names an image pulled from an OCI layout after the layout's path, and
+    # a random "_" next to "-" or "/" makes that an invalid reference.
+    work = Path(tempfile.gettempdir()) / f"{prefix}{secrets.token_hex(4)}"
+    work.mkdir(mode=0o700)
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     try:
