@@ -239,7 +239,8 @@ def _measure_machine_b(
         result.downloaded = int(found[-1]) if found else 0
         result.needed = missing_layer_bytes(machine_b.cache, seed)
     # what any run costs: start-up, compiling the graph, tagging
-    again = _timed("buildgraph", "B again, all local", _run, machine_b, repo, logs, read)
+    again_log = logs / f"bg-b-{attempt}-again.log"
+    again = _timed("buildgraph", "B again, all local", _run, machine_b, repo, logs, read, again_log)
     result.again = _least(result.again, again)
 
 
