@@ -19,6 +19,7 @@ if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
     from buildgraph.registry.client import RegistryClient
 
 Warn = Callable[[str], None]
+EMPTY_BLOB = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
 class RemoteSession:
@@ -51,6 +52,7 @@ class RemoteSession:
         self._lock = threading.Lock()
         self._exports: list[Future[None]] = []
         self._pool = ThreadPoolExecutor(max_workers=jobs) if target else None
+        self._access_checked = target is None
         # blob digest -> its download, shared by every record that needs the blob
         self._downloads: dict[str, Future[None]] = {}
         self._download_pool = ThreadPoolExecutor(max_workers=jobs) if source else None
@@ -87,9 +89,38 @@ class RemoteSession:
         try:
             action()
         except RegistryError as err:
+            if self.source is not None and self._same_registry(self.source):
+                self.target = None  # the same outage: one warning for both
+                self._access_checked = True
             self.source = None
             self.hits = {}
             self._failed("lookup", err)
+
+    def _same_registry(self, other: RemoteCache) -> bool:
+        return self.target is not None and (
+            self.target.repository.registry == other.repository.registry
+        )
+
+    def check_export_access(self) -> None:
+        """Called before the first step runs (only a built step is exported): can the export
+        repository be pushed to? Mounting the empty blob into the repository itself asks that
+        and writes nothing. A run that builds nothing never asks. Refused credentials raise
+        AuthError, before anything is built; a failing registry costs the export (and the
+        lookups, on the same registry) one warning, or the error when `required`."""
+        target = self.target
+        if self._access_checked or target is None:
+            return
+        self._access_checked = True
+        try:
+            target.client.mount_blob(target.repository, EMPTY_BLOB, target.repository)
+        except AuthError as err:
+            raise AuthError(f"remote cache {target.repository}: {err}") from err
+        except (RegistryError, NotFound) as err:
+            if self.source is not None and self._same_registry(self.source):
+                self.source = None  # a lookup would only wait and fail again
+                self.hits = {}
+            self.target = None
+            self._failed("export", err)
 
     def record(self, key: str) -> StepRecord | None:
         """The step's record from the remote cache, if it has a usable one (read on first use
@@ -138,7 +169,9 @@ class RemoteSession:
 
     def export(self, key: str, record: StepRecord) -> None:
         """Push a finished step in the background; never delays the build."""
-        if self._pool is None or (self.export_only is not None and key not in self.export_only):
+        if self.target is None or self._pool is None:
+            return
+        if self.export_only is not None and key not in self.export_only:
             return
         self._exports.append(self._pool.submit(self._export, key, record))
 
@@ -176,11 +209,9 @@ def remote_session(
     required: bool,
     export_only: set[str] | None,
 ) -> RemoteSession | None:
-    """The remote cache for this run, or None when no repository is configured.
-
-    Push access to `target` is checked here, before anything is built: exports run in the
-    background and a refused one would only show as a warning once the build is done. The
-    check mounts the empty blob into the repository itself, which writes nothing."""
+    """The remote cache for this run, or None when no repository is configured. Nothing is
+    asked of a registry here: lookups come first, and push access to `target` is checked
+    before the first step runs (`check_export_access`)."""
     if not source and not target:
         return None
     connect = _shared(client)  # read and write share one client, made when first needed
@@ -189,24 +220,9 @@ def remote_session(
         write = RemoteCache(connect, parse_reference(target, default_tag=None)) if target else None
     except InputError as err:
         raise InputError(f"remote cache: {err}") from err
-    failure: BuildgraphError | None = None
-    if write is not None:
-        empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
-        try:
-            write.client.mount_blob(write.repository, empty, write.repository)
-        except AuthError as err:
-            raise AuthError(f"remote cache {write.repository}: {err}") from err
-        except (RegistryError, NotFound) as err:
-            failure = err
-            if read is not None and read.repository.registry == write.repository.registry:
-                read = None  # the same failing registry: a lookup would only wait and fail again
-            write = None
-    session = RemoteSession(
+    return RemoteSession(
         store, source=read, target=write, warn=warn, required=required, export_only=export_only
     )
-    if failure is not None:
-        session._failed("export", failure)  # one warning, or the error when it is required
-    return session
 
 
 def _shared(client: Callable[[], RegistryClient]) -> Callable[[], RegistryClient]:

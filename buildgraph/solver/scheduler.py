@@ -190,6 +190,8 @@ def run(
                 if await_inputs(key):  # built after all: its pruned inputs come first
                     continue
                 inputs = {parent: records[parent] for parent in graph.predecessors(key)}
+                if remote is not None:  # a push refused shows before the first step runs
+                    remote.check_export_access()
                 sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
                 running[pool.submit(_timed, worker, step, inputs)] = key
             if not running:

@@ -85,7 +85,7 @@ CASES = [
     # (command, options, Buildfile has cache.remote, what the line says failed)
     ("run", ("--cache-from", "{repo}"), False, "(pull)"),
     ("run", ("--cache-to", "{repo}"), False, "(push)"),
-    ("run", (), True, "(push)"),  # cache.remote: read and write
+    ("run", (), True, "(pull)"),  # cache.remote: read and write; the lookups ask first
     ("run", ("--cache-to", ""), True, "(pull)"),  # cache.remote, read only
     ("warm", ("--cache-from", "{repo}"), False, "(pull)"),
     ("warm", ("--build",), True, "(pull)"),
@@ -214,8 +214,8 @@ def test_build_with_a_refused_cache_repo_exits_3(
     capsys.readouterr()
     assert main([*argv, "--progress", "plain"]) == 3
     err = capsys.readouterr().err
-    assert err == (
-        f"buildgraph: error: remote cache {auth_registry.host}/cache/auth: authentication to "
-        f"{auth_registry.host} failed for cache/auth (push)\n"
+    assert err == (  # --cache-repo reads and writes: the lookups ask first
+        f"buildgraph: error: remote cache lookup failed: authentication to "
+        f"{auth_registry.host} failed for cache/auth (pull)\n"
     )
     assert nothing_built(repo)

@@ -131,17 +131,21 @@ def test_records_that_share_layers_download_each_blob_once(
     assert record.missing_layers(store) == []
 
 
+@pytest.mark.parametrize("export", [False, True], ids=["read only", "read and write"])
 def test_a_run_with_every_step_local_makes_no_registry_client(
-    busybox_cache: Path, tmp_path: Path, capsys
+    busybox_cache: Path, tmp_path: Path, capsys, export: bool
 ) -> None:
-    """Nothing to look up, so no client is made and requests is never imported (~0.1 s)."""
+    """Nothing to look up and nothing built to export: no client is made, requests is never
+    imported (~0.1 s), and the registry (unreachable here) is not even asked for push access."""
     nobody = f"127.0.0.1:{free_port()}/cache/none"  # would fail, were it asked anything
     repo = make_repo(tmp_path / "repo", busybox_cache, nobody)
     buildfile = str(repo / "Buildfile.yaml")
     no_remote = ["--cache-from", "", "--cache-to", ""]
     assert main(["run", "-f", buildfile, "--progress", "json", *no_remote]) == 0  # all local now
     capsys.readouterr()
-    argv = ["run", "-f", buildfile, "--progress", "plain", "--cache-to", ""]  # reads `nobody`
+    argv = ["run", "-f", buildfile, "--progress", "plain"]  # cache.remote: `nobody`
+    if not export:
+        argv += ["--cache-to", ""]
     script = (
         "import sys; from buildgraph.cli import main; "
         f"code = main({argv!r}); print('requests' in sys.modules); sys.exit(code)"
