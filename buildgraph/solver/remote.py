@@ -89,17 +89,19 @@ class RemoteSession:
         try:
             action()
         except RegistryError as err:
-            if self.source is not None and self._same_registry(self.source):
+            if self._one_registry():
                 self.target = None  # the same outage: one warning for both
                 self._access_checked = True
             self.source = None
             self.hits = {}
             self._failed("lookup", err)
 
-    def _same_registry(self, other: RemoteCache) -> bool:
-        return self.target is not None and (
-            self.target.repository.registry == other.repository.registry
-        )
+    def _one_registry(self) -> bool:
+        """Do the lookups and the export go to the same registry (and share its outages)?"""
+        source, target = self.source, self.target
+        if source is None or target is None:
+            return False
+        return source.repository.registry == target.repository.registry
 
     def check_export_access(self) -> None:
         """Called before the first step runs (only a built step is exported): can the export
@@ -116,7 +118,7 @@ class RemoteSession:
         except AuthError as err:
             raise AuthError(f"remote cache {target.repository}: {err}") from err
         except (RegistryError, NotFound) as err:
-            if self.source is not None and self._same_registry(self.source):
+            if self._one_registry():
                 self.source = None  # a lookup would only wait and fail again
                 self.hits = {}
             self.target = None
