@@ -20,6 +20,9 @@ is built twice by every engine, on two "machines" that share nothing but that re
 - buildgraph's machine B runs once more, every step now in its store: what any run costs
   (start-up, compiling the graph, tagging). For reference, the report sets B's time beyond that
   beside the cold build's.
+- buildgraph's machine A once more with `cache.mode: min` (the targets' final images only, what
+  BuildKit's inline cache holds too; the default, max, exports every step), and a machine B from
+  that cache.
 
 buildgraph's steps run on B are its `started` events (exports left out); its bytes downloaded are
 the summary's "remote cache: N bytes downloaded" line, set beside the sizes of the layers the
@@ -47,7 +50,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from bench_monorepo import Buildgraph, make_seed, started_steps
@@ -87,6 +90,9 @@ class Result:
     export: float | None = None  # machine A: cold build that exports the cache
     fresh: float | None = None  # machine B: fresh store, remote cache
     again: float | None = None  # buildgraph only: machine B once more, every step local now
+    export_min: float | None = None  # buildgraph only: machine A with cache.mode min
+    fresh_min: float | None = None  # buildgraph only: machine B from that mode-min cache
+    steps_run_min: int | None = None  # on machine B from the mode-min cache
     steps_run: int | None = None  # on machine B
     downloaded: int | None = None  # buildgraph only: bytes, from its summary line
     needed: int | None = None  # buildgraph only: layer bytes of the final images B lacked
@@ -196,7 +202,8 @@ def measure_buildgraph(
     with contextlib.suppress(PeerError):
         warm_up.reset()
         warm_up.build_all(generate(work / "warm-up", 1, sources=2), logs / "bg-warm-up.log")
-    for attempt in range(options.repeat):  # interleaved, so load drifts hit all three alike
+    minimal = min_mode(repo)
+    for attempt in range(options.repeat):  # interleaved, so load drifts hit all alike
         plain = Buildgraph(work / f"bg-cold-{attempt}", seed)
         plain.reset()  # a copy of the seed: busybox only; not timed
         meter = CpuMeter(pid)
@@ -215,6 +222,7 @@ def measure_buildgraph(
             result.notes.append(f"machine A failed in attempt {attempt + 1}; no B after it")
             continue
         _measure_machine_b(result, work, seed, repo, cache_repo, attempt, pid)
+        _measure_min_mode(result, work, seed, minimal, f"{host}/cache/bgmin{attempt}", attempt, pid)
     return result
 
 
@@ -242,6 +250,43 @@ def _measure_machine_b(
     again_log = logs / f"bg-b-{attempt}-again.log"
     again = _timed("buildgraph", "B again, all local", _run, machine_b, repo, logs, read, again_log)
     result.again = _least(result.again, again)
+
+
+def min_mode(repo: Monorepo) -> Monorepo:
+    """The same tree with a Buildfile that sets cache.mode min (a sibling, so paths still hold):
+    only the targets' final images are exported, as BuildKit's inline cache holds."""
+    path = repo.buildfile.with_name("Buildfile.min.yaml")
+    text = repo.buildfile.read_text()
+    minimal = text.replace("cache: {dir: cache}", "cache: {dir: cache, mode: min}", 1)
+    assert minimal != text, "the monorepo's Buildfile no longer has the cache line this expects"
+    path.write_text(minimal)
+    return replace(repo, buildfile=path)
+
+
+def _measure_min_mode(
+    result: Result, work: Path, seed: Path, repo: Monorepo, cache_repo: str, attempt: int, pid: int
+) -> None:
+    """Machine A exporting with cache.mode min, then machine B from that cache."""
+    logs = work / "logs"
+    machine_a = Buildgraph(work / f"bg-a-min-{attempt}", seed)
+    machine_a.reset()
+    meter = CpuMeter(pid)
+    export = ("--cache-to", cache_repo)
+    seconds = _timed("buildgraph", "A, mode min", _run, machine_a, repo, logs, export)
+    _keep_best(result, "export_min", seconds, meter)
+    result.export_min = _least(result.export_min, seconds)
+    if seconds is None:
+        return
+    machine_b = Buildgraph(work / f"bg-b-min-{attempt}", seed)
+    machine_b.reset()
+    log = logs / f"bg-b-min-{attempt}.log"
+    read = ("--cache-from", cache_repo)
+    seconds = _timed(
+        "buildgraph", "B from the mode-min cache", _run, machine_b, repo, logs, read, log
+    )
+    result.fresh_min = _least(result.fresh_min, seconds)
+    if seconds is not None and result.steps_run_min is None:
+        result.steps_run_min = len(started_steps(log))
 
 
 def _keep_best(result: Result, scenario: str, seconds: float | None, meter: CpuMeter) -> None:
@@ -504,6 +549,18 @@ def print_report(command: str, options: argparse.Namespace, results: dict[str, R
             "store: busybox only; --cache-from",
         ),
         ("B again: every step local", (ours.again, None, None), "", "what any run costs"),
+        (
+            "A, cache.mode min",
+            (ours.export_min, None, None),
+            "",
+            "bg --cache-to, the targets' images only",
+        ),
+        (
+            "B from the mode-min cache",
+            (ours.fresh_min, None, None),
+            _cell(ours.steps_run_min),
+            "store: busybox only; --cache-from",
+        ),
     ]
     for name, seconds, steps, text in rows:
         cells = [_seconds(value) for value in seconds]
@@ -516,12 +573,21 @@ def print_report(command: str, options: argparse.Namespace, results: dict[str, R
         ("B: buildgraph / BuildKit", _ratio(ours.fresh, bk.fresh), FRESH_VS_BUILDKIT),
         ("B: buildgraph / buildgraph cold", _ratio(ours.fresh, ours.cold), FRESH_VS_COLD),
         ("A: cold + export / cold, no export", _ratio(ours.export, ours.cold), EXPORT_VS_NO_EXPORT),
+        (
+            "A, cache.mode min / cold, no export",
+            _ratio(ours.export_min, ours.cold),
+            EXPORT_VS_NO_EXPORT,
+        ),
     ]
     for name, value, bound in targets:
         met = "-" if value is None else "yes" if value <= bound else "NO"
         print(f"{name:<44} {ratio(value):>14} {f'<= {bound:g}x':>10}  {met}")
     steps_met = "-" if ours.steps_run is None else "yes" if ours.steps_run == 0 else "NO"
     print(f"{'B: buildgraph steps run':<44} {_cell(ours.steps_run):>14} {'0':>10}  {steps_met}")
+    if ours.steps_run_min is not None:
+        met = "yes" if ours.steps_run_min == 0 else "NO"
+        name = "B from the mode-min cache: steps run"
+        print(f"{name:<44} {ours.steps_run_min:>14} {'0':>10}  {met}")
     equal = None if ours.downloaded is None else ours.downloaded == ours.needed
     print(
         f"{'B: bytes downloaded / layers the outputs need':<44} "
@@ -559,7 +625,12 @@ def print_cpu(ours: Result) -> None:
     )
     print(header)
     print("-" * len(header))
-    names = {"cold": "cold, no export", "export": "A: cold + export", "fresh": "B: fresh machine"}
+    names = {
+        "cold": "cold, no export",
+        "export": "A: cold + export",
+        "export_min": "A, cache.mode min",
+        "fresh": "B: fresh machine",
+    }
     for scenario, name in names.items():
         cpu = ours.cpu.get(scenario)
         if cpu is None:
