@@ -188,10 +188,7 @@ class RemoteCache:
         config_descriptor = Descriptor(mt.OCI_CONFIG, sha256_digest(config), len(config))
         embedded = config if len(config) <= MAX_EMBEDDED_CONFIG else None
         manifest = entry_manifest(key, record, config_descriptor, embedded)
-        layers = {layer.descriptor.digest: layer.descriptor for layer in record.layers}
-        with self._lock:  # most layers are below the step, pushed by an earlier export already
-            unsure = [blob for digest, blob in layers.items() if not _pushed(self._present, digest)]
-        map_all(lambda blob: self._push_layer(blob, store, mount_from), unsure, self.jobs)
+        self.push_layers(record, store, mount_from=mount_from)
         self.client.upload_blob(
             self.repository,
             config_descriptor.digest,
@@ -200,6 +197,25 @@ class RemoteCache:
             check=False,  # the config names the key: a new key has a new config
         )
         return self.client.put_manifest(ref, manifest, mt.OCI_MANIFEST)
+
+    def push_layers(
+        self,
+        record: StepRecord,
+        store: LocalStore,
+        *,
+        mount_from: Sequence[Reference] = (),
+        early: bool = False,
+    ) -> None:
+        """Make every layer of `record` present in the repository (an entry's first part).
+        An `early` push, ahead of the entry, leaves the layers whose push has begun elsewhere:
+        the entry's own export waits for those."""
+        layers = {layer.descriptor.digest: layer.descriptor for layer in record.layers}
+        with self._lock:  # most layers are below the step, pushed by an earlier export already
+            if early:
+                unsure = [blob for digest, blob in layers.items() if digest not in self._present]
+            else:
+                unsure = [blob for digest, blob in layers.items() if not _pushed(self._present, digest)]
+        map_all(lambda blob: self._push_layer(blob, store, mount_from), unsure, self.jobs)
 
     def _push_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]

@@ -221,6 +221,7 @@ def _run_project(
         for name in compiled.plans
         for secret_id, source in project.target(name).secrets
     }
+    finals = [plan.target.key for plan in compiled.plans.values()]
     remote = remote_session(
         store,
         client,
@@ -228,9 +229,8 @@ def _run_project(
         target=cache_to if cache_to is not None else project.cache.remote,
         warn=warn,
         required=cache_required,
-        export_only=None
-        if project.cache.mode == "max"
-        else {p.target.key for p in compiled.plans.values()},
+        export_only=None if project.cache.mode == "max" else set(finals),
+        layers_early=None if project.cache.mode == "max" else _image_steps(graph, finals),
     )
     # An export that pushes by mounting from the remote cache needs no layers here: the
     # scheduler then does not fetch the layers of its last step for it.
@@ -290,6 +290,11 @@ def _run_project(
         remote.downloaded if remote else 0,
         len(remote.exported) if remote else 0,
     )
+
+
+def _image_steps(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:
+    """The steps whose layers the targets' images hold: each target's own line of steps."""
+    return {key for final in finals for key in chain(graph, final)}
 
 
 def run_project(project: Project, names: Sequence[str], **options) -> RunResult:

@@ -35,6 +35,8 @@ class RemoteSession:
         warn: Warn,
         required: bool = False,
         export_only: set[str] | None = None,  # mode=min: just these keys (the targets' images)
+        # mode=min: steps whose layers those entries will hold, pushed as soon as each is built
+        layers_early: set[str] | None = None,
         jobs: int = 4,
     ) -> None:
         self.store = store
@@ -43,6 +45,7 @@ class RemoteSession:
         self.warn = warn
         self.required = required
         self.export_only = export_only
+        self.layers_early = layers_early or set()
         self.hits: dict[str, RemoteEntry] = {}
         self._looked_up: set[str] = set()
         self._records: dict[str, StepRecord | None] = {}
@@ -173,9 +176,10 @@ class RemoteSession:
         """Push a finished step in the background; never delays the build."""
         if self.target is None or self._pool is None:
             return
-        if self.export_only is not None and key not in self.export_only:
-            return
-        self._exports.append(self._pool.submit(self._export, key, record))
+        if self.export_only is None or key in self.export_only:
+            self._exports.append(self._pool.submit(self._export, key, record))
+        elif key in self.layers_early:  # the entry's tail is then its config and manifest
+            self._exports.append(self._pool.submit(self._export_layers, key, record))
 
     def _export(self, key: str, record: StepRecord) -> None:
         assert self.target is not None
@@ -183,6 +187,14 @@ class RemoteSession:
             self.target.export(key, record, self.store)
             with self._lock:
                 self.exported.append(key)
+        except BuildgraphError as err:
+            with self._lock:
+                self.export_errors.append(f"{key[:12]}: {err}")
+
+    def _export_layers(self, key: str, record: StepRecord) -> None:
+        assert self.target is not None
+        try:
+            self.target.push_layers(record, self.store, early=True)
         except BuildgraphError as err:
             with self._lock:
                 self.export_errors.append(f"{key[:12]}: {err}")
@@ -210,6 +222,7 @@ def remote_session(
     warn: Callable[[str], None],
     required: bool,
     export_only: set[str] | None,
+    layers_early: set[str] | None = None,
 ) -> RemoteSession | None:
     """The remote cache for this run, or None when no repository is configured. Nothing is
     asked of a registry here: lookups come first, and push access to `target` is checked
@@ -223,7 +236,13 @@ def remote_session(
     except InputError as err:
         raise InputError(f"remote cache: {err}") from err
     return RemoteSession(
-        store, source=read, target=write, warn=warn, required=required, export_only=export_only
+        store,
+        source=read,
+        target=write,
+        warn=warn,
+        required=required,
+        export_only=export_only,
+        layers_early=layers_early,
     )
 
 

@@ -16,7 +16,9 @@ from registry_server import RegistryServer, free_port
 from remote_repo import make_repo
 
 from buildgraph.cache.local import LocalStore
+from buildgraph.cache.steps import StepIndex
 from buildgraph.cli import main
+from buildgraph.errors import NotFound
 from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.remote import remote_session
@@ -129,6 +131,40 @@ def test_records_that_share_layers_download_each_blob_once(
     assert sorted(fetched) == sorted(f"/v2/cache/shared-layers/blobs/{b.digest}" for b in missing)
     assert session.downloaded == sum(blob.size for blob in missing)
     assert record.missing_layers(store) == []
+
+
+def test_mode_min_pushes_the_layer_of_an_image_step_as_soon_as_it_is_built(
+    logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    """With cache.mode min only the targets' last steps become entries, but the layers a target's
+    image holds are pushed as each of its steps is built: the entry's tail is then short."""
+    repo = make_repo(tmp_path / "repo", busybox_cache, "")
+    assert main(["run", "-f", str(repo / "Buildfile.yaml"), "--progress", "json"]) == 0
+    keys = step_keys(repo, capsys)
+    copy = keys["[stage-0] COPY main.txt /app/"]
+    record = StepIndex(repo / "cache/steps").get(copy)
+    assert record is not None
+    remote = f"{logged_registry.host}/cache/early"
+    session = remote_session(
+        LocalStore(repo / "cache"),
+        RegistryClient,
+        source=None,
+        target=remote,
+        warn=pytest.fail,
+        required=True,
+        export_only={keys["[stage-0] RUN cat /base.txt /app/main.txt > /out"]},
+        layers_early={copy},
+    )
+    assert session is not None
+    session.check_export_access()
+    session.export(copy, record)
+    session.finish()
+    assert session.exported == []  # no entry for it
+    with RegistryClient() as client:
+        cache = parse_reference(remote, default_tag=None)
+        assert client.blob_exists(cache, record.layers[-1].descriptor.digest)
+        with pytest.raises(NotFound):
+            client.get_manifest(cache.with_tag(copy))
 
 
 @pytest.mark.parametrize("export", [False, True], ids=["read only", "read and write"])
