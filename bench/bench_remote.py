@@ -204,15 +204,13 @@ def measure_buildgraph(
         warm_up.build_all(generate(work / "warm-up", 1, sources=2), logs / "bg-warm-up.log")
     minimal = min_mode(repo)
     for attempt in range(options.repeat):  # interleaved, so load drifts hit all alike
-        plain = Buildgraph(work / f"bg-cold-{attempt}", seed)
-        plain.reset()  # a copy of the seed: busybox only; not timed
+        plain = _machine(work / f"bg-cold-{attempt}", seed)
         meter = CpuMeter(pid)
         seconds = _timed("buildgraph", "cold, no export", _run, plain, repo, logs, ())
         _keep_best(result, "cold", seconds, meter)
         result.cold = _least(result.cold, seconds)
         cache_repo = f"{host}/cache/bg{attempt or ''}"  # each attempt exports afresh
-        machine_a = Buildgraph(work / f"bg-a-{attempt}", seed)
-        machine_a.reset()
+        machine_a = _machine(work / f"bg-a-{attempt}", seed)
         export = ("--cache-to", cache_repo)
         meter = CpuMeter(pid)
         seconds = _timed("buildgraph", "A: cold + export", _run, machine_a, repo, logs, export)
@@ -231,8 +229,7 @@ def _measure_machine_b(
 ) -> None:
     """Machine B from the cache that machine A has just exported, then once more."""
     logs = work / "logs"
-    machine_b = Buildgraph(work / f"bg-b-{attempt}", seed)
-    machine_b.reset()
+    machine_b = _machine(work / f"bg-b-{attempt}", seed)
     log = logs / f"bg-b-{attempt}.log"
     read = ("--cache-from", cache_repo)
     meter = CpuMeter(pid)
@@ -268,8 +265,7 @@ def _measure_min_mode(
 ) -> None:
     """Machine A exporting with cache.mode min, then machine B from that cache."""
     logs = work / "logs"
-    machine_a = Buildgraph(work / f"bg-a-min-{attempt}", seed)
-    machine_a.reset()
+    machine_a = _machine(work / f"bg-a-min-{attempt}", seed)
     meter = CpuMeter(pid)
     export = ("--cache-to", cache_repo)
     seconds = _timed("buildgraph", "A, mode min", _run, machine_a, repo, logs, export)
@@ -277,8 +273,7 @@ def _measure_min_mode(
     result.export_min = _least(result.export_min, seconds)
     if seconds is None:
         return
-    machine_b = Buildgraph(work / f"bg-b-min-{attempt}", seed)
-    machine_b.reset()
+    machine_b = _machine(work / f"bg-b-min-{attempt}", seed)
     log = logs / f"bg-b-min-{attempt}.log"
     read = ("--cache-from", cache_repo)
     seconds = _timed(
@@ -287,6 +282,13 @@ def _measure_min_mode(
     result.fresh_min = _least(result.fresh_min, seconds)
     if seconds is not None and result.steps_run_min is None:
         result.steps_run_min = len(started_steps(log))
+
+
+def _machine(cache: Path, seed: Path) -> Buildgraph:
+    """A buildgraph "machine" whose store is a fresh copy of the seed (busybox only; not timed)."""
+    machine = Buildgraph(cache, seed)
+    machine.reset()
+    return machine
 
 
 def _keep_best(result: Result, scenario: str, seconds: float | None, meter: CpuMeter) -> None:
