@@ -174,30 +174,27 @@ class RemoteSession:
 
     def export(self, key: str, record: StepRecord) -> None:
         """Push a finished step in the background; never delays the build."""
-        if self.target is None or self._pool is None:
+        target = self.target  # taken now: a later registry failure may drop it meanwhile
+        if target is None or self._pool is None:
             return
-        if self.export_only is None or key in self.export_only:
-            self._exports.append(self._pool.submit(self._export, key, record))
-        elif key in self.layers_early:  # the entry's tail is then its config and manifest
-            self._exports.append(self._pool.submit(self._export_layers, key, record))
+        entry = self.export_only is None or key in self.export_only
+        if entry or key in self.layers_early:  # early layers: the entry's tail is then short
+            self._exports.append(self._pool.submit(self._export, target, key, record, entry))
 
-    def _export(self, key: str, record: StepRecord) -> None:
-        assert self.target is not None
+    def _export(self, target: RemoteCache, key: str, record: StepRecord, entry: bool) -> None:
+        """The step's entry, or (`entry` False) only its layers, ahead of a later entry's."""
         try:
-            self.target.export(key, record, self.store)
+            if entry:
+                target.export(key, record, self.store)
+            else:
+                target.push_layers(record, self.store, early=True)
+        except BuildgraphError as err:
+            with self._lock:
+                self.export_errors.append(f"{key[:12]}: {err}")
+            return
+        if entry:
             with self._lock:
                 self.exported.append(key)
-        except BuildgraphError as err:
-            with self._lock:
-                self.export_errors.append(f"{key[:12]}: {err}")
-
-    def _export_layers(self, key: str, record: StepRecord) -> None:
-        assert self.target is not None
-        try:
-            self.target.push_layers(record, self.store, early=True)
-        except BuildgraphError as err:
-            with self._lock:
-                self.export_errors.append(f"{key[:12]}: {err}")
 
     def finish(self) -> None:
         """Wait for the exports; report failures once."""
