@@ -218,6 +218,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache_from=args.cache_from,
             cache_to=args.cache_to,
             cache_required=args.cache_required,
+            export_cached=args.command == "warm",  # the nightly job leaves the cache complete
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
         )
     finally:

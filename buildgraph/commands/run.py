@@ -208,8 +208,11 @@ def _run_project(
     cache_from: str | None = None,
     cache_to: str | None = None,
     cache_required: bool = False,
+    export_cached: bool = False,
     warn: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
+    """`export_cached` (warm --build): also export the steps this run did not build, where the
+    export repository lacks them."""
     start = time.monotonic()
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
@@ -273,6 +276,9 @@ def _run_project(
         },
     )
     built = {key for key in graph if key in outcome.records} - outcome.cached
+    if export_cached and remote is not None:
+        index = StepIndex(store.root / "steps")
+        remote.export_cached(_cached_records(graph, outcome, index, built))
     results = []
     finished = [n for n, p in compiled.plans.items() if p.target.key in outcome.records]
     record_builds(compiled, graph, store, finished)
@@ -290,6 +296,26 @@ def _run_project(
         remote.downloaded if remote else 0,
         len(remote.exported) if remote else 0,
     )
+
+
+def _cached_records(
+    graph: nx.DiGraph, outcome: Outcome, index: StepIndex, built: set[str]
+) -> dict[str, StepRecord]:
+    """The records of the graph's steps this run did not build: those it used, and those
+    below a cached step that the local store still holds."""
+    records = {}
+    for key, data in graph.nodes(data=True):
+        if "step" not in data or key in built:
+            continue
+        record = outcome.records.get(key)
+        if record is None:
+            try:
+                record = index.get(key, touch=False)
+            except CacheError:
+                continue  # a corrupt record is rebuilt when a run needs it, not exported
+        if record is not None:
+            records[key] = record
+    return records
 
 
 def _image_steps(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:

@@ -13,7 +13,7 @@ from buildgraph.cache.remote import RemoteCache, RemoteEntry, map_all
 from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import AuthError, BuildgraphError, InputError, NotFound, RegistryError
 from buildgraph.image.oci import Descriptor
-from buildgraph.registry.reference import parse_reference
+from buildgraph.registry.reference import Reference, parse_reference
 
 if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
     from buildgraph.registry.client import RegistryClient
@@ -181,11 +181,64 @@ class RemoteSession:
         if entry or key in self.layers_early:  # early layers: the entry's tail is then short
             self._exports.append(self._pool.submit(self._export, target, key, record, entry))
 
-    def _export(self, target: RemoteCache, key: str, record: StepRecord, entry: bool) -> None:
+    def _submit_export(
+        self, key: str, record: StepRecord, mount_from: tuple[Reference, ...]
+    ) -> None:
+        target = self.target  # None once the access check failed
+        if target is not None and self._pool is not None:
+            self._exports.append(
+                self._pool.submit(self._export, target, key, record, True, mount_from)
+            )
+
+    def export_cached(self, records: dict[str, StepRecord]) -> None:
+        """Export the entries of steps this run did not build (found in the local store, or
+        read from another repository) that the export repository lacks: `warm --build` leaves
+        the remote cache complete, as BuildKit's export does, even for steps built offline or
+        while the registry was down. Mode min keeps to its keys. Called after the build: one
+        manifest GET per step, and an entry already there costs nothing more."""
+        target = self.target
+        if self.export_only is not None:
+            records = {key: record for key, record in records.items() if key in self.export_only}
+        if target is None or not records:
+            return
+        try:
+            present = target.lookup(records)
+        except AuthError as err:
+            raise AuthError(f"remote cache {target.repository}: {err}") from err
+        except RegistryError as err:
+            self.target = None
+            self._failed("export", err)
+            return
+        source = self.source
+        # A layer not here is mounted from the repository the record was read from.
+        mount_from = () if source is None else (source.repository,)
+        mountable = (
+            source is not None
+            and source.repository != target.repository
+            and source.repository.registry == target.repository.registry
+        )
+        absent = {
+            key: record
+            for key, record in records.items()
+            if key not in present and (mountable or not record.missing_layers(self.store))
+        }
+        if absent:
+            self.check_export_access()
+        for key, record in absent.items():
+            self._submit_export(key, record, mount_from)
+
+    def _export(
+        self,
+        target: RemoteCache,
+        key: str,
+        record: StepRecord,
+        entry: bool,
+        mount_from: tuple[Reference, ...] = (),
+    ) -> None:
         """The step's entry, or (`entry` False) only its layers, ahead of a later entry's."""
         try:
             if entry:
-                target.export(key, record, self.store)
+                target.export(key, record, self.store, mount_from=mount_from)
             else:
                 target.push_layers(record, self.store, early=True)
         except BuildgraphError as err:

@@ -1,0 +1,115 @@
+"""`warm --build` leaves the remote cache complete: steps the local store already held (built
+offline, or while the registry was down, or read from another repository) are exported too,
+where the export repository lacks them. A plain `run` exports only what it built."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+from registry_server import RegistryServer
+from remote_repo import make_repo
+
+from buildgraph.cli import main
+
+
+@pytest.fixture
+def logged_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    with RegistryServer(tmp_path / "registry", access_log=True) as server:
+        yield server
+
+
+def run(root: Path, *argv: str) -> int:
+    return main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
+
+
+def warm_build(root: Path, *argv: str) -> int:
+    return main(["warm", "--build", "-f", str(root / "Buildfile.yaml"), *argv])
+
+
+def tags(registry: RegistryServer, repository: str) -> list[str]:
+    response = requests.get(f"http://{registry.host}/v2/{repository}/tags/list", timeout=10)
+    if response.status_code == 404:  # no such repository yet
+        return []
+    response.raise_for_status()
+    return sorted(response.json()["tags"] or [])
+
+
+def step_keys(root: Path, capsys) -> list[str]:
+    capsys.readouterr()
+    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
+    nodes = json.loads(capsys.readouterr().out)["nodes"]
+    return sorted(node["key"] for node in nodes if not node["key"].startswith("export:"))
+
+
+def started(out: str) -> list[str]:
+    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+    return [
+        e["instruction"] for e in events if e["state"] == "started" and "export:" not in e["key"]
+    ]
+
+
+def test_warm_build_exports_the_steps_built_offline(
+    logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{logged_registry.host}/cache/offline"
+    laptop = make_repo(tmp_path / "laptop", busybox_cache, remote)
+    assert run(laptop, "--offline") == 0
+    assert run(laptop) == 0  # every step local: a run exports nothing (what it did not build)
+    assert tags(logged_registry, "cache/offline") == []
+    capsys.readouterr()
+
+    assert warm_build(laptop) == 0
+    assert "4 steps exported" in capsys.readouterr().out
+    assert tags(logged_registry, "cache/offline") == step_keys(laptop, capsys)
+
+    # Nothing is missing now: one manifest GET per step, nothing uploaded.
+    before = len(logged_registry.requests())
+    assert warm_build(laptop) == 0
+    assert "steps exported" not in capsys.readouterr().out  # the line names none
+    asked = logged_registry.requests()[before:]
+    assert not [request for request in asked if request[0] in ("POST", "PUT", "PATCH")]
+
+    fresh = make_repo(tmp_path / "fresh", busybox_cache, remote)
+    assert run(fresh) == 0
+    assert started(capsys.readouterr().out) == []  # all of it came from the cache
+
+
+def test_warm_build_copies_entries_read_from_another_repository_by_mounting(
+    logged_registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    main_cache = f"{logged_registry.host}/cache/main"
+    assert run(make_repo(tmp_path / "a", busybox_cache, main_cache)) == 0
+    branch = make_repo(tmp_path / "branch", busybox_cache, main_cache)
+    capsys.readouterr()
+    before = len(logged_registry.requests())
+    branch_cache = f"{logged_registry.host}/cache/branch"
+    assert warm_build(branch, "--cache-from", main_cache, "--cache-to", branch_cache) == 0
+    assert "4 steps exported" in capsys.readouterr().out
+    assert tags(logged_registry, "cache/branch") == tags(logged_registry, "cache/main")
+    uploads = [
+        path
+        for method, path in logged_registry.requests()[before:]
+        if method == "POST" and path.startswith("/v2/cache/branch/blobs/uploads/")
+    ]
+    # Every layer came across by a mount; only the configs were uploaded (plus the empty-blob
+    # mount that checks push access).
+    assert sum("mount=" in path for path in uploads) >= 3
+    assert sum("mount=" not in path for path in uploads) == 4
+
+
+def test_warm_build_in_mode_min_exports_only_the_targets_images(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/offline-min"
+    laptop = make_repo(tmp_path / "laptop", busybox_cache, remote)
+    buildfile = laptop / "Buildfile.yaml"
+    buildfile.write_text(buildfile.read_text().replace("remote:", "mode: min, remote:"))
+    assert run(laptop, "--offline") == 0
+    capsys.readouterr()
+    assert warm_build(laptop) == 0
+    assert "2 steps exported" in capsys.readouterr().out
+    assert len(tags(registry, "cache/offline-min")) == 2
