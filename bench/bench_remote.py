@@ -20,9 +20,9 @@ is built twice by every engine, on two "machines" that share nothing but that re
 - buildgraph's machine B runs once more, every step now in its store: what any run costs
   (start-up, compiling the graph, tagging). For reference, the report sets B's time beyond that
   beside the cold build's.
-- buildgraph's machine A once more with `cache.mode: min` (the targets' final images only, what
-  BuildKit's inline cache holds too; the default, max, exports every step), and a machine B from
-  that cache.
+- buildgraph's machine A once more with `cache.mode: min` (the layers of the targets' images,
+  an entry per step that adds one, as BuildKit's min mode and its inline cache keep; the
+  default, max, exports every step), and a machine B from that cache.
 
 buildgraph's steps run on B are its `started` events (exports left out); its bytes downloaded are
 the summary's "remote cache: N bytes downloaded" line, set beside the sizes of the layers the
@@ -251,7 +251,7 @@ def _measure_machine_b(
 
 def min_mode(repo: Monorepo) -> Monorepo:
     """The same tree with a Buildfile that sets cache.mode min (a sibling, so paths still hold):
-    only the targets' final images are exported, as BuildKit's inline cache holds."""
+    only the layers of the targets' images are exported, as BuildKit's min mode keeps."""
     path = repo.buildfile.with_name("Buildfile.min.yaml")
     text = repo.buildfile.read_text()
     minimal = text.replace("cache: {dir: cache}", "cache: {dir: cache, mode: min}", 1)

@@ -25,6 +25,7 @@ from buildgraph.graph.explain import summarize
 from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
 from buildgraph.graph.query import chain
 from buildgraph.graph.remote import url_fetcher
+from buildgraph.graph.steps import CopyStep, RunStep
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
 from buildgraph.registry.reference import Reference, parse_reference
@@ -232,7 +233,7 @@ def _run_project(
         target=cache_to if cache_to is not None else project.cache.remote,
         warn=warn,
         required=cache_required,
-        export_only=None if project.cache.mode == "max" else set(finals),
+        export_only=None if project.cache.mode == "max" else _image_entries(graph, finals),
         layers_early=None if project.cache.mode == "max" else _image_steps(graph, finals),
     )
     # An export that pushes by mounting from the remote cache needs no layers here: the
@@ -316,6 +317,18 @@ def _cached_records(
         if record is not None:
             records[key] = record
     return records
+
+
+def _image_entries(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:
+    """Mode min's entries, what BuildKit's min mode keeps: each target's last step, and each
+    step on the targets' own lines that adds a layer (RUN, COPY, ADD), so that a change near
+    the end of a Dockerfile still finds the layers below it."""
+    layered = {
+        key
+        for key in _image_steps(graph, finals)
+        if isinstance(graph.nodes[key]["step"], RunStep | CopyStep)
+    }
+    return layered | set(finals)
 
 
 def _image_steps(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:

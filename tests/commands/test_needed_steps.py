@@ -7,10 +7,14 @@ import json
 import shutil
 from pathlib import Path
 
+import pytest
 from registry_server import RegistryServer
 
 from buildgraph.cache.steps import StepIndex
 from buildgraph.cli import main
+from buildgraph.errors import NotFound
+from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.reference import parse_reference
 
 BUILDFILE = """version: 1
 cache: {{dir: cache{remote}}}
@@ -126,13 +130,40 @@ def test_mode_min_cache_machine_b_builds_nothing(
     machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
     code, events, _ = run(machine_b, capsys)
     assert code == 0
-    # mode=min exported only the target's last step: the steps below it are misses on B,
-    # and nothing needs them.
+    # The last step hits: nothing below it is read, or needed.
     assert started(events) == []
     keys = step_keys(machine_b, capsys)
     index = StepIndex(machine_b / "cache/steps")
     assert not index.has(keys["[stage-0] COPY main.txt /app/"])
     assert exported_file(machine_b, tmp_path) == "v1\ndone\n"
+
+
+def test_mode_min_keeps_each_layer_of_the_image_so_a_new_last_line_reuses_them(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    """As BuildKit's min mode does: an entry for every step that adds one of the image's layers
+    (not for FROM or metadata steps), so a changed or added last line builds only itself."""
+    remote = f"{registry.host}/cache/needed-min-lines"
+    machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
+    assert run(machine_a, capsys)[0] == 0
+    machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
+    dockerfile = machine_b / "app/Dockerfile"
+    dockerfile.write_text(dockerfile.read_text() + 'ENV STAGE=b\nCMD ["cat", "/app/copy.txt"]\n')
+    code, events, _ = run(machine_b, capsys)
+    assert code == 0
+    assert started(events) == ["[stage-0] ENV STAGE=b", '[stage-0] CMD ["cat", "/app/copy.txt"]']
+    assert exported_file(machine_b, tmp_path) == "v1\ndone\n"
+    # B's own export: the new last step is an entry; the ENV under it adds no layer, nor does
+    # FROM (the base image is not the cache's to keep).
+    keys = step_keys(machine_b, capsys)
+    source = next(key for title, key in keys.items() if title.startswith("FROM "))
+    with RegistryClient() as client:
+        cache = parse_reference(remote, default_tag=None)
+        client.get_manifest(cache.with_tag(keys['[stage-0] CMD ["cat", "/app/copy.txt"]']))
+        with pytest.raises(NotFound):
+            client.get_manifest(cache.with_tag(keys["[stage-0] ENV STAGE=b"]))
+        with pytest.raises(NotFound):
+            client.get_manifest(cache.with_tag(source))
 
 
 def test_a_corrupt_remote_blob_of_the_last_step_builds_its_pruned_inputs(
