@@ -181,15 +181,6 @@ class RemoteSession:
         if entry or key in self.layers_early:  # early layers: the entry's tail is then short
             self._exports.append(self._pool.submit(self._export, target, key, record, entry))
 
-    def _submit_export(
-        self, key: str, record: StepRecord, mount_from: tuple[Reference, ...]
-    ) -> None:
-        target = self.target  # None once the access check failed
-        if target is not None and self._pool is not None:
-            self._exports.append(
-                self._pool.submit(self._export, target, key, record, True, mount_from)
-            )
-
     def export_cached(self, records: dict[str, StepRecord]) -> None:
         """Export the entries of steps this run did not build (found in the local store, or
         read from another repository) that the export repository lacks: `warm --build` leaves
@@ -202,7 +193,7 @@ class RemoteSession:
         if target is None or not records:
             return
         try:
-            present = target.lookup(records)
+            present = target.lookup(records.keys())
         except AuthError as err:
             raise AuthError(f"remote cache {target.repository}: {err}") from err
         except RegistryError as err:
@@ -224,8 +215,11 @@ class RemoteSession:
         }
         if absent:
             self.check_export_access()
+        target, pool = self.target, self._pool  # no target once the access check failed
+        if target is None or pool is None:
+            return
         for key, record in absent.items():
-            self._submit_export(key, record, mount_from)
+            self._exports.append(pool.submit(self._export, target, key, record, True, mount_from))
 
     def _export(
         self,
