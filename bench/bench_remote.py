@@ -17,6 +17,9 @@ is built twice by every engine, on two "machines" that share nothing but that re
   `docker pull` of base (a rebuild would get a new image id, and every service would miss),
   then `docker build --cache-from HOST/bk/NAME` of each service; buildah
   `bud --layers --cache-from HOST/bh/cache`. Timed: the whole CI script, downloads included.
+- buildgraph's cold machine then exports its cache by itself (`warm --build --cache-to` a new
+  repository: nothing left to build, every step exported): the cost of A's export with no
+  build beside it.
 - buildgraph's machine B runs once more, every step now in its store: what any run costs
   (start-up, compiling the graph, tagging). For reference, the report sets B's time beyond that
   beside the cold build's.
@@ -91,6 +94,7 @@ class Result:
     fresh: float | None = None  # machine B: fresh store, remote cache
     again: float | None = None  # buildgraph only: machine B once more, every step local now
     export_min: float | None = None  # buildgraph only: machine A with cache.mode min
+    export_alone: float | None = None  # buildgraph only: the export of a finished build, by itself
     fresh_min: float | None = None  # buildgraph only: machine B from that mode-min cache
     steps_run_min: int | None = None  # on machine B from the mode-min cache
     steps_run: int | None = None  # on machine B
@@ -209,6 +213,14 @@ def measure_buildgraph(
         seconds = _timed("buildgraph", "cold, no export", _run, plain, repo, logs, ())
         _keep_best(result, "cold", seconds, meter)
         result.cold = _least(result.cold, seconds)
+        if seconds is not None:  # the same export as A's, with no build beside it
+            alone = f"{host}/cache/bgalone{attempt}"
+            meter = CpuMeter(pid)
+            seconds = _timed(
+                "buildgraph", "export alone (warm --build)", _export, plain, repo, logs, alone
+            )
+            _keep_best(result, "export_alone", seconds, meter)
+            result.export_alone = _least(result.export_alone, seconds)
         cache_repo = f"{host}/cache/bg{attempt or ''}"  # each attempt exports afresh
         machine_a = _machine(work / f"bg-a-{attempt}", seed)
         export = ("--cache-to", cache_repo)
@@ -307,6 +319,14 @@ def _run(
 ) -> None:
     options = ["-f", str(repo.buildfile), "--cache-dir", str(engine.cache), "--progress", "json"]
     run([*engine.command, "run", *options, *extra], log=log or logs / f"{engine.cache.name}.log")
+
+
+def _export(engine: Buildgraph, repo: Monorepo, logs: Path, cache_repo: str) -> None:
+    """`warm --build` on a machine whose every step is local: it builds nothing and exports
+    every step the (new, empty) cache repository lacks, i.e. all of them."""
+    options = ["-f", str(repo.buildfile), "--cache-dir", str(engine.cache), "--progress", "json"]
+    cache = ["--cache-from", cache_repo, "--cache-to", cache_repo]
+    run([*engine.command, "warm", "--build", *options, *cache], log=logs / "bg-export-alone.log")
 
 
 def missing_layer_bytes(cache: Path, seed: Path) -> int:
@@ -552,10 +572,16 @@ def print_report(command: str, options: argparse.Namespace, results: dict[str, R
         ),
         ("B again: every step local", (ours.again, None, None), "", "what any run costs"),
         (
+            "export alone, after the cold build",
+            (ours.export_alone, None, None),
+            "",
+            "bg warm --build: every step exported, none built",
+        ),
+        (
             "A, cache.mode min",
             (ours.export_min, None, None),
             "",
-            "bg --cache-to, the targets' images only",
+            "bg --cache-to, entries for the images' layers",
         ),
         (
             "B from the mode-min cache",
@@ -630,6 +656,7 @@ def print_cpu(ours: Result) -> None:
     names = {
         "cold": "cold, no export",
         "export": "A: cold + export",
+        "export_alone": "export alone, after the cold build",
         "export_min": "A, cache.mode min",
         "fresh": "B: fresh machine",
     }
