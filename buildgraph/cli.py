@@ -505,7 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--build", action="store_true", help="also build what is missing and export it"
     )
     warmp.add_argument("--cache-from", metavar="REF", help="read the remote cache here")
-    warmp.add_argument("--cache-to", metavar="REF", help="export built steps here")
+    warmp.add_argument("--cache-to", metavar="REF", help="--build: export steps here")
+    warmp.add_argument(
+        "--cache-required",
+        action="store_true",
+        help="--build: fail when the export fails, instead of a warning",
+    )
     warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
     warmp.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
@@ -517,7 +522,6 @@ def build_parser() -> argparse.ArgumentParser:
         push=False,
         pull=False,
         network="host",
-        cache_required=False,
     )
     runp.set_defaults(handler=cmd_run)
 

@@ -114,3 +114,23 @@ def test_warm_build_in_mode_min_exports_only_the_targets_images(
     # base's RUN and app's COPY and RUN: the steps that add the images' layers
     assert "3 steps exported" in capsys.readouterr().out
     assert len(tags(registry, "cache/offline-min")) == 3
+
+
+def test_warm_build_with_the_export_registry_down_warns_once(
+    registry: RegistryServer,
+    fresh_registry: RegistryServer,
+    busybox_cache: Path,
+    tmp_path: Path,
+    capsys,
+) -> None:
+    laptop = make_repo(tmp_path / "laptop", busybox_cache, f"{registry.host}/cache/up")
+    assert run(laptop, "--offline") == 0
+    down = f"{fresh_registry.host}/cache/down"
+    fresh_registry.stop()
+    capsys.readouterr()
+    argv = ("--cache-to", down, "--registry-timeout", "1")
+    assert warm_build(laptop, *argv) == 0
+    err = capsys.readouterr().err
+    assert err.count("warning: remote cache") == 1, err
+    assert "export failed" in err
+    assert warm_build(laptop, *argv, "--cache-required") == 3
