@@ -20,6 +20,13 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServe
 
 
 @pytest.fixture
+def logged_registry(tmp_path: Path) -> Iterator[RegistryServer]:
+    """A registry of the test's own that logs every request (`RegistryServer.requests`)."""
+    with RegistryServer(tmp_path / "registry", access_log=True) as server:
+        yield server
+
+
+@pytest.fixture
 def fresh_registry(tmp_path: Path) -> Iterator[RegistryServer]:
     """A registry of the test's own, free to stop or corrupt."""
     server = RegistryServer(tmp_path / "registry").start()

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,12 +21,6 @@ from buildgraph.errors import NotFound
 from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.remote import remote_session
-
-
-@pytest.fixture
-def logged_registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    with RegistryServer(tmp_path / "registry", access_log=True) as server:
-        yield server
 
 
 def run(root: Path, capsys) -> None:

@@ -5,21 +5,13 @@ where the export repository lacks them. A plain `run` exports only what it built
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import requests
 from registry_server import RegistryServer
 from remote_repo import make_repo
 
 from buildgraph.cli import main
-
-
-@pytest.fixture
-def logged_registry(tmp_path: Path) -> Iterator[RegistryServer]:
-    with RegistryServer(tmp_path / "registry", access_log=True) as server:
-        yield server
 
 
 def run(root: Path, *argv: str) -> int:
