@@ -316,17 +316,18 @@ def _run(
     logs: Path,
     extra: tuple[str, ...],
     log: Path | None = None,
+    command: tuple[str, ...] = ("run",),
 ) -> None:
     options = ["-f", str(repo.buildfile), "--cache-dir", str(engine.cache), "--progress", "json"]
-    run([*engine.command, "run", *options, *extra], log=log or logs / f"{engine.cache.name}.log")
+    run([*engine.command, *command, *options, *extra], log=log or logs / f"{engine.cache.name}.log")
 
 
 def _export(engine: Buildgraph, repo: Monorepo, logs: Path, cache_repo: str) -> None:
     """`warm --build` on a machine whose every step is local: it builds nothing and exports
     every step the (new, empty) cache repository lacks, i.e. all of them."""
-    options = ["-f", str(repo.buildfile), "--cache-dir", str(engine.cache), "--progress", "json"]
-    cache = ["--cache-from", cache_repo, "--cache-to", cache_repo]
-    run([*engine.command, "warm", "--build", *options, *cache], log=logs / "bg-export-alone.log")
+    cache = ("--cache-from", cache_repo, "--cache-to", cache_repo)
+    log = logs / "bg-export-alone.log"
+    _run(engine, repo, logs, cache, log, command=("warm", "--build"))
 
 
 def missing_layer_bytes(cache: Path, seed: Path) -> int:
