@@ -118,14 +118,20 @@ class RemoteSession:
         self._access_checked = True
         try:
             target.client.mount_blob(target.repository, EMPTY_BLOB, target.repository)
-        except AuthError as err:
-            raise AuthError(f"remote cache {target.repository}: {err}") from err
         except (RegistryError, NotFound) as err:
-            if self._one_registry():
-                self.source = None  # a lookup would only wait and fail again
-                self.hits = {}
-            self.target = None
-            self._failed("export", err)
+            self._export_failed(target, err)
+
+    def _export_failed(self, target: RemoteCache, err: RegistryError | NotFound) -> None:
+        """A request to the export repository failed: refused credentials end the run (exit 3);
+        an outage drops the export, and the lookups on the same registry, with one warning (or
+        the error, when `required`)."""
+        if isinstance(err, AuthError):
+            raise AuthError(f"remote cache {target.repository}: {err}") from err
+        if self._one_registry():
+            self.source = None  # a lookup would only wait and fail again
+            self.hits = {}
+        self.target = None
+        self._failed("export", err)
 
     def record(self, key: str) -> StepRecord | None:
         """The step's record from the remote cache, if it has a usable one (read on first use
@@ -194,11 +200,8 @@ class RemoteSession:
             return
         try:
             present = target.lookup(records.keys())
-        except AuthError as err:
-            raise AuthError(f"remote cache {target.repository}: {err}") from err
         except RegistryError as err:
-            self.target = None
-            self._failed("export", err)
+            self._export_failed(target, err)
             return
         source = self.source
         # A layer not here is mounted from the repository the record was read from.
