@@ -37,10 +37,11 @@ class Dockerfile:
     warnings: tuple[str, ...] = ()
 
     def stage(self, reference: str, *, before: int | None = None) -> Stage | None:
-        """The stage named (case-insensitively) or numbered `reference`, if any."""
+        """The stage named (case-insensitively) or numbered `reference`, if any. Of stages
+        that share a name the last one counts, as in BuildKit (which only warns)."""
         candidates = self.stages if before is None else self.stages[:before]
         wanted = reference.lower()
-        for stage in candidates:
+        for stage in reversed(candidates):
             if stage.name == wanted:
                 return stage
         if reference.isdecimal() and int(reference) < len(candidates):
@@ -170,18 +171,19 @@ def _assemble(path: Path, scanner: _Scanner, lines: list[_Line]) -> Dockerfile:
         raise InputError("the Dockerfile has no instructions", Location(path, max(scanner.pos, 1)))
     global_args: list[ins.Arg] = []
     stages: list[tuple[ins.From, list[ins.Instruction]]] = []
-    names: dict[str, int] = {}
+    names: set[str] = set()
+    warnings: list[str] = []
     for logical in lines:
         where = Location(path, logical.line)
         instruction = build_instruction(logical.text, logical.heredocs, where, scanner.escape)
         if isinstance(instruction, ins.From):
             if instruction.name is not None:
-                if instruction.name in names:
-                    first = names[instruction.name]
-                    raise InputError(
-                        f"duplicate stage name {instruction.name!r} (first at line {first})", where
+                if instruction.name in names:  # BuildKit's DuplicateStageName check: a warning
+                    warnings.append(
+                        f"{where}: DuplicateStageName: Duplicate stage name "
+                        f"{instruction.name!r}, stage names should be unique"
                     )
-                names[instruction.name] = logical.line
+                names.add(instruction.name)
             stages.append((instruction, []))
         elif stages:
             stages[-1][1].append(instruction)
@@ -192,9 +194,7 @@ def _assemble(path: Path, scanner: _Scanner, lines: list[_Line]) -> Dockerfile:
             raise InputError(f"{keyword} before the first FROM (only ARG may come first)", where)
     if not stages:
         raise InputError("the Dockerfile has no FROM instruction", Location(path, lines[-1].line))
-    warnings = tuple(
-        f"{path}:{line}: empty continuation line" for line in scanner.empty_continuations
-    )
+    warnings += [f"{path}:{line}: empty continuation line" for line in scanner.empty_continuations]
     return Dockerfile(
         path=path,
         directives=tuple(scanner.directives.items()),
@@ -204,5 +204,5 @@ def _assemble(path: Path, scanner: _Scanner, lines: list[_Line]) -> Dockerfile:
             for i, (base, body) in enumerate(stages)
         ),
         escape=scanner.escape,
-        warnings=warnings,
+        warnings=tuple(warnings),
     )

@@ -101,7 +101,8 @@ def select_sources(
     context: Path, patterns: Sequence[str], ignore: IgnoreMatcher, where: Location | None
 ) -> tuple[str, ...]:
     """The context paths the COPY/ADD sources name, in order: globs expanded, ignored ones
-    dropped. A source that matches nothing, or leaves the context, is an input error."""
+    dropped. A plain source that is missing, or one that leaves the context, is an input
+    error; a wildcard may match nothing."""
     selected: list[str] = []
     for pattern in patterns:
         relative = _inside(pattern, where)
@@ -110,6 +111,8 @@ def select_sources(
         else:
             matches = [relative] if _exists(context, relative, where) else []
             matches = [m for m in matches if m == "." or not ignore.matches(m)]
+        if not matches and GLOB_CHARS & set(relative):
+            continue  # BuildKit's AllowEmptyWildcard: a pattern may match nothing
         if not matches:
             raise InputError(
                 f"source {pattern!r} not found in build context or excluded by .dockerignore",

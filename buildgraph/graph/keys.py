@@ -21,10 +21,18 @@ RUN_KEY_FIELDS = (
     "network",
     "files",
     "mounts",
-    "volumes",
 )
 # The context path is not in the key: its content digest is, so a moved checkout still hits.
-COPY_KEY_FIELDS = ("parent", "patterns", "dest", "inline", "chown", "chmod", "add")
+COPY_KEY_FIELDS = (
+    "parent",
+    "patterns",
+    "dest",
+    "inline",
+    "chown",
+    "chmod",
+    "add",
+    "unknown_owner_is_root",
+)
 CONFIG_KEY_FIELDS = ("parent", "instruction", "config", "author")
 
 

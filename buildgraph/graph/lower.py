@@ -255,9 +255,7 @@ class _StageWalker:
             case ins.Arg():
                 pass  # ARG changes what later steps see (their keys), not the image
             case ins.Workdir():
-                path = posixpath.normpath(
-                    posixpath.join(self.config.working_dir or "/", instruction.path)
-                )
+                path = _workdir(self.config.working_dir, instruction.path)
                 self._config(instruction, replace(self.config, working_dir=path))
                 self._mkdir(instruction, path)
             case _:
@@ -275,7 +273,6 @@ class _StageWalker:
             workdir=self.config.working_dir or "/",
             network=run.network,
             mounts=tuple(self._mount(mount, run.where) for mount in run.mounts),
-            volumes=self.config.volumes,
             context=str(self.state.context),
             title=self.title(run),
             where=run.where,
@@ -325,6 +322,10 @@ class _StageWalker:
                 selected = select_sources(
                     self.state.context, [mount.source or "."], self.state.ignore, where
                 )
+                if len(selected) != 1:
+                    raise InputError(
+                        f"RUN --mount=type=bind: source {mount.source!r} must name one path", where
+                    )
                 digest = context_digest(
                     self.state.context, selected, self.state.ignore, self.state.stat_cache
                 )
@@ -357,10 +358,7 @@ class _StageWalker:
                 raise InputError("COPY cannot take a URL; use ADD", copy.where)
             self._add_url(copy, urls)
             return
-        dest = copy.dest
-        if not dest.startswith("/"):
-            joined = posixpath.join(self.config.working_dir or "/", dest)
-            dest = joined if not dest.endswith("/") or joined.endswith("/") else joined + "/"
+        dest = self._dest(copy.dest)
         from_ = copy.from_ if isinstance(copy, ins.Copy) else None
         if from_:
             source = self._stage_source(from_, copy.sources, copy.where)
@@ -400,11 +398,7 @@ class _StageWalker:
         if self.state.fetch_url is None:
             raise InputError("ADD of a URL is not available here", add.where)
         download = self.state.fetch_url(urls[0], add.checksum, add.where)
-        dest = add.dest
-        if not dest.startswith("/"):
-            dest = posixpath.join(self.config.working_dir or "/", dest) + (
-                "/" if dest.endswith("/") else ""
-            )
+        dest = self._dest(add.dest)
         source = CopySource("", str(download.directory), (download.name,), download.digest)
         step = CopyStep(
             self.key,
@@ -418,6 +412,15 @@ class _StageWalker:
             where=add.where,
         )
         self.key = self.state.add(step)
+
+    def _dest(self, written: str) -> str:
+        """BuildKit's pathRelativeToWorkingDir: a relative destination is under WORKDIR, and
+        one that names a directory ("", ".", "x/", "x/.", "..") keeps saying so with a "/"."""
+        names_dir = written in ("", ".", "..") or written.endswith(("/", "/.", "/.."))
+        joined = posixpath.normpath(posixpath.join(self.config.working_dir or "/", written))
+        if joined.startswith("//"):
+            joined = "/" + joined.lstrip("/")
+        return joined + "/" if names_dir and joined != "/" else joined
 
     def _stage_source(
         self, reference: str, patterns: tuple[str, ...], where: Location | None
@@ -448,11 +451,14 @@ class _StageWalker:
         return CopySource("", str(directory), selected, digest)
 
     def _mkdir(self, instruction: ins.Instruction, path: str) -> None:
+        """WORKDIR makes its dirs owned by the current USER (BuildKit's Mkdir WithUser)."""
         step = CopyStep(
             self.key,
             CopySource("", "", (), ""),
             (),
-            path.rstrip("/") + "/",
+            posixpath.normpath(path).rstrip("/") + "/",
+            chown=self.config.user,
+            unknown_owner_is_root=True,
             title=self.title(instruction),
             where=instruction.where,
         )
@@ -524,6 +530,14 @@ class _StageWalker:
         if instruction.shell:
             return (*(self.config.shell or DEFAULT_SHELL), instruction.command[0])
         return instruction.command
+
+
+def _workdir(current: str, written: str) -> str:
+    """The config's WorkingDir after `WORKDIR written`, as BuildKit's NormalizeWorkdir: an
+    absolute path is kept as written (a trailing "/" too), a relative one is joined and cleaned."""
+    if written.startswith("/"):
+        return written
+    return posixpath.normpath(posixpath.join(current or "/", written))
 
 
 def _ports(text: str, instruction: ins.Instruction) -> list[str]:

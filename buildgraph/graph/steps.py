@@ -48,7 +48,6 @@ class RunStep:
     network: str  # default | none | host, as written; "default" is the build's choice
     files: Pairs = ()  # (path inside the sandbox, content): heredoc scripts fed to the command
     mounts: tuple[RunMount, ...] = ()
-    volumes: tuple[str, ...] = ()  # VOLUME paths: what RUN changes below them is discarded
     context: str = field(default="", compare=False)  # where bind mounts read from; not keyed
     title: str = field(default="", compare=False)
     where: Location | None = field(default=None, compare=False)
@@ -74,6 +73,9 @@ class CopyStep:
     chown: str = ""  # user[:group] as written; resolved in the image's /etc/passwd
     chmod: str = ""  # octal as written
     add: bool = False  # ADD: auto-extract local archives
+    # WORKDIR: a USER that /etc/passwd lacks owns the dirs as root, as BuildKit's mkdir does
+    # (COPY --chown refuses an unknown name instead).
+    unknown_owner_is_root: bool = False
     title: str = field(default="", compare=False)
     where: Location | None = field(default=None, compare=False)
 

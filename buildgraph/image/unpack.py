@@ -71,11 +71,17 @@ class _HashingReader:
 
 
 class Extractor:
-    """Applies tar entries below `root_fd`, walking every path with O_NOFOLLOW directory fds."""
+    """Applies tar entries below `root_fd`, walking every path with O_NOFOLLOW directory fds.
 
-    def __init__(self, root_fd: int, overlay: bool) -> None:
+    A symlink on an entry's way is resolved here, by name, and only while it stays below the
+    root: a layer may only pass through relative ones. ADD (`in_root_links`) extracts as
+    BuildKit does, as if chrooted into the destination: an absolute target starts again at
+    the root. A link that climbs above the root is refused in both (BuildKit would clamp it)."""
+
+    def __init__(self, root_fd: int, overlay: bool, *, in_root_links: bool = False) -> None:
         self.root_fd = root_fd
         self.overlay = overlay
+        self.in_root_links = in_root_links
         self.created: set[str] = set()  # names written by this layer (opaque keeps them)
         self.dir_times: dict[str, int] = {}  # set last: writing children changes dir mtimes
 
@@ -258,11 +264,19 @@ class Extractor:
                 elif stat.S_ISLNK(existing.st_mode):
                     target = os.readlink(part, dir_fd=fd)
                     hops += 1
-                    if not follow or target.startswith("/") or hops > MAX_SYMLINK_HOPS:
+                    absolute = target.startswith("/")
+                    if (
+                        not follow
+                        or (absolute and not self.in_root_links)
+                        or hops > MAX_SYMLINK_HOPS
+                    ):
                         raise UnsafeArchiveError(
                             f"tar entry {entry!r} has a parent through symlink "
                             f"{_join(*walked, part)!r} -> {target!r}"
                         )
+                    if absolute:
+                        os.close(fd)
+                        fd, walked = os.dup(self.root_fd), []
                     pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
                     continue
                 elif not stat.S_ISDIR(existing.st_mode):

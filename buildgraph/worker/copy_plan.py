@@ -28,6 +28,7 @@ class CopyJob:
     chmod: str = ""  # octal as written ("755", "0644"); "" keeps the source modes
     add: bool = False  # ADD: a context file that is a (compressed) tar is extracted into dest
     patterns_from_stage: bool = False  # sources are patterns to expand in the source view
+    unknown_owner_is_root: bool = False  # WORKDIR: a --chown name /etc/passwd lacks is root
 
 
 def parse_chmod(text: str) -> int | None:
@@ -62,16 +63,17 @@ def check_job(job: CopyJob) -> int | None:
     if not job.sources and not job.inline and not job.dest.endswith("/"):
         # A job without sources whose dest ends in "/" only makes that dir (WORKDIR does).
         raise InputError("COPY has no source")
-    check_source_count(len(job.sources) + len(job.inline), job.dest)
     for name, _ in job.inline:
         if not clean_parts(name):
             raise InputError(f"invalid inline file name {name!r}")
     return parse_chmod(job.chmod)
 
 
-def check_source_count(count: int, dest: str) -> None:
-    # BuildKit checks the count as written; the classic builder also counted glob matches.
-    if count > 1 and not dest.endswith("/"):
+def check_source_count(count: int, dest: str, dest_is_dir: bool) -> None:
+    """Several sources (glob matches counted) need a directory to land in: a dest that ends in
+    "/" or already is one. BuildKit copies them one after another onto the same path, so only
+    the last survives; we keep the documented rule and the classic builder's error instead."""
+    if count > 1 and not dest.endswith("/") and not dest_is_dir:
         raise InputError(MULTI_SOURCE_ERROR)
 
 
@@ -95,13 +97,14 @@ def name_matches(name: str, pattern: str) -> bool:
 
 
 def resolve_owner(
-    chown: str, passwd: list[list[str]], groups: list[list[str]]
+    chown: str, passwd: list[list[str]], groups: list[list[str]], *, unknown_is_root: bool = False
 ) -> tuple[int, int] | None:
     """uid/gid for --chown from the destination image's passwd and group rows, or None.
 
     Like BuildKit's readUser: a name takes its primary group from passwd; a bare numeric
     uid also becomes the gid (no passwd lookup). BuildKit silently maps unknown names to 0;
-    we refuse them, like the classic builder."""
+    we refuse them, like the classic builder, unless `unknown_is_root` (WORKDIR's mkdir, which
+    the classic builder never chowned)."""
     if not chown:
         return None
     user, _, group = chown.partition(":")
@@ -111,6 +114,8 @@ def resolve_owner(
         uid = gid = _id(user, "uid", chown)
     else:
         entry = next((row for row in passwd if row[0] == user), None)
+        if entry is None and unknown_is_root:
+            entry = [user, "", "0", "0"]
         if entry is None:
             raise StepFailed(f"unable to find user {user}: no matching entries in passwd file")
         uid, gid = _id(entry[2], "uid", user), _id(entry[3], "gid", user)
@@ -119,6 +124,8 @@ def resolve_owner(
             gid = _id(group, "gid", chown)
         else:
             found = next((row for row in groups if row[0] == group), None)
+            if found is None and unknown_is_root:
+                found = [group, "", str(gid)]
             if found is None:
                 raise StepFailed(f"unable to find group {group}: no matching entries in group file")
             gid = _id(found[2], "gid", group)

@@ -51,13 +51,19 @@ class Copier:
         self.from_context = from_context
         self.ignore = ignore
         passwd, groups = nsinit.read_db("/etc/passwd"), nsinit.read_db("/etc/group")
-        self.owner = resolve_owner(self.job.chown, passwd, groups)
+        self.owner = resolve_owner(
+            self.job.chown, passwd, groups, unknown_is_root=job.unknown_owner_is_root
+        )
         self.links: dict[tuple[int, int], str] = {}  # source inode -> first copy (hardlinks)
 
     def run(self) -> None:
         sources = [match for source in self.job.sources for match in self._expand(source)]
-        check_source_count(len(sources) + len(self.job.inline), self.job.dest)
+        if self.job.sources and not sources and not self.job.inline:
+            return  # only wildcards that matched nothing: BuildKit copies nothing, makes no dir
         dest = self.job.dest
+        found = _stat(dest)
+        is_dir = found is not None and stat.S_ISDIR(found.st_mode)
+        check_source_count(len(sources) + len(self.job.inline), dest, is_dir)
         # fsutil: make the parent (dest itself with a trailing "/"), then resolve dest in the image
         self._make_dirs(dest if dest.endswith("/") else posixpath.dirname(dest))
         real = os.path.realpath(dest)
@@ -70,10 +76,11 @@ class Copier:
 
     def _expand(self, source: str) -> list[tuple[list[str], list[str]]]:
         """(path as written, path resolved in the source root) of each source or glob match."""
-        if self.from_context or not self.job.patterns_from_stage:
+        literal, pattern = split_pattern(source)
+        if self.from_context or not self.job.patterns_from_stage or not pattern:
+            # As written: a copied symlink is named after its own path, not its target's.
             matches = [clean_parts(source)]
         else:
-            literal, pattern = split_pattern(source)
             matches = [_resolve(self.source_fd, literal)]
             for part in pattern:  # like filepath.Walk + Match: real dirs only, sorted
                 matches = [
@@ -84,6 +91,8 @@ class Copier:
                 ]
         found = [(match, _resolve(self.source_fd, match)) for match in matches]
         found = [(match, parts) for match, parts in found if self._lstat(parts) is not None]
+        if not found and pattern and not self.from_context:
+            return []  # BuildKit allows a wildcard that matches nothing (AllowEmptyWildcard)
         if not found:
             where = "build context" if self.from_context else "--from stage or image"
             raise InputError(f"source {source!r} not found in the {where}")
@@ -283,20 +292,25 @@ class Copier:
         os.utime(where, ns=times, follow_symlinks=fd is not None)
 
     def _make_dirs(self, path: str) -> None:
-        """fsutil MkdirAll: missing dirs are 0755, owned by the --chown user (else root)."""
-        path = posixpath.normpath(path)
+        """fsutil MkdirAll: missing dirs are 0755, owned by the --chown user (else root).
+
+        Symlinks on the way are followed inside the image root (we are chrooted there), a
+        dangling one too: `ln -s /var/lib/app /app` then `WORKDIR /app` makes /var/lib/app,
+        as BuildKit's fs.RootPath resolves it."""
+        wanted = posixpath.normpath(path)
+        path = os.path.realpath(wanted)
         found = _stat(path)
         if found is not None:
             if stat.S_ISDIR(found.st_mode):
                 return
-            raise StepFailed(f"mkdir {path}: not a directory")
+            raise StepFailed(f"mkdir {wanted}: not a directory")
         parent = posixpath.dirname(path)
         if parent != path:
             self._make_dirs(parent)
         try:
             os.mkdir(path, 0o755)
         except FileExistsError:
-            raise StepFailed(f"mkdir {path}: exists and is not a directory") from None
+            raise StepFailed(f"mkdir {wanted}: exists and is not a directory") from None
         if self.owner:
             os.chown(path, *self.owner, follow_symlinks=False)
 
@@ -312,7 +326,7 @@ class Copier:
             self._make_dirs(real)
             dest_fd = os.open(real, DIR_FLAGS)
             try:
-                extractor = Extractor(dest_fd, overlay=False)
+                extractor = Extractor(dest_fd, overlay=False, in_root_links=True)
                 with tarfile.open(fileobj=decompressed(handle), mode="r|") as tar:  # type: ignore[call-overload]
                     while (member := tar.next()) is not None:
                         tar.members.clear()

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import os
-import shutil
+import contextlib
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import LayerRef, StepRecord
-from buildgraph.errors import StepFailed
+from buildgraph.errors import BuildgraphError, StepFailed
 from buildgraph.frontend.ignore import IgnoreMatcher
 from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, Step
 from buildgraph.image.config import HistoryEntry, ImageConfig
@@ -32,20 +31,15 @@ def _no_output(_title: str, _data: bytes) -> None:
     pass
 
 
-def discard_volumes(upper: Path, volumes: tuple[str, ...]) -> None:
-    """Docker discards what a RUN changes inside a declared VOLUME: drop it from the diff."""
-    for volume in volumes:
-        parts = [part for part in volume.split("/") if part not in ("", ".", "..")]
-        parents = [upper.joinpath(*parts[:depth]) for depth in range(1, len(parts))]
-        if not parts or any(parent.is_symlink() for parent in parents):
-            continue  # never follow a link the command made: it may point at the host
-        path = upper.joinpath(*parts)
-        if not os.path.lexists(path):
-            continue
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
+@contextlib.contextmanager
+def _located(step: CopyStep) -> Iterator[None]:
+    """A COPY/ADD/WORKDIR error that the copier could not place names the instruction's line."""
+    try:
+        yield
+    except BuildgraphError as err:
+        if err.where is None:
+            err.where = step.where
+        raise
 
 
 @dataclass
@@ -95,7 +89,12 @@ class Worker:
         return StepRecord(layers, config.history)
 
     def lowers(self, record: StepRecord) -> list[Path]:
-        """Snapshot dirs of an image, topmost first (overlay's lowerdir order)."""
+        """Snapshot dirs of an image, topmost first (overlay's lowerdir order), each once.
+
+        A stack can hold one layer twice (two steps with the same net change give the same
+        bytes, and base images repeat layers too); overlayfs refuses a lowerdir given twice
+        (ELOOP). Dropping the lower copy changes nothing: every path the upper copy lacks,
+        the lower copy lacks too, so lookups fall through to the same layers either way."""
         unpacked = all(self.snapshots.has(layer.diff_id) for layer in record.layers)
         if not unpacked and self.fetch_layers is not None:
             self.fetch_layers(record)  # only a snapshot not on disk needs its blob
@@ -103,7 +102,7 @@ class Worker:
             self.snapshots.ensure(self.store, layer.descriptor, layer.diff_id)
             for layer in record.layers
         ]
-        return paths[::-1]
+        return list(dict.fromkeys(reversed(paths)))
 
     def _run(self, step: RunStep, parent: StepRecord) -> StepRecord:
         from buildgraph.worker.diff import relink_copied_up
@@ -133,7 +132,6 @@ class Worker:
                     f"{result.exit_code}{detail}",
                     step.where,
                 )
-            discard_volumes(upper, step.volumes)
             relink_copied_up(upper, lowers)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
             return self._commit(upper, parent, created_by)
@@ -152,8 +150,13 @@ class Worker:
             chmod=step.chmod,
             add=step.add,
             patterns_from_stage=bool(source.stage_key),
+            unknown_owner_is_root=step.unknown_owner_is_root,
         )
-        with self.snapshots.scratch() as scratch:
+        if step.patterns and not job.sources and not job.inline:
+            # Every source was a wildcard that matched nothing in the context: BuildKit copies
+            # nothing and makes no destination dir (a stage's patterns are expanded later).
+            return self._commit_nothing(parent, step)
+        with self.snapshots.scratch() as scratch, _located(step):
             upper = scratch / "upper"
             upper.mkdir()
             if source.stage_key:
@@ -165,6 +168,11 @@ class Worker:
                 copy_in_overlay(job, lowers, upper, context=context, ignore=ignore)
             created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
             return self._commit(upper, parent, created_by)
+
+    def _commit_nothing(self, parent: StepRecord, step: CopyStep) -> StepRecord:
+        created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
+        entry = HistoryEntry(self._now(), created_by, empty_layer=True)
+        return StepRecord(parent.layers, (*parent.history, entry))
 
     def _commit(self, upper: Path, parent: StepRecord, created_by: str) -> StepRecord:
         """Turn the upper dir into a layer and a snapshot; an unchanged tree adds no layer."""

@@ -290,7 +290,6 @@ ERROR_CASES = [
     ("FROM busybox\nHEALTHCHECK WAT true\n", 2),
     ("FROM busybox\nHEALTHCHECK CMD\n", 2),
     ("FROM busybox\nRUN true\nRUN <<EOF\necho\n", 3),
-    ("FROM a AS x\nRUN true\nFROM b AS X\n", 3),
     ("FROM a AS 1x\n", 1),
     ("FROM a AS\n", 1),
     ("FROM a b c d\n", 1),
@@ -325,3 +324,15 @@ def test_unknown_flag_error_names_the_flag(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="--bogus") as caught:
         parse(tmp_path, "FROM busybox\n\nCOPY --bogus=1 a b\n")
     assert str(caught.value).startswith(f"{tmp_path / 'Dockerfile'}:3: ")
+
+
+def test_duplicate_stage_names_warn_and_the_last_wins(tmp_path: Path) -> None:
+    """BuildKit's DuplicateStageName check is a warning; a reference finds the last stage of
+    that name (dockerfile2llb dispatchStates.addState overwrites statesByName)."""
+    dockerfile = parse(tmp_path, "FROM a AS x\nRUN true\nFROM b AS X\nFROM x\n")
+    assert dockerfile.warnings == (
+        f"{tmp_path / 'Dockerfile'}:3: DuplicateStageName: Duplicate stage name 'x', "
+        "stage names should be unique",
+    )
+    assert dockerfile.stage("x").index == 1
+    assert dockerfile.stage("x", before=1).index == 0

@@ -48,7 +48,7 @@ CHANGED = {
     "network": "none",
     "files": (("/x", "y"),),
     "mounts": (RunMount("cache", "/var/cache", id="/var/cache"),),
-    "volumes": ("/data",),
+    "unknown_owner_is_root": True,
     "patterns": ("b",),
     "dest": "/b",
     "inline": (("f", "x"),),
