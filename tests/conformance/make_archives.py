@@ -36,6 +36,30 @@ def archive_bytes() -> bytes:
     return buffer.getvalue()
 
 
+def links_archive_bytes() -> bytes:
+    """Entries that pass through symlinks the tar itself makes: relative, absolute (from the
+    destination, as BuildKit's chrootarchive sees "/"), and with a '..' that stays inside."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name in ("usr", "usr/lib", "usr/share"):
+            _add(tar, name, tarfile.DIRTYPE, 0o755)
+        _add(tar, "lib", tarfile.SYMTYPE, 0o777, link="usr/lib")
+        _add(tar, "lib/libx.so", tarfile.REGTYPE, 0o644, b"libx\n")
+        _add(tar, "abs", tarfile.SYMTYPE, 0o777, link="/usr/share")
+        _add(tar, "abs/doc.txt", tarfile.REGTYPE, 0o644, b"doc\n")
+        _add(tar, "up", tarfile.SYMTYPE, 0o777, link="usr/lib/../share")
+        _add(tar, "up/up.txt", tarfile.REGTYPE, 0o644, b"up\n")
+    return buffer.getvalue()
+
+
+def through_image_archive_bytes() -> bytes:
+    """One entry below `link`, a symlink the image (not the tar) has."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        _add(tar, "link/through-image.txt", tarfile.REGTYPE, 0o644, b"image link\n")
+    return buffer.getvalue()
+
+
 def _add(
     tar: tarfile.TarFile,
     name: str,
@@ -54,6 +78,9 @@ def _add(
 
 
 def main() -> None:
+    links = CASES_DIR / "add-tar-through-links"
+    (links / "links.tar").write_bytes(links_archive_bytes())
+    (links / "through-image.tar").write_bytes(through_image_archive_bytes())
     data = archive_bytes()
     for suffix, compress in COMPRESSORS.items():
         case_dir = CASES_DIR / ("add-" + suffix.replace(".", "-"))
