@@ -10,6 +10,7 @@ APT_PACKAGES=(
   docker-registry                 # the CNCF distribution registry the tests run on 127.0.0.1
   skopeo umoci buildah            # outside checks of what buildgraph writes; the peer we match
   apache2-utils openssl           # htpasswd for the registry auth tests
+  docker.io                       # a private dockerd: `docker load` + `docker run` of our images
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
