@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from buildgraph import __version__
@@ -148,6 +149,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         jobs=args.jobs or (os.cpu_count() or 2),
         network=args.network,
         secrets=dict(parse_secret(item) for item in args.secret or ()),
+        labels=_labels(args.label or ()),
         cache_from=args.cache_from or args.cache_repo,
         cache_to=args.cache_to or args.cache_repo,
     )
@@ -165,6 +167,46 @@ def cmd_build(args: argparse.Namespace) -> int:
     print(
         result.image.digest if not result.tags else f"{result.image.digest} {' '.join(result.tags)}"
     )
+    return 0
+
+
+def cmd_executor(argv: Sequence[str]) -> int:
+    """Kaniko's command line (`/kaniko/executor` in the executor image runs this)."""
+    from buildgraph.commands.build import build
+    from buildgraph.commands.executor import digest_lines, parse_executor_args
+    from buildgraph.commands.image import build_timestamp
+    from buildgraph.registry.auth import CredentialStore
+    from buildgraph.registry.client import RegistryClient
+
+    _, epoch = build_timestamp()
+    job = parse_executor_args(argv, jobs=os.cpu_count() or 2, env=os.environ, epoch=epoch)
+    for notice in job.notices:
+        _say(f"buildgraph: notice: {notice}")
+    args = argparse.Namespace(
+        progress=job.progress, quiet=False, platform=job.platform, cache_dir=str(job.cache_dir)
+    )
+    request = replace(job.request, platform=_platform(args))
+
+    def client() -> RegistryClient:
+        return RegistryClient(
+            credentials=CredentialStore.from_environment(), insecure=job.insecure_hosts
+        )
+
+    sink = _renderer(args)
+    try:
+        result = build(request, store=_store(args), client=client, sink=sink, epoch=job.epoch)
+    finally:
+        if hasattr(sink, "close"):
+            sink.close()
+    for warning in result.plan.warnings:
+        _say(f"buildgraph: warning: {warning}")
+    # Kaniko's files name what the registry serves (what a signature or a deploy refers to).
+    digest = next(iter(result.pushed.values()), result.image.digest)
+    if job.digest_file:
+        job.digest_file.write_text(digest)
+    if job.image_name_with_digest_file:
+        job.image_name_with_digest_file.write_text(digest_lines(request.tags, digest))
+    print(f"{digest} {' '.join(request.tags)}".rstrip())
     return 0
 
 
@@ -348,6 +390,16 @@ def _build_args(items: Sequence[str]) -> dict[str, str]:
     return values
 
 
+def _labels(items: Sequence[str]) -> dict[str, str]:
+    labels = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        if not key:
+            raise InputError(f"invalid --label {item!r}: expected KEY=VALUE")
+        labels[key] = value
+    return labels
+
+
 def _renderer(args: argparse.Namespace):
     from buildgraph.ui.jsonl import JsonRenderer
     from buildgraph.ui.plain import PlainRenderer
@@ -445,6 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--target", help="the stage to build (default: the last)")
     bld.add_argument("--build-arg", action="append", metavar="KEY[=VALUE]")
     bld.add_argument("-t", "--tag", action="append", metavar="NAME[:TAG]")
+    bld.add_argument("--label", action="append", metavar="KEY=VALUE", help="add to the config")
     bld.add_argument(
         "-o",
         "--output",
@@ -469,6 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )
     bld.set_defaults(handler=cmd_build)
+
+    commands.add_parser(  # parsed by commands/executor.py; listed here for --help
+        "executor", help="build with Kaniko's flags (--context, --dockerfile, --destination ...)"
+    )
 
     runp = commands.add_parser("run", help="build targets of Buildfile.yaml as one graph")
     runp.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
@@ -565,7 +622,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
+        if argv[:1] == ["executor"]:  # Kaniko's flags, read by its own parser
+            return cmd_executor(argv[1:])
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except BuildgraphError as err:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,7 +15,7 @@ from buildgraph.errors import BuildgraphError, CacheError, InputError, Location,
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
-from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, lower_dockerfile
+from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, StagePlan, lower_dockerfile
 from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import inputs_of
 from buildgraph.image.assemble import assemble_image
@@ -50,6 +50,7 @@ class BuildRequest:
     cache_from: str | None = None  # remote cache repositories (--cache-repo sets both)
     cache_to: str | None = None
     secrets: Mapping[str, Path] = field(default_factory=dict)
+    labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class BuildResult:
     tags: tuple[str, ...]
     outcome: Outcome
     plan: BuildPlan
+    pushed: Mapping[str, str] = field(default_factory=dict)  # tag -> manifest digest there
 
 
 def parse_secret(text: str) -> tuple[str, Path]:
@@ -153,18 +155,30 @@ def _build(
         first = next(iter(outcome.failures.values()))
         raise first if isinstance(first, StepFailed) else relocate(first, None)
     record = outcome.records[plan.target.key]
-    image = assemble_image(store, plan.target, record, epoch=epoch)
+    image = assemble_image(store, _labelled(plan.target, request.labels), record, epoch=epoch)
     tags = _tag(store, image, request.tags)
     for spec in request.outputs:
         export_output(store, image, tags, spec, client, dockerfile_path)
+    pushed = {}
     if request.push:
         from buildgraph.registry.transfer import push
 
         for tag in tags:
             stored = store.resolve(tag)
             assert stored is not None
-            push(client(), store, stored, parse_reference(tag))
-    return BuildResult(image, tags, outcome, plan)
+            # The registry's digest differs from the store's: layers are compressed to go.
+            pushed[tag] = push(client(), store, stored, parse_reference(tag))
+    return BuildResult(image, tags, outcome, plan, pushed)
+
+
+def _labelled(target: StagePlan, labels: Mapping[str, str]) -> StagePlan:
+    """`--label`s on top of the Dockerfile's LABELs, as `docker build --label` adds them: in
+    the image config only, never in a step's key."""
+    if not labels:
+        return target
+    merged = dict(target.config.labels) | dict(labels)
+    config = replace(target.config, labels=tuple(sorted(merged.items())))
+    return replace(target, config=config)
 
 
 def _already_built(
