@@ -22,6 +22,7 @@ RUN_KEY_FIELDS = (
     "files",
     "mounts",
     "volumes",
+    "security",
 )
 # The context path is not in the key: its content digest is, so a moved checkout still hits.
 COPY_KEY_FIELDS = ("parent", "patterns", "dest", "inline", "chown", "chmod", "add")

@@ -49,6 +49,7 @@ CHANGED = {
     "files": (("/x", "y"),),
     "mounts": (RunMount("cache", "/var/cache", id="/var/cache"),),
     "volumes": ("/data",),
+    "security": "insecure",
     "patterns": ("b",),
     "dest": "/b",
     "inline": (("f", "x"),),
