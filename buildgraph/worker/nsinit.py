@@ -72,6 +72,21 @@ DEVICES = (  # name, major, minor: what docker puts in a container's /dev
     ("urandom", 1, 9),
     ("tty", 5, 0),
 )
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+MASKED_PATHS = (  # what runc hides from a container: host state and ways to write to the host
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
+)
 DEV_LINKS = (
     ("fd", "/proc/self/fd"),
     ("stdin", "/proc/self/fd/0"),
@@ -171,6 +186,8 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         os.umask(0o022)
         for fd in sources.values():
             os.close(fd)
+        if plan.confinement.capabilities is not None:  # not --security=insecure
+            _protect_kernel_files()
         uid, gid, groups = resolve_user(plan.user)
         if not os.path.isdir(plan.workdir):
             _make_workdir(plan.workdir)
@@ -189,6 +206,24 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         report(f"error\t{describe(err)}")
     finally:
         os._exit(SETUP_FAILED)
+
+
+def _protect_kernel_files() -> None:
+    """As runc does: /proc/sys and friends read-only (root in the initial user namespace
+    could otherwise write e.g. kernel.core_pattern, and run a program of its choice as the
+    host's root), host-wide files masked. Paths the kernel lacks are skipped."""
+    hidden = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for path in READONLY_PATHS:
+        if os.path.lexists(path):
+            target = path.encode()
+            _mount(target, target, None, MS_BIND | MS_REC, "", f"bind {path}")
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | hidden
+            _mount(None, target, None, flags, "", f"read-only {path}")
+    for path in MASKED_PATHS:
+        if os.path.isdir(path):
+            _mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | hidden, "size=0", f"mask {path}")
+        elif os.path.lexists(path):
+            _mount(b"/dev/null", path.encode(), None, MS_BIND, "", f"mask {path}")
 
 
 def _pivot(host_root: int) -> None:

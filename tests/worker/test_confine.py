@@ -170,3 +170,20 @@ def test_filter_compiles_to_bpf() -> None:
     program = seccomp.default_filter()
     assert program and len(program) % 8 == 0
     assert stat.S_ISREG(os.stat("/proc/self/status").st_mode)
+
+
+def test_kernel_settings_are_read_only(run) -> None:
+    """Root in the initial user namespace could set kernel.core_pattern to a program the
+    host's root then runs: /proc/sys is read-only, as runc makes it. (Writing the value it
+    already has: harmless if this test ever fails.)"""
+    result = run(
+        sh(
+            "cat /proc/sys/kernel/core_pattern > /tmp/pattern"
+            " && cat /tmp/pattern > /proc/sys/kernel/core_pattern; echo status=$?;"
+            " grep -E ' /proc/sys ' /proc/self/mountinfo"
+        )
+    )
+    assert "status=1" in result.output_tail
+    assert "Read-only file system" in result.output_tail
+    line = next(line for line in result.output_tail.splitlines() if " /proc/sys " in line)
+    assert " ro," in line
