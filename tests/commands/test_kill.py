@@ -93,7 +93,9 @@ def test_random_kills_leave_nothing_and_change_no_digest(
         time.sleep(delay)
         process.send_signal(number)
         process.communicate(timeout=30)
-        assert process.returncode in (0, -9, 143), note
+        # 0: it finished first; -15: SIGTERM came during interpreter start-up, before main()
+        # set its handler (nothing exists yet to clean up then)
+        assert process.returncode in (0, -signal.SIGKILL, -signal.SIGTERM, 143), note
         deadline = time.monotonic() + 5  # death signals reach the sandbox asynchronously
         found = leftovers(cache)
         while any(found.values()) and time.monotonic() < deadline:
