@@ -76,7 +76,6 @@ READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysr
 MASKED_PATHS = (  # what runc hides from a container: host state and ways to write to the host
     "/proc/acpi",
     "/proc/asound",
-    "/proc/interrupts",
     "/proc/kcore",
     "/proc/keys",
     "/proc/latency_stats",
@@ -214,12 +213,14 @@ def _protect_kernel_files() -> None:
     host's root), host-wide files masked. Paths the kernel lacks are skipped."""
     hidden = MS_NOSUID | MS_NODEV | MS_NOEXEC
     for path in READONLY_PATHS:
-        if os.path.lexists(path):
+        if os.path.lexists(path) and not os.path.islink(path):
             target = path.encode()
             _mount(target, target, None, MS_BIND | MS_REC, "", f"bind {path}")
             flags = MS_REMOUNT | MS_BIND | MS_RDONLY | hidden
             _mount(None, target, None, flags, "", f"read-only {path}")
     for path in MASKED_PATHS:
+        if os.path.islink(path):
+            continue  # not the kernel's (e.g. /sys of the image, where sysfs was not mounted)
         if os.path.isdir(path):
             _mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | hidden, "size=0", f"mask {path}")
         elif os.path.lexists(path):
@@ -358,7 +359,8 @@ def _apply(op: MountOp, source_fd: int | None) -> None:
     if op.fstype in ("bind", "secret"):
         assert source_fd is not None
         source = f"/proc/self/fd/{source_fd}".encode()
-        _mount(source, target, None, MS_BIND | MS_REC, "", f"bind {op.source} on {op.target}")
+        what = f"bind {op.source or 'a secret'} on {op.target}"
+        _mount(source, target, None, MS_BIND | MS_REC, "", what)
         readonly = op.fstype == "secret" or op.flags & MS_RDONLY
         if readonly:
             flags = MS_REMOUNT | MS_BIND | MS_RDONLY | (op.flags & ~MS_RDONLY)
