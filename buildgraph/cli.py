@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from buildgraph import __version__
-from buildgraph.errors import BuildgraphError, InputError
+from buildgraph.errors import BuildgraphError, InputError, Terminated
 
 EXIT_INTERRUPTED = 130
 
@@ -152,6 +154,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         labels=_labels(args.label or ()),
         cache_from=args.cache_from or args.cache_repo,
         cache_to=args.cache_to or args.cache_repo,
+        allow=frozenset(args.allow or ()),
     )
     _, epoch = build_timestamp()
     sink = _renderer(args)
@@ -261,6 +264,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache_to=args.cache_to,
             cache_required=args.cache_required,
             export_cached=args.command == "warm",  # the nightly job leaves the cache complete
+            allow=frozenset(args.allow or ()),
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
         )
     finally:
@@ -352,6 +356,10 @@ def cmd_cache(args: argparse.Namespace) -> int:
         print(f"blobs      {found.blobs:>7}  {_human(found.blob_bytes):>9}")
         print(f"snapshots  {found.snapshots:>7}  {_human(found.snapshot_bytes):>9}")
         print(f"steps      {found.steps:>7}")
+        print(
+            f"scratch    {found.scratch:>7}  {_human(found.scratch_bytes):>9}"
+            f"  ({found.orphaned} orphaned by killed builds: the next build or prune reclaims them)"
+        )
     elif args.cache_command == "ls":
         index = StepIndex(store.root / "steps")
         for path in sorted(
@@ -371,7 +379,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         )
         print(
             f"removed {result.steps_removed} steps, {result.blobs_removed} blobs, "
-            f"{result.snapshots_removed} snapshots: {_human(result.bytes_freed)} freed"
+            f"{result.snapshots_removed} snapshots, {result.orphans_removed} orphaned step dirs:"
+            f" {_human(result.bytes_freed)} freed"
         )
     return 0
 
@@ -448,6 +457,16 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
 
 
+def _allow(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--allow",
+        action="append",
+        choices=("security.insecure",),
+        metavar="ENTITLEMENT",
+        help="security.insecure: let RUN --security=insecure run with every privilege",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="buildgraph", description="Build container images like make.")
     parser.add_argument("--version", action="version", version=f"buildgraph {__version__}")
@@ -521,6 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )
+    _allow(bld)
     bld.set_defaults(handler=cmd_build)
 
     commands.add_parser(  # parsed by commands/executor.py; listed here for --help
@@ -550,6 +570,7 @@ def build_parser() -> argparse.ArgumentParser:
     runp.add_argument(
         "--offline", action="store_true", help="use only the local store and cache (no network)"
     )
+    _allow(runp)
     runp.set_defaults(build=True)
 
     warmp = commands.add_parser(
@@ -568,6 +589,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--build: fail when the export fails, instead of a warning",
     )
+    _allow(warmp)
     warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
     warmp.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
@@ -623,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    previous = _handle_sigterm()
     try:
         if argv[:1] == ["executor"]:  # Kaniko's flags, read by its own parser
             return cmd_executor(argv[1:])
@@ -631,11 +654,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BuildgraphError as err:
         _say(f"buildgraph: error: {err}")
         return err.exit_code
+    except Terminated:
+        _say("buildgraph: terminated")
+        return Terminated.exit_code
     except KeyboardInterrupt:
         _say("buildgraph: interrupted")
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _handle_sigterm():
+    """Turn SIGTERM into `Terminated` in the main thread (the only one Python runs handlers
+    in); returns the handler it replaced. A second SIGTERM is ignored: cleanup is short, and
+    raising again inside a `finally` could cut it short. SIGKILL remains for the impatient."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(_signum: int, _frame: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
 
 
 def console() -> None:

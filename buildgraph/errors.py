@@ -54,5 +54,12 @@ class CacheError(BuildgraphError):  # corrupt local cache / image store entry
     exit_code = 4
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (CI cancel, Kubernetes, systemd): unwinds exactly as Ctrl-C does, so every
+    `except KeyboardInterrupt` that stops steps and cleans up handles it too."""
+
+    exit_code = 143  # 128 + SIGTERM, what a shell reports for a process SIGTERM killed
+
+
 class NotFound(InputError):  # an image or tag that does not exist
     pass

@@ -11,6 +11,7 @@ APT_PACKAGES=(
   skopeo umoci buildah            # outside checks of what buildgraph writes; the peer we match
   apache2-utils openssl           # htpasswd for the registry auth tests
   docker.io                       # a private dockerd: `docker load` + `docker run` of our images
+  libseccomp2                     # RUN's seccomp filter (apt depends on it; listed to be explicit)
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

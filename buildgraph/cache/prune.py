@@ -14,10 +14,12 @@ from pathlib import Path
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepIndex
 from buildgraph.errors import CacheError, InputError
-from buildgraph.fs import file_lock
+from buildgraph.fs import file_lock, reclaim_unheld, tree_size, unheld_dirs
 from buildgraph.image.oci import Descriptor, Index, Manifest, parse_document
 
 GC_LOCK = ".gc.lock"  # builds hold it shared, prune exclusive
+WORK_DIR = "snapshots/.work"  # step dirs, each held by its process (worker.snapshot.WORK_DIR)
+LEGACY_TMP_DIR = "snapshots/.tmp"  # step dirs of versions before issue 16 (never held)
 UNITS = {
     "": 1,
     "b": 1,
@@ -41,6 +43,9 @@ class Usage:
     snapshots: int
     snapshot_bytes: int
     steps: int
+    scratch: int = 0  # step dirs under snapshots/.work (and .tmp), live or orphaned
+    scratch_bytes: int = 0
+    orphaned: int = 0  # of those, the ones no live process holds (a killed build's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,13 +54,46 @@ class PruneResult:
     blobs_removed: int
     snapshots_removed: int
     bytes_freed: int
+    orphans_removed: int = 0
 
 
 @contextlib.contextmanager
 def using(store: LocalStore) -> Iterator[None]:
-    """Held by a build for its whole run, so a prune never takes what the build uses."""
+    """Held by a build for its whole run, so a prune never takes what the build uses.
+    Entering it reclaims what killed builds left: their step dirs, which no process holds."""
+    reclaim_legacy(store, exclusive_only=True)
     with file_lock(store.root / GC_LOCK, shared=True):
+        reclaim_unheld(store.root / WORK_DIR)
         yield
+
+
+def reclaim_legacy(store: LocalStore, *, exclusive_only: bool) -> tuple[int, int]:
+    """Step dirs of an older version (snapshots/.tmp), which it never locked: any secret
+    file in them goes at once (its plaintext must not outlive the build); the dirs go when no
+    build holds the cache (an older build may still be using one), or when we hold it
+    exclusively already (prune). Returns (dirs, bytes) removed."""
+    legacy = store.root / LEGACY_TMP_DIR
+    if not legacy.is_dir():
+        return 0, 0
+    for secret in legacy.glob("*/secret-*"):
+        with contextlib.suppress(OSError):
+            secret.unlink()
+    if not exclusive_only:
+        return _remove_legacy(legacy)
+    try:
+        with file_lock(store.root / GC_LOCK, wait=False):
+            return _remove_legacy(legacy)
+    except BlockingIOError:
+        return 0, 0  # a build is running: the next start-up alone, or prune, takes them
+
+
+def _remove_legacy(legacy: Path) -> tuple[int, int]:
+    dirs = [path for path in legacy.iterdir() if path.is_dir() and not path.is_symlink()]
+    freed = sum(tree_size(path) for path in dirs)
+    for path in dirs:
+        shutil.rmtree(path, ignore_errors=True)
+    shutil.rmtree(legacy, ignore_errors=True)
+    return len(dirs), freed
 
 
 def parse_size(text: str) -> int:
@@ -78,12 +116,25 @@ def usage(store: LocalStore) -> Usage:
     blobs = list(_blob_files(store))
     snapshots = _snapshot_sizes(store)
     steps = list(_step_files(store))
+    scratch = [
+        path
+        for parent in (store.root / WORK_DIR, store.root / LEGACY_TMP_DIR)
+        if parent.is_dir()
+        for path in parent.iterdir()
+        if path.is_dir() and not path.is_symlink()
+    ]
+    orphans = [path.name for path in unheld_dirs(store.root / WORK_DIR)]
+    legacy = store.root / LEGACY_TMP_DIR
+    orphans += [path.name for path in scratch if path.parent == legacy]
     return Usage(
         len(blobs),
         sum(p.stat().st_size for p in blobs),
         len(snapshots),
         sum(snapshots.values()),
         len(steps),
+        len(scratch),
+        sum(tree_size(path) for path in scratch),
+        len(orphans),
     )
 
 
@@ -94,6 +145,8 @@ def prune(
     until what stays fits in `keep_storage` bytes; delete every blob and snapshot that no tag
     and no remaining record reaches."""
     with file_lock(store.root / GC_LOCK):
+        orphans, orphan_bytes = reclaim_unheld(store.root / WORK_DIR)
+        legacy, legacy_bytes = reclaim_legacy(store, exclusive_only=False)
         records = sorted(_step_files(store), key=lambda p: p.stat().st_mtime)
         removed = 0
         if older_than is not None:
@@ -119,7 +172,8 @@ def prune(
                 shutil.rmtree(store.root / "snapshots" / diff_id.removeprefix("sha256:"))
                 freed += size
                 snapshots_removed += 1
-        return PruneResult(removed, blobs_removed, snapshots_removed, freed)
+        freed += orphan_bytes + legacy_bytes
+        return PruneResult(removed, blobs_removed, snapshots_removed, freed, orphans + legacy)
 
 
 def _kept_bytes(store: LocalStore, snapshot_sizes: dict[str, int]) -> int:

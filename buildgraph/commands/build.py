@@ -17,7 +17,7 @@ from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, StagePlan, lower_dockerfile
 from buildgraph.graph.remote import url_fetcher
-from buildgraph.graph.steps import inputs_of
+from buildgraph.graph.steps import check_entitlements, inputs_of
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.oci import Descriptor, Platform
@@ -51,6 +51,7 @@ class BuildRequest:
     cache_to: str | None = None
     secrets: Mapping[str, Path] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
+    allow: frozenset[str] = frozenset()  # entitlements (--allow), e.g. security.insecure
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,6 +139,7 @@ def _build(
         fetch_url=url_fetcher(store.root / "downloads"),
     )
     stat_cache.save(store.root / "statcache.json")
+    check_entitlements(plan.steps.values(), request.allow)
     index = StepIndex(store.root / "steps")
     outcome = None if request.no_cache else _already_built(plan, store, index, sink)
     if outcome is None:

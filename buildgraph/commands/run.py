@@ -25,7 +25,7 @@ from buildgraph.graph.explain import summarize
 from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
 from buildgraph.graph.query import chain
 from buildgraph.graph.remote import url_fetcher
-from buildgraph.graph.steps import CopyStep, RunStep
+from buildgraph.graph.steps import CopyStep, RunStep, check_entitlements
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
 from buildgraph.registry.reference import Reference, parse_reference
@@ -210,6 +210,7 @@ def _run_project(
     cache_to: str | None = None,
     cache_required: bool = False,
     export_cached: bool = False,
+    allow: frozenset[str] = frozenset(),
     warn: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
     """`export_cached` (warm --build): also export the steps this run did not build, where the
@@ -217,6 +218,8 @@ def _run_project(
     start = time.monotonic()
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
+    for plan in compiled.plans.values():
+        check_entitlements(plan.steps.values(), allow)
     graph = compile_graph(*compiled.plans.values())
     for name, plan in compiled.plans.items():
         add_export(graph, name, plan.target.key)

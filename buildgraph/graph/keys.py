@@ -21,6 +21,7 @@ RUN_KEY_FIELDS = (
     "network",
     "files",
     "mounts",
+    "security",
 )
 # The context path is not in the key: its content digest is, so a moved checkout still hits.
 COPY_KEY_FIELDS = (

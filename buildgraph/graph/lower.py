@@ -272,6 +272,7 @@ class _StageWalker:
             user=self.config.user,
             workdir=self.config.working_dir or "/",
             network=run.network,
+            security=run.security,
             mounts=tuple(self._mount(mount, run.where) for mount in run.mounts),
             context=str(self.state.context),
             title=self.title(run),

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
-from buildgraph.errors import Location
+from buildgraph.errors import InputError, Location
 from buildgraph.image.config import RuntimeConfig
 
 Pairs = tuple[tuple[str, str], ...]
@@ -48,6 +49,7 @@ class RunStep:
     network: str  # default | none | host, as written; "default" is the build's choice
     files: Pairs = ()  # (path inside the sandbox, content): heredoc scripts fed to the command
     mounts: tuple[RunMount, ...] = ()
+    security: str = "sandbox"  # "insecure": every privilege (needs --allow security.insecure)
     context: str = field(default="", compare=False)  # where bind mounts read from; not keyed
     title: str = field(default="", compare=False)
     where: Location | None = field(default=None, compare=False)
@@ -109,3 +111,20 @@ def inputs_of(step: Step) -> tuple[str, ...]:
 
 def changes_files(step: Step) -> bool:
     return isinstance(step, RunStep | CopyStep)
+
+
+INSECURE_ENTITLEMENT = "security.insecure"  # BuildKit's name
+
+
+def check_entitlements(steps: Iterable[Step], allowed: Collection[str]) -> None:
+    """Refuse, before anything runs, a step that needs a privilege the command line did not
+    grant (as BuildKit refuses it, cached or not)."""
+    if INSECURE_ENTITLEMENT in allowed:
+        return
+    for step in steps:
+        if isinstance(step, RunStep) and step.security == "insecure":
+            raise InputError(
+                f"RUN --security=insecure needs `--allow {INSECURE_ENTITLEMENT}` on the "
+                "command line (it runs with every privilege of the machine)",
+                step.where,
+            )

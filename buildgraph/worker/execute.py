@@ -113,7 +113,15 @@ class Worker:
         network = self.network if step.network == "default" else step.network
         with self.snapshots.scratch() as scratch:
             binds = run_mounts(step, scratch, self.store.root / "mounts", self.secrets)
-            spec = RunSpec(step.argv, step.env, step.user, step.workdir, network, extra_binds=binds)
+            spec = RunSpec(
+                step.argv,
+                step.env,
+                step.user,
+                step.workdir,
+                network,
+                extra_binds=binds,
+                security=step.security,
+            )
             upper = scratch / "upper"
             upper.mkdir()
             result = run_in_sandbox(

@@ -11,14 +11,15 @@ import xxhash
 
 from buildgraph.errors import StepFailed
 from buildgraph.graph.steps import RunStep
-from buildgraph.worker.sandbox import Bind, Tmpfs
+from buildgraph.worker.sandbox import Bind, Secret, Tmpfs
 
 
 def run_mounts(
     step: RunStep, scratch: Path, cache_root: Path, secrets: Mapping[str, Path]
-) -> tuple[Bind | Tmpfs, ...]:
-    """Binds for the sandbox; nothing here ever lands in the step's layer."""
-    binds: list[Bind | Tmpfs] = []
+) -> tuple[Bind | Tmpfs | Secret, ...]:
+    """Binds for the sandbox; nothing here ever lands in the step's layer, and a secret is
+    read into memory only: the sandbox puts it on a tmpfs of its own mount namespace."""
+    binds: list[Bind | Tmpfs | Secret] = []
     for mount in step.mounts:
         match mount.type:
             case "tmpfs":
@@ -42,11 +43,15 @@ def run_mounts(
                             step.where,
                         )
                     continue
-                copy = scratch / f"secret-{xxhash.xxh3_64_hexdigest(mount.id.encode())}"
-                shutil.copyfile(source, copy)  # the sandbox user may need other modes/owner
-                copy.chmod(mount.mode if mount.mode is not None else 0o400)
-                os.chown(copy, mount.uid or 0, mount.gid or 0)
-                binds.append(Bind(copy, mount.target, readonly=True))
+                try:
+                    content = Path(source).read_bytes()
+                except OSError as err:
+                    raise StepFailed(
+                        f"{step.title}: secret {mount.id!r}: cannot read {source}: {err.strerror}",
+                        step.where,
+                    ) from err
+                mode = mount.mode if mount.mode is not None else 0o400
+                binds.append(Secret(mount.target, content, mode, mount.uid or 0, mount.gid or 0))
             case "bind":
                 source = Path(step.context) / mount.source
                 if not mount.readonly:  # writes are allowed but thrown away, as in BuildKit

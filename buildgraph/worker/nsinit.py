@@ -1,4 +1,4 @@
-"""The forked side of the RUN sandbox: namespaces, mounts, chroot, user and exec.
+"""The forked side of the RUN sandbox: namespaces, mounts, pivot_root, confinement and exec.
 
 Everything here runs in a child of `os.fork()` and must never return into the caller's stack:
 `child_main` ends in `os._exit` or `execve`. It imports nothing after the fork and touches no
@@ -17,12 +17,15 @@ import ctypes
 import errno
 import fcntl
 import os
+import platform
 import select
 import signal
 import socket
 import stat
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from buildgraph.worker.confine import ConfineError, Confinement, confine
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
@@ -40,6 +43,9 @@ MS_REC = 16384
 MS_PRIVATE = 1 << 18
 MS_STRICTATIME = 1 << 24
 
+MNT_DETACH = 2
+SYS_PIVOT_ROOT = 155 if platform.machine() == "x86_64" else 41  # 41: asm-generic (aarch64)
+
 PR_SET_PDEATHSIG = 1
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
@@ -55,6 +61,8 @@ LIBC.unshare.argtypes = [ctypes.c_int]
 LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 LIBC.prctl.argtypes += [ctypes.c_ulong]
 LIBC.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+LIBC.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+LIBC.syscall.argtypes = [ctypes.c_long, ctypes.c_char_p, ctypes.c_char_p]
 
 DEVICES = (  # name, major, minor: what docker puts in a container's /dev
     ("null", 1, 3),
@@ -63,6 +71,20 @@ DEVICES = (  # name, major, minor: what docker puts in a container's /dev
     ("random", 1, 8),
     ("urandom", 1, 9),
     ("tty", 5, 0),
+)
+READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
+MASKED_PATHS = (  # what runc hides from a container: host state and ways to write to the host
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/sys/devices/virtual/powercap",
+    "/sys/firmware",
 )
 DEV_LINKS = (
     ("fd", "/proc/self/fd"),
@@ -78,12 +100,16 @@ class MountOp:
     """One mount inside the new root, made after chroot so `target` resolves inside it."""
 
     target: str  # absolute path inside the root
-    fstype: str  # "bind" or a filesystem type
+    fstype: str  # "bind", "secret" or a filesystem type
     source: str = ""  # host path for "bind" (opened before chroot)
     flags: int = 0
     data: str = ""
     directory: bool = True  # the kind of mount point to create if it is missing
     optional: bool = False  # skip (instead of failing) if the mount point has the wrong type
+    content: bytes = field(default=b"", repr=False)  # "secret": the file's bytes, never on disk
+    mode: int = 0o400  # "secret": the file's mode, owner and group
+    uid: int = 0
+    gid: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,10 +124,14 @@ class ChildPlan:
     workdir: str
     hostname: str
     new_net: bool
+    confinement: Confinement  # see confine; INSECURE for RUN --security=insecure
 
 
 class SetupError(Exception):
     """A one-line reason the sandbox could not start the command."""
+
+
+SECRETS_DIR = "secrets"  # a tmpfs in the scratch dir: secret files exist in this mount ns only
 
 
 def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int) -> None:
@@ -120,6 +150,7 @@ def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int
         os.close(alive_read)
         os.close(STUB_FD)  # only init reports; buildgraph then sees EOF once init execs or dies
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # buildgraph decides; we die with it
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
         _, status = os.waitpid(pid, 0)
         code = os.waitstatus_to_exitcode(status)
         code = 128 - code if code < 0 else code
@@ -130,7 +161,7 @@ def child_main(plan: ChildPlan, stdout_fd: int, message_fd: int, parent_pid: int
 
 
 def _init_main(plan: ChildPlan, alive_fd: int) -> None:
-    """Pid 1 of the new pid namespace: build the root, become the user, exec the command."""
+    """Pid 1 of the new pid namespace: build the root, pivot into it, confine, exec."""
     try:
         die_with_parent(0, alive_fd)
         name = plan.hostname.encode()
@@ -138,23 +169,30 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         if plan.new_net:
             _loopback_up()
         check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
-        sources = {m.source: os.open(m.source, os.O_PATH) for m in plan.mounts if m.source}
+        host_root = os.open("/", os.O_PATH | os.O_DIRECTORY)
+        sources = {
+            index: os.open(m.source, os.O_PATH) for index, m in enumerate(plan.mounts) if m.source
+        }
         _mount_root(plan)
+        sources.update(_write_secrets(plan.mounts))
+        # Mount targets resolve inside the root (an image's symlink cannot point them at the
+        # host), so mount from within a chroot, then leave it for the pivot.
         os.chroot("r")
         os.chdir("/")
         os.umask(0)
-        for op in plan.mounts:
-            _apply(op, sources)
+        for index, op in enumerate(plan.mounts):
+            _apply(op, sources.get(index))
         os.umask(0o022)
         for fd in sources.values():
             os.close(fd)
+        if plan.confinement.capabilities is not None:  # not --security=insecure
+            _protect_kernel_files()
         uid, gid, groups = resolve_user(plan.user)
         if not os.path.isdir(plan.workdir):
             _make_workdir(plan.workdir)
+        _pivot(host_root)
         os.chdir(plan.workdir)
-        os.setgroups(groups)
-        os.setgid(gid)
-        os.setuid(uid)
+        confine(plan.confinement, uid, gid, groups)
         die_with_parent(0, alive_fd)  # a credential change clears the death signal
         _reset_signals()
         env = dict(plan.env)
@@ -169,6 +207,73 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         os._exit(SETUP_FAILED)
 
 
+def _protect_kernel_files() -> None:
+    """As runc does: /proc/sys and friends read-only (root in the initial user namespace
+    could otherwise write e.g. kernel.core_pattern, and run a program of its choice as the
+    host's root), host-wide files masked. Paths the kernel lacks are skipped."""
+    hidden = MS_NOSUID | MS_NODEV | MS_NOEXEC
+    for path in READONLY_PATHS:
+        if os.path.lexists(path) and not os.path.islink(path):
+            target = path.encode()
+            _mount(target, target, None, MS_BIND | MS_REC, "", f"bind {path}")
+            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | hidden
+            _mount(None, target, None, flags, "", f"read-only {path}")
+    for path in MASKED_PATHS:
+        if os.path.islink(path):
+            continue  # not the kernel's (e.g. /sys of the image, where sysfs was not mounted)
+        if os.path.isdir(path):
+            _mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | hidden, "size=0", f"mask {path}")
+        elif os.path.lexists(path):
+            _mount(b"/dev/null", path.encode(), None, MS_BIND, "", f"mask {path}")
+
+
+def _pivot(host_root: int) -> None:
+    """Make the overlay (/dev/r of the host view, where we are chrooted) the root of this
+    mount namespace and detach everything else, as runc does: unlike a chroot, nothing of
+    the host stays reachable, not even through a directory fd or a second chroot."""
+    os.fchdir(host_root)
+    os.chroot(".")
+    new_root = os.open("/dev/r", os.O_PATH | os.O_DIRECTORY)
+    os.fchdir(new_root)
+    os.close(new_root)
+    check(LIBC.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    os.fchdir(host_root)  # the old root, now stacked on top of the new one
+    os.close(host_root)
+    check(LIBC.umount2(b".", MNT_DETACH), "detach the old root")
+    os.chdir("/")
+
+
+def _write_secrets(mounts: tuple[MountOp, ...]) -> dict[int, int]:
+    """Each secret as a file on a tmpfs of this mount namespace (in the scratch /dev, the
+    cwd), opened for a bind: it never touches a disk and vanishes with the namespace."""
+    secrets = [(index, op) for index, op in enumerate(mounts) if op.fstype == "secret"]
+    if not secrets:
+        return {}
+    size = sum(len(op.content) + 4096 for _, op in secrets)
+    _mount(
+        b"tmpfs",
+        SECRETS_DIR.encode(),
+        b"tmpfs",
+        MS_NOSUID | MS_NODEV | MS_NOEXEC,
+        f"mode=700,size={size}",
+        "mount a tmpfs for secrets",
+    )
+    found = {}
+    for index, op in secrets:
+        path = f"{SECRETS_DIR}/{index}"
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        try:
+            view = memoryview(op.content)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fchown(fd, op.uid, op.gid)
+            os.fchmod(fd, op.mode)
+        finally:
+            os.close(fd)
+        found[index] = os.open(path, os.O_PATH)
+    return found
+
+
 def _mount_root(plan: ChildPlan) -> None:
     """Mount the overlay on /dev/r, using a tmpfs over the host's /dev (hidden in this mount
     namespace only, and nothing of ours lives there) for what needs no disk: short relative
@@ -181,6 +286,7 @@ def _mount_root(plan: ChildPlan) -> None:
     os.symlink(plan.work, "w")
     os.mkdir("r")
     os.mkdir("s")
+    os.mkdir(SECRETS_DIR)
     for op in plan.mounts:
         path = "s" + op.target
         os.makedirs(path if op.directory else os.path.dirname(path), 0o755, exist_ok=True)
@@ -246,15 +352,20 @@ def die_with_parent(parent_pid: int, alive_fd: int | None = None) -> None:
         os._exit(SETUP_FAILED)  # EOF: the keeper is gone
 
 
-def _apply(op: MountOp, sources: dict[str, int]) -> None:
+def _apply(op: MountOp, source_fd: int | None) -> None:
     if not _mount_point(op):
         return
     target = op.target.encode()
-    if op.fstype == "bind":
-        source = f"/proc/self/fd/{sources[op.source]}".encode()
-        _mount(source, target, None, MS_BIND | MS_REC, "", f"bind {op.source} on {op.target}")
-        if op.flags & MS_RDONLY:
+    if op.fstype in ("bind", "secret"):
+        assert source_fd is not None
+        source = f"/proc/self/fd/{source_fd}".encode()
+        what = f"bind {op.source or 'a secret'} on {op.target}"
+        _mount(source, target, None, MS_BIND | MS_REC, "", what)
+        readonly = op.fstype == "secret" or op.flags & MS_RDONLY
+        if readonly:
             flags = MS_REMOUNT | MS_BIND | MS_RDONLY | (op.flags & ~MS_RDONLY)
+            if op.fstype == "secret":
+                flags |= MS_NOSUID | MS_NODEV | MS_NOEXEC
             _mount(None, target, None, flags, "", f"read-only {op.target}")
         return
     what = f"mount {op.fstype} on {op.target}"
@@ -425,6 +536,6 @@ def report(line: str) -> None:
 
 def describe(err: BaseException) -> str:
     """A one-line reason for `err`: a SetupError as is, anything else with its type name."""
-    if isinstance(err, SetupError):
+    if isinstance(err, SetupError | ConfineError):
         return str(err)
     return f"{type(err).__name__}: {err}"

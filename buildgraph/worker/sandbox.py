@@ -20,12 +20,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from buildgraph.errors import StepFailed
 from buildgraph.worker import nsinit
+from buildgraph.worker.confine import INSECURE, Confinement, default_confinement
 from buildgraph.worker.nsinit import MountOp
+from buildgraph.worker.seccomp import SeccompUnavailable
 
 CANCEL_POLL_MS = 100  # how soon a running command notices that the build was interrupted
 TAIL_LINES = 40
@@ -49,6 +51,17 @@ class Tmpfs:
 
 
 @dataclass(frozen=True, slots=True)
+class Secret:
+    """A file made from `content` on a tmpfs inside the sandbox: never written to a disk."""
+
+    target: str
+    content: bytes = field(repr=False)
+    mode: int = 0o400
+    uid: int = 0
+    gid: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class RunSpec:
     argv: tuple[str, ...]  # already SHELL-wrapped: ("/bin/sh", "-c", "echo hi")
     env: tuple[tuple[str, str], ...]  # exactly the environment the command sees
@@ -56,8 +69,9 @@ class RunSpec:
     workdir: str = "/"  # created (as root) if missing
     network: str = "host"  # "host" | "none"
     hostname: str = "buildgraph"
-    extra_binds: tuple[Bind | Tmpfs, ...] = ()  # RUN --mount
+    extra_binds: tuple[Bind | Tmpfs | Secret, ...] = ()  # RUN --mount
     timeout: float | None = None  # seconds; then the whole sandbox is killed
+    security: str = "sandbox"  # "insecure": every capability, no seccomp (RUN --security)
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,10 +111,18 @@ def run_in_sandbox(
             workdir=spec.workdir,
             hostname=spec.hostname,
             new_net=spec.network == "none",
+            confinement=INSECURE if spec.security == "insecure" else _default_confinement(),
         )
         return _run(plan, spec.timeout, upper, output, cancel)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _default_confinement() -> Confinement:
+    try:
+        return default_confinement()
+    except SeccompUnavailable as err:  # never run a command less confined than asked
+        raise StepFailed(f"sandbox: {err}") from err
 
 
 def plan_mounts(spec: RunSpec) -> tuple[MountOp, ...]:
@@ -125,7 +147,19 @@ def plan_mounts(spec: RunSpec) -> tuple[MountOp, ...]:
             if os.path.isfile(path)
         ]
     for mount in spec.extra_binds:
-        if isinstance(mount, Bind):
+        if isinstance(mount, Secret):
+            ops.append(
+                MountOp(
+                    _clean(mount.target),
+                    "secret",
+                    directory=False,
+                    content=mount.content,
+                    mode=mount.mode,
+                    uid=mount.uid,
+                    gid=mount.gid,
+                )
+            )
+        elif isinstance(mount, Bind):
             flags = nsinit.MS_RDONLY if mount.readonly else 0
             source = str(Path(mount.source).absolute())
             ops.append(
@@ -149,6 +183,8 @@ def _check_spec(spec: RunSpec, lowers: Sequence[Path], upper: Path) -> None:
         raise StepFailed("RUN has no command")
     if spec.network not in ("host", "none"):
         raise StepFailed(f"unsupported network mode {spec.network!r} (use host or none)")
+    if spec.security not in ("sandbox", "insecure"):
+        raise StepFailed(f"unsupported security mode {spec.security!r} (sandbox or insecure)")
     if len(lowers) > MAX_LOWERS:
         raise StepFailed(f"{len(lowers)} layers: overlayfs stacks at most {MAX_LOWERS}")
     for path in [*lowers, upper]:

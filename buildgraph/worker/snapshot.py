@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.errors import CacheError
-from buildgraph.fs import file_lock
+from buildgraph.fs import file_lock, held_dir
 from buildgraph.image.oci import Descriptor
 from buildgraph.image.unpack import unpack_layer
+
+WORK_DIR = ".work"  # step and unpack dirs, each flock'ed by its process (see fs.held_dir)
+LEGACY_TMP_DIR = ".tmp"  # where versions before issue 16 put them, unlocked
 
 
 class SnapshotStore:
@@ -28,13 +29,10 @@ class SnapshotStore:
 
     @contextlib.contextmanager
     def scratch(self, prefix: str = "step-") -> Iterator[Path]:
-        """A temp dir on the snapshots' filesystem (so renames into place are atomic)."""
-        (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
-        path = Path(tempfile.mkdtemp(prefix=prefix, dir=self.root / ".tmp"))
-        try:
+        """A temp dir on the snapshots' filesystem (so renames into place are atomic), held
+        by this process: if it is killed, the next build or `cache prune` reclaims it."""
+        with held_dir(self.root / WORK_DIR, prefix) as path:
             yield path
-        finally:
-            shutil.rmtree(path, ignore_errors=True)
 
     def ensure(self, store: LocalStore, layer: Descriptor, diff_id: str) -> Path:
         """The unpacked snapshot of `layer`, unpacking it first if this is its first use."""

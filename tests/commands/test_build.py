@@ -349,14 +349,26 @@ def test_relative_context_and_cache_dir(cache: Path, tmp_path: Path, monkeypatch
     assert (root / "w/g").read_text() == "x"
 
 
-def test_ctrl_c_stops_at_once_leaving_no_mount_and_no_entry(cache: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("number", "code", "line"),
+    [
+        (signal.SIGINT, 130, "buildgraph: interrupted"),
+        (signal.SIGTERM, 143, "buildgraph: terminated"),
+    ],
+)
+def test_ctrl_c_or_sigterm_stops_at_once_leaving_no_mount_and_no_entry(
+    cache: Path, tmp_path: Path, number: int, code: int, line: str
+) -> None:
     context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo started && sleep 30\n")
     records_before = set((cache / "steps").rglob("*.json")) if (cache / "steps").exists() else set()
     process = start_until_running(context, cache)
     began = time.monotonic()
-    process.send_signal(signal.SIGINT)
-    assert process.wait(15) == 130
+    process.send_signal(number)
+    assert process.wait(15) == code
     assert time.monotonic() - began < 5  # it did not wait for the sleep
+    assert process.stderr is not None
+    assert process.stderr.read().strip().splitlines()[-1] == line  # one line, no traceback
+    assert not list((cache / "snapshots" / ".work").iterdir())  # its step dir is gone
     assert our_mounts(cache) == []
     new = set((cache / "steps").rglob("*.json")) - records_before
     assert len(new) == 1  # only FROM; the interrupted RUN left no entry

@@ -49,6 +49,7 @@ CHANGED = {
     "files": (("/x", "y"),),
     "mounts": (RunMount("cache", "/var/cache", id="/var/cache"),),
     "unknown_owner_is_root": True,
+    "security": "insecure",
     "patterns": ("b",),
     "dest": "/b",
     "inline": (("f", "x"),),
