@@ -4,34 +4,41 @@ from __future__ import annotations
 
 import os
 import shutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import xxhash
 
-from buildgraph.errors import StepFailed
-from buildgraph.graph.steps import RunStep
-from buildgraph.worker.sandbox import Bind, Tmpfs
+from buildgraph.errors import InputError, StepFailed
+from buildgraph.graph.steps import RunMount, RunStep
+from buildgraph.worker.sandbox import Bind, StageBind, Tmpfs
 
 
 def run_mounts(
-    step: RunStep, scratch: Path, cache_root: Path, secrets: Mapping[str, Path]
-) -> tuple[Bind | Tmpfs, ...]:
-    """Binds for the sandbox; nothing here ever lands in the step's layer."""
-    binds: list[Bind | Tmpfs] = []
+    step: RunStep,
+    scratch: Path,
+    cache_root: Path,
+    secrets: Mapping[str, Path],
+    trees: Mapping[str, Sequence[Path]] | None = None,
+) -> tuple[Bind | StageBind | Tmpfs, ...]:
+    """Binds for the sandbox; nothing here ever lands in the step's layer. `trees` holds the
+    snapshot dirs (topmost first) of each stage or image a mount names with `from=`."""
+    trees = trees or {}
+    binds: list[Bind | StageBind | Tmpfs] = []
     for mount in step.mounts:
         match mount.type:
             case "tmpfs":
                 binds.append(Tmpfs(mount.target, mount.size))
             case "cache":
-                # Persists across builds, outside any image, one dir per cache id.
-                path = cache_root / xxhash.xxh3_64_hexdigest(mount.id.encode())
-                if not path.exists():
-                    path.mkdir(parents=True, exist_ok=True)
-                    path.chmod(mount.mode if mount.mode is not None else 0o755)
-                    if mount.uid is not None or mount.gid is not None:
-                        os.chown(path, mount.uid or 0, mount.gid or 0)
+                path = _cache_dir(step, mount, cache_root, scratch, trees)
                 binds.append(Bind(path, mount.target))
+            case "bind" if mount.stage_key:
+                # BuildKit: read-only unless rw, and then what the command writes is dropped.
+                upper = None if mount.readonly else scratch / f"tree-{len(binds)}"
+                if upper is not None:
+                    upper.mkdir()
+                tree = tuple(trees[mount.stage_key])
+                binds.append(StageBind(tree, mount.source, mount.target, mount.readonly, upper))
             case "secret":
                 source = secrets.get(mount.id)
                 if source is None:
@@ -60,3 +67,46 @@ def run_mounts(
             case other:
                 raise StepFailed(f"RUN --mount=type={other} is not supported", step.where)
     return tuple(binds)
+
+
+def _cache_dir(
+    step: RunStep,
+    mount: RunMount,
+    cache_root: Path,
+    scratch: Path,
+    trees: Mapping[str, Sequence[Path]],
+) -> Path:
+    """The cache's dir, persisting across builds outside any image. Made on first use in
+    `scratch`, then renamed into place, so a killed build leaves no half-made cache: empty, or
+    with `from=` a copy of that tree's `source`. BuildKit keys such a cache by its id and the
+    tree it came from, so a changed stage starts a fresh copy; here the source path counts too
+    (BuildKit copies the whole tree and mounts the path inside it)."""
+    name = mount.id if not mount.stage_key else f"{mount.id}\0{mount.stage_key}\0{mount.source}"
+    path = cache_root / xxhash.xxh3_64_hexdigest(name.encode())
+    if path.exists():
+        return path
+    made = scratch / f"cache-{path.name}"
+    made.mkdir()
+    if mount.stage_key:
+        from buildgraph.worker.copy import CopyJob, copy_in_overlay
+
+        job = CopyJob(sources=(mount.source,), dest="/")
+        lowers = list(trees[mount.stage_key])
+        if not lowers:  # FROM scratch: an empty tree
+            lowers = [scratch / "empty-tree"]
+            lowers[0].mkdir(exist_ok=True)
+        try:
+            copy_in_overlay(job, (), made, source_lowers=lowers)
+        except InputError as err:  # the source is missing: a failed step, as for a bind
+            raise StepFailed(f"{step.title}: cache mount from=: {err}", step.where) from err
+    else:
+        made.chmod(mount.mode if mount.mode is not None else 0o755)
+        if mount.uid is not None or mount.gid is not None:
+            os.chown(made, mount.uid or 0, mount.gid or 0)
+    cache_root.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(made, path)
+    except OSError:
+        if not path.is_dir():  # not "another build made it first"
+            raise
+    return path
