@@ -10,6 +10,7 @@ from pathlib import Path
 import xxhash
 
 from buildgraph.errors import InputError, StepFailed
+from buildgraph.fs import file_lock
 from buildgraph.graph.steps import RunMount, RunStep
 from buildgraph.worker.sandbox import Bind, StageBind, Tmpfs
 
@@ -76,37 +77,44 @@ def _cache_dir(
     scratch: Path,
     trees: Mapping[str, Sequence[Path]],
 ) -> Path:
-    """The cache's dir, persisting across builds outside any image. Made on first use in
-    `scratch`, then renamed into place, so a killed build leaves no half-made cache: empty, or
-    with `from=` a copy of that tree's `source`. BuildKit keys such a cache by its id and the
-    tree it came from, so a changed stage starts a fresh copy; here the source path counts too
+    """The cache's dir, persisting across builds outside any image: empty at first or, with
+    `from=`, a copy of that tree's `source`. BuildKit keys such a cache by its id and the tree
+    it came from, so a changed stage starts a fresh copy; here the source path counts too
     (BuildKit copies the whole tree and mounts the path inside it)."""
     name = mount.id if not mount.stage_key else f"{mount.id}\0{mount.stage_key}\0{mount.source}"
     path = cache_root / xxhash.xxh3_64_hexdigest(name.encode())
     if path.exists():
         return path
-    made = scratch / f"cache-{path.name}"
-    made.mkdir()
-    if mount.stage_key:
-        from buildgraph.worker.copy import CopyJob, copy_in_overlay
+    with file_lock(cache_root / ".locks" / path.name):  # one maker, even across builds
+        if not path.exists():
+            # Made in the scratch dir, then renamed into place: a killed build leaves none
+            # half-made.
+            made = scratch / f"cache-{path.name}"
+            made.mkdir()
+            _fill(step, mount, made, scratch, trees)
+            os.rename(made, path)
+    return path
 
-        job = CopyJob(sources=(mount.source,), dest="/")
-        lowers = list(trees[mount.stage_key])
-        if not lowers:  # FROM scratch: an empty tree
-            lowers = [scratch / "empty-tree"]
-            lowers[0].mkdir(exist_ok=True)
-        try:
-            copy_in_overlay(job, (), made, source_lowers=lowers)
-        except InputError as err:  # the source is missing: a failed step, as for a bind
-            raise StepFailed(f"{step.title}: cache mount from=: {err}", step.where) from err
-    else:
+
+def _fill(
+    step: RunStep,
+    mount: RunMount,
+    made: Path,
+    scratch: Path,
+    trees: Mapping[str, Sequence[Path]],
+) -> None:
+    if not mount.stage_key:
         made.chmod(mount.mode if mount.mode is not None else 0o755)
         if mount.uid is not None or mount.gid is not None:
             os.chown(made, mount.uid or 0, mount.gid or 0)
-    cache_root.mkdir(parents=True, exist_ok=True)
+        return
+    from buildgraph.worker.copy import CopyJob, copy_in_overlay
+
+    lowers = list(trees[mount.stage_key])
+    if not lowers:  # FROM scratch: an empty tree
+        lowers = [scratch / "empty-tree"]
+        lowers[0].mkdir(exist_ok=True)
     try:
-        os.rename(made, path)
-    except OSError:
-        if not path.is_dir():  # not "another build made it first"
-            raise
-    return path
+        copy_in_overlay(CopyJob(sources=(mount.source,), dest="/"), (), made, source_lowers=lowers)
+    except InputError as err:  # the source is missing: a failed step, as for a bind
+        raise StepFailed(f"{step.title}: cache mount from=: {err}", step.where) from err

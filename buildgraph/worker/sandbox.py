@@ -167,9 +167,11 @@ def _check_spec(spec: RunSpec, lowers: Sequence[Path], upper: Path) -> None:
         raise StepFailed("RUN has no command")
     if spec.network not in ("host", "none"):
         raise StepFailed(f"unsupported network mode {spec.network!r} (use host or none)")
+    if len(lowers) > MAX_LOWERS:
+        raise StepFailed(f"{len(lowers)} layers: overlayfs stacks at most {MAX_LOWERS}")
     trees = [mount for mount in spec.extra_binds if isinstance(mount, StageBind)]
-    if max([len(lowers), *(len(tree.lowers) for tree in trees)]) > MAX_LOWERS:
-        raise StepFailed(f"overlayfs stacks at most {MAX_LOWERS} layers")
+    if any(len(tree.lowers) > MAX_LOWERS for tree in trees):
+        raise StepFailed(f"a --mount from= tree: overlayfs stacks at most {MAX_LOWERS} layers")
     dirs = [path for tree in trees for path in (*tree.lowers, tree.scratch) if path is not None]
     for path in [*lowers, upper, *dirs]:
         if Path(path).absolute().is_relative_to("/dev"):  # the child hides /dev (see nsinit)

@@ -4,7 +4,10 @@ options, end to end on the busybox image, real overlayfs and namespaces."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,7 +123,7 @@ RUN --mount=type=cache,id=deps,from=deps,source=/seed,target=/var/cache/deps \\
     (context / "seed.txt").write_text("other\n")
     assert build(cache, context, "-t", "seeded:3") == 0
     assert (unpack(cache, "seeded:3", tmp_path / "b3") / "seen").read_text() == "other\nrun2\n"
-    assert len(list((cache / "mounts").iterdir())) == 2
+    assert len([p for p in (cache / "mounts").iterdir() if not p.name.startswith(".")]) == 2
     assert no_mounts_below(cache, tmp_path)
 
 
@@ -206,5 +209,28 @@ def test_a_source_missing_from_the_stage_fails_the_step(
     assert build(cache, context) == 1
     err = capsys.readouterr().err
     assert f"{context / 'Dockerfile'}:3: " in err and "source '/nope' not found" in err
-    assert not (cache / "mounts").exists() or list((cache / "mounts").iterdir()) == []
+    assert [p for p in (cache / "mounts").iterdir() if not p.name.startswith(".")] == []
     assert no_mounts_below(cache, tmp_path)
+
+
+def test_sigkill_during_a_run_with_tree_mounts_leaves_no_mount(cache: Path, tmp_path: Path) -> None:
+    text = (
+        "FROM busybox AS build\nRUN mkdir /out && echo x > /out/f\nFROM busybox\n"
+        "RUN --mount=from=build,src=/out,dst=/o,rw --mount=from=build,dst=/ro"
+        " --mount=type=cache,from=build,source=/out,target=/c"
+        " cat /o/f /c/f && echo started && sleep 30 # killed\n"
+    )
+    context = write_context(tmp_path / "ctx", text)
+    argv = [sys.executable, "-m", "buildgraph", "build", str(context), "--cache-dir", str(cache)]
+    process = subprocess.Popen([*argv, "--progress", "plain"], stderr=subprocess.PIPE, text=True)
+    assert process.stderr is not None
+    started_lines = (line for line in process.stderr if "| started" in line)
+    assert next(started_lines, None) is not None  # the command runs, its mounts in place
+    process.send_signal(signal.SIGKILL)
+    process.wait(10)
+    deadline = time.monotonic() + 5  # the death signal reaches the sandbox asynchronously
+    while not no_mounts_below(cache, tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert no_mounts_below(cache, tmp_path)
+    write_context(context, text.replace("sleep 30 # killed", "true"))
+    assert build(cache, context) == 0

@@ -11,9 +11,9 @@ from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import load_dockerignore
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.keys import step_key
-from buildgraph.graph.lower import BaseImage, BuildPlan, lower_dockerfile
+from buildgraph.graph.lower import BaseImage, BuildPlan, NamedContext, StagePlan, lower_dockerfile
 from buildgraph.graph.steps import RunMount, RunStep, SourceStep, inputs_of
-from buildgraph.image.config import ImageConfig
+from buildgraph.image.config import ImageConfig, RuntimeConfig
 from buildgraph.image.oci import Platform
 
 DIGESTS = {"busybox": "a", "alpine": "b", "registry.example/tools:1": "c"}
@@ -25,7 +25,9 @@ def resolve(reference: str, where: Location | None) -> BaseImage:
     return BaseImage(reference, "sha256:" + DIGESTS[reference] * 64, ImageConfig())
 
 
-def lower(context: Path, text: str, **build_args: str) -> BuildPlan:
+def lower(
+    context: Path, text: str, named: dict[str, NamedContext] | None = None, **build_args: str
+) -> BuildPlan:
     dockerfile = context / "Dockerfile"
     dockerfile.write_text(text)
     return lower_dockerfile(
@@ -37,6 +39,7 @@ def lower(context: Path, text: str, **build_args: str) -> BuildPlan:
         resolve_base=resolve,
         stat_cache=StatCache(),
         platform=Platform(),
+        named=named,
     )
 
 
@@ -189,3 +192,16 @@ def test_bad_mount_from_names_its_line(tmp_path: Path, text: str, line: int, mes
     with pytest.raises(InputError, match=message) as caught:
         lower(tmp_path, text)
     assert caught.value.where == Location(tmp_path / "Dockerfile", line)
+
+
+def test_mount_from_a_buildfile_context(tmp_path: Path) -> None:
+    text = "FROM busybox\nRUN --mount=from=deps,target=/d --mount=from=tools,target=/t true\n"
+    other = StagePlan(0, "deps", "k" * 32, RuntimeConfig(), "", Platform())
+    named = {"deps": NamedContext(stage=other), "tools": NamedContext(image="alpine")}
+    plan = lower(tmp_path, text, named)
+    deps, tools = last_run(plan).mounts
+    assert deps.stage_key == "k" * 32
+    assert plan.steps[tools.stage_key] == SourceStep("alpine", "sha256:" + "b" * 64, "linux/amd64")
+    with pytest.raises(InputError, match="a directory context cannot be mounted yet") as caught:
+        lower(tmp_path, text, {"deps": NamedContext(directory=str(tmp_path))})
+    assert caught.value.where == Location(tmp_path / "Dockerfile", 2)

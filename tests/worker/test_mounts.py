@@ -135,4 +135,19 @@ def test_a_cache_from_a_missing_path_fails_the_step_and_makes_no_cache(
     missing = RunMount("cache", "/c", id="c", source="/nope", stage_key="s1")
     with pytest.raises(StepFailed, match="cache mount from=: source '/nope' not found"):
         run_mounts(step(missing), scratch, caches, {}, {"s1": stage})
-    assert not caches.exists() or os.listdir(caches) == []
+    assert os.listdir(caches) == [".locks"]  # no cache, not even an empty one
+
+
+@pytest.mark.parametrize(
+    ("bind", "message"),
+    [
+        (StageBind((Path("/dev/shm/x"),), "/", "/m"), "must not be under /dev"),
+        (StageBind((Path("/x"),) * 500, "/", "/m"), "a --mount from= tree: overlayfs stacks"),
+        (StageBind((), "/", "/"), "invalid mount target '/'"),
+    ],
+)
+def test_bad_tree_binds_are_refused_before_the_sandbox_starts(
+    run, bind: StageBind, message: str
+) -> None:
+    with pytest.raises(StepFailed, match=message):
+        run(sh("true", bind))
