@@ -103,7 +103,10 @@ def _fill(
     scratch: Path,
     trees: Mapping[str, Sequence[Path]],
 ) -> None:
-    if not mount.stage_key:
+    owned = mount.uid is not None or mount.gid is not None or mount.mode is not None
+    if not mount.stage_key or (mount.source == "/" and owned):
+        # BuildKit (convert_runmount.go): uid/gid/mode on the tree's root make the cache a new
+        # dir with that owner and mode instead of a copy of the tree.
         made.chmod(mount.mode if mount.mode is not None else 0o755)
         if mount.uid is not None or mount.gid is not None:
             os.chown(made, mount.uid or 0, mount.gid or 0)

@@ -127,6 +127,19 @@ def test_a_cache_from_a_tree_is_seeded_once_then_persists(stage, tmp_path: Path)
     assert os.listdir(scratch) == []  # each was made there, then renamed into place
 
 
+def test_a_cache_from_a_tree_root_with_an_owner_starts_empty(stage, tmp_path: Path) -> None:
+    # BuildKit setCacheUIDGID: a new /cache dir with that owner and mode, not the tree
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    owned = RunMount("cache", "/c", id="c", source="/", stage_key="s1", uid=7, mode=0o700)
+    (bind,) = run_mounts(step(owned), scratch, tmp_path / "caches", {}, {"s1": stage})
+    info = os.stat(bind.source)
+    assert (os.listdir(bind.source), info.st_uid, info.st_mode & 0o7777) == ([], 7, 0o700)
+    root = RunMount("cache", "/c", id="d", source="/", stage_key="s1")
+    (bind,) = run_mounts(step(root), scratch, tmp_path / "caches", {}, {"s1": stage})
+    assert sorted(os.listdir(bind.source)) == ["abs", "etc", "out", "rel"]
+
+
 def test_a_cache_from_a_missing_path_fails_the_step_and_makes_no_cache(
     stage, tmp_path: Path
 ) -> None:
