@@ -61,7 +61,7 @@ class Worker:
             case SourceStep():
                 return self._source(step)
             case RunStep():
-                return self._run(step, inputs[step.parent])
+                return self._run(step, inputs)
             case CopyStep():
                 return self._copy(step, inputs)
             case ConfigStep():
@@ -104,15 +104,18 @@ class Worker:
         ]
         return list(dict.fromkeys(reversed(paths)))
 
-    def _run(self, step: RunStep, parent: StepRecord) -> StepRecord:
+    def _run(self, step: RunStep, inputs: Mapping[str, StepRecord]) -> StepRecord:
         from buildgraph.worker.diff import relink_copied_up
         from buildgraph.worker.mounts import run_mounts
         from buildgraph.worker.sandbox import RunSpec, run_in_sandbox
 
+        parent = inputs[step.parent]
         lowers = self.lowers(parent)
+        trees = {m.stage_key: self.lowers(inputs[m.stage_key]) for m in step.mounts if m.stage_key}
         network = self.network if step.network == "default" else step.network
         with self.snapshots.scratch() as scratch:
-            binds = run_mounts(step, scratch, self.store.root / "mounts", self.secrets)
+            mounts = self.store.root / "mounts"
+            binds = run_mounts(step, scratch, mounts, self.secrets, trees)
             spec = RunSpec(
                 step.argv,
                 step.env,
@@ -124,14 +127,19 @@ class Worker:
             )
             upper = scratch / "upper"
             upper.mkdir()
-            result = run_in_sandbox(
-                spec,
-                lowers,
-                upper,
-                work=scratch,
-                output=lambda data: self.output(step.title, data),
-                cancel=self.cancel,
-            )
+            try:
+                result = run_in_sandbox(
+                    spec,
+                    lowers,
+                    upper,
+                    work=scratch,
+                    output=lambda data: self.output(step.title, data),
+                    cancel=self.cancel,
+                )
+            except StepFailed as err:  # the sandbox could not start it: name the step and line
+                if err.where is not None:
+                    raise
+                raise StepFailed(f"{step.title}: {err}", step.where) from err
             if result.exit_code != 0:
                 tail = result.output_tail.strip().splitlines()[-5:]
                 detail = (": " + " | ".join(tail)) if tail else ""
