@@ -21,10 +21,13 @@ def run_mounts(
     cache_root: Path,
     secrets: Mapping[str, Path],
     trees: Mapping[str, Sequence[Path]] | None = None,
+    *,
+    materialized: bool = False,
 ) -> tuple[Bind | StageBind | Tmpfs | Secret, ...]:
     """Binds for the sandbox; nothing here ever lands in the step's layer, and a secret is
     read into memory only: the sandbox puts it on a tmpfs of its own mount namespace. `trees`
-    holds the snapshot dirs (topmost first) of each stage or image a mount names with `from=`."""
+    holds the snapshot dirs (topmost first) of each stage or image a mount names with `from=`,
+    or (`materialized`, the chroot isolation) its one materialized root."""
     trees = trees or {}
     binds: list[Bind | StageBind | Tmpfs | Secret] = []
     for mount in step.mounts:
@@ -32,7 +35,7 @@ def run_mounts(
             case "tmpfs":
                 binds.append(Tmpfs(mount.target, mount.size))
             case "cache":
-                path = _cache_dir(step, mount, cache_root, scratch, trees)
+                path = _cache_dir(step, mount, cache_root, scratch, trees, materialized)
                 binds.append(Bind(path, mount.target))
             case "bind" if mount.stage_key:
                 # BuildKit: read-only unless rw, and then what the command writes is dropped.
@@ -81,6 +84,7 @@ def _cache_dir(
     cache_root: Path,
     scratch: Path,
     trees: Mapping[str, Sequence[Path]],
+    materialized: bool,
 ) -> Path:
     """The cache's dir, persisting across builds outside any image: empty at first or, with
     `from=`, a copy of that tree's `source`. BuildKit keys such a cache by its id and the tree
@@ -96,7 +100,7 @@ def _cache_dir(
             # half-made.
             made = scratch / f"cache-{path.name}"
             made.mkdir()
-            _fill(step, mount, made, scratch, trees)
+            _fill(step, mount, made, scratch, trees, materialized)
             os.rename(made, path)
     return path
 
@@ -107,6 +111,7 @@ def _fill(
     made: Path,
     scratch: Path,
     trees: Mapping[str, Sequence[Path]],
+    materialized: bool,
 ) -> None:
     owned = mount.uid is not None or mount.gid is not None or mount.mode is not None
     if not mount.stage_key or (mount.source == "/" and owned):
@@ -116,13 +121,20 @@ def _fill(
         if mount.uid is not None or mount.gid is not None:
             os.chown(made, mount.uid or 0, mount.gid or 0)
         return
-    from buildgraph.worker.copy import CopyJob, copy_in_overlay
+    from buildgraph.worker.copy import CopyJob, copy_in_overlay, copy_in_root
 
+    job = CopyJob(sources=(mount.source,), dest="/")
+    if materialized:  # the chroot isolation: the tree is one whole root, no overlay needed
+        try:
+            copy_in_root(job, made, source_tree=trees[mount.stage_key][0])
+        except InputError as err:
+            raise StepFailed(f"{step.title}: cache mount from=: {err}", step.where) from err
+        return
     lowers = list(trees[mount.stage_key])
     if not lowers:  # FROM scratch: an empty tree
         lowers = [scratch / "empty-tree"]
         lowers[0].mkdir(exist_ok=True)
     try:
-        copy_in_overlay(CopyJob(sources=(mount.source,), dest="/"), (), made, source_lowers=lowers)
+        copy_in_overlay(job, (), made, source_lowers=lowers)
     except InputError as err:  # the source is missing: a failed step, as for a bind
         raise StepFailed(f"{step.title}: cache mount from=: {err}", step.where) from err
