@@ -120,9 +120,9 @@ def _commit(
     written, deleted = changes(root.manifest, after)
     upper = scratch / "upper"
     upper.mkdir()
-    write_upper(root.tree, upper, after, written, deleted)
+    whiteouts = write_upper(root.tree, upper, after, written, deleted)
     # The upper dir shares inodes with the live root: never keep it as a snapshot.
-    record = worker.commit(upper, parent, created_by, snapshot=False)
+    record = worker.commit(upper, parent, created_by, snapshot=False, whiteouts=whiteouts)
     roots.give(root, record, after)
     return record
 

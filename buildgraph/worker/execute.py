@@ -225,7 +225,13 @@ class Worker:
         return StepRecord(parent.layers, (*parent.history, entry))
 
     def commit(
-        self, upper: Path, parent: StepRecord, created_by: str, *, snapshot: bool = True
+        self,
+        upper: Path,
+        parent: StepRecord,
+        created_by: str,
+        *,
+        snapshot: bool = True,
+        whiteouts: frozenset[str] = frozenset(),
     ) -> StepRecord:
         """Turn the upper dir into a layer (and, with `snapshot`, into the layer's snapshot);
         an unchanged tree adds no layer."""
@@ -239,6 +245,7 @@ class Worker:
                 compression=self.compression,
                 epoch=self.epoch,
                 whiteouts="overlay",
+                whiteout_names=whiteouts,
             )
             writer.declare(blob.digest, blob.size)
         if snapshot:

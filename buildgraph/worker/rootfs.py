@@ -90,11 +90,15 @@ def changes(before: Manifest, after: Manifest) -> tuple[list[str], list[str]]:
     return written, deleted
 
 
-def write_upper(tree: Path, upper: Path, after: Manifest, written: list[str], deleted: list[str]):
+def write_upper(
+    tree: Path, upper: Path, after: Manifest, written: list[str], deleted: list[str]
+) -> frozenset[str]:
     """An overlay-style diff of `tree` in `upper` (same filesystem): changed entries as hard
     links to the tree's own inodes (no copy; `upper` is read once, by write_layer, and
-    removed), changed dirs and the parents of anything below them with the tree's metadata,
-    deletions as 0/0 character devices. What overlayfs leaves in a RUN's upper dir."""
+    removed), changed dirs and the parents of anything below them with the tree's metadata.
+    What overlayfs leaves in a RUN's upper dir, but for deletions: an unprivileged container
+    may not mknod the 0/0 device overlayfs uses, so each is an empty file, and the names are
+    returned for write_layer's `whiteout_names`."""
     made_dirs: list[str] = []
 
     def ensure_dir(relative: str) -> None:
@@ -113,13 +117,14 @@ def write_upper(tree: Path, upper: Path, after: Manifest, written: list[str], de
             os.link(tree / relative, upper / relative, follow_symlinks=False)
     for relative in deleted:
         ensure_dir(relative.rpartition("/")[0])
-        os.mknod(upper / relative, stat.S_IFCHR | 0o600, os.makedev(0, 0))
+        os.close(os.open(upper / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
     for relative in reversed(made_dirs):  # children first: setting times last keeps them
         entry = after[relative]
         path = upper / relative
         os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
         os.chmod(path, stat.S_IMODE(entry.mode))
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    return frozenset(deleted)
 
 
 @dataclass(eq=False)
