@@ -269,12 +269,14 @@ def _run_command(spec: RunSpec, policy: Confinement) -> int:
                 os.killpg(child, signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, stop)  # before the fork: no moment without it
+    keeper = os.getpid()
     child = os.fork()
     if child == 0:  # pragma: no cover - the command
         try:
             os.setpgid(0, 0)
             os.chdir(spec.workdir)
             confine(policy, uid, gid, groups)
+            nsinit.die_with_parent(keeper)  # armed after confine: a new uid clears it
             nsinit._reset_signals()
             env = dict(spec.env)
             env.setdefault("HOME", nsinit.home_of(uid))
@@ -326,8 +328,12 @@ class _Undo:
             self.steps.append(lambda: _remove(target))
 
     def restore(self) -> None:
+        """Undo in reverse. What the command itself removed stays removed: a step whose path
+        (or its parent) is gone, or is no longer a dir, is skipped, as if what we placed
+        there had gone with it (a saved original left in the aside dir is then dropped)."""
         for step in reversed(self.steps):
-            step()
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                step()
         self.steps.clear()
 
     def _make_parents(self, path: str) -> None:
