@@ -10,6 +10,7 @@ APT_PACKAGES=(
   docker-registry                 # the CNCF distribution registry the tests run on 127.0.0.1
   skopeo umoci buildah            # outside checks of what buildgraph writes; the peer we match
   apache2-utils openssl           # htpasswd for the registry auth tests
+  procps                          # pgrep: the kill tests look for leftover RUN processes
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do
