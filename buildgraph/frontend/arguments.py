@@ -49,11 +49,27 @@ def parse_json_array(rest: str, where: Location) -> list[str] | None:
 
 
 def parse_words(rest: str, escape: str) -> list[str]:
-    """Whitespace-split words, quotes and escapes kept for expansion later (parseWords)."""
+    """Whitespace-split words, quotes and escapes kept for expansion later (parseWords).
+
+    Linear in the line: runs of ordinary characters are taken in one step, and a word is a list
+    of pieces joined once (a 1 MiB ENV value is one step, not a million string copies)."""
+    specials = re.escape("'\"" + escape)
+    plain = re.compile(f"[^\\s{specials}]+")
+    quoted = {q: re.compile(f"[^{re.escape(q + escape)}]+") for q in "'\""}
     words: list[str] = []
-    word, quote, blank_ok, in_word = "", "", False, False
-    pos = 0
-    while pos < len(rest):
+    word: list[str] = []
+    quote, blank_ok, in_word = "", False, False
+    pos, size = 0, len(rest)
+    while pos < size:
+        if quote:
+            if run := quoted[quote].match(rest, pos):
+                word.append(run[0])
+                pos = run.end()
+                continue
+        elif in_word and (run := plain.match(rest, pos)):
+            word.append(run[0])
+            pos = run.end()
+            continue
         ch = rest[pos]
         if not in_word and not quote:
             if ch.isspace():
@@ -64,31 +80,31 @@ def parse_words(rest: str, escape: str) -> list[str]:
             if ch == quote:
                 quote = ""
             elif ch == escape and quote != "'":
-                if pos + 1 == len(rest):
+                if pos + 1 == size:
                     pos += 1
                     continue
-                word += ch
+                word.append(ch)
                 pos += 1
                 ch = rest[pos]
-            word += ch
+            word.append(ch)
         elif ch.isspace():
             if blank_ok or word:
-                words.append(word)
-            word, blank_ok, in_word = "", False, False
+                words.append("".join(word))
+            word, blank_ok, in_word = [], False, False
         else:
             if ch in "'\"":
                 quote, blank_ok = ch, True
             if ch == escape:
-                if pos + 1 == len(rest):
+                if pos + 1 == size:
                     pos += 1
                     continue
-                word += ch
+                word.append(ch)
                 pos += 1
                 ch = rest[pos]
-            word += ch
+            word.append(ch)
         pos += 1
     if in_word and (blank_ok or word):
-        words.append(word)
+        words.append("".join(word))
     return words
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from buildgraph.errors import InputError, Location
 from buildgraph.frontend import instructions as ins
 from buildgraph.frontend.dockerfile import Dockerfile, Stage, parse_dockerfile
+from buildgraph.frontend.expand import ExpansionBudget
 from buildgraph.frontend.ignore import IgnoreMatcher
 from buildgraph.frontend.scope import (
     GlobalScope,
@@ -37,6 +38,7 @@ from buildgraph.registry.reference import parse_reference
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 URL_PREFIXES = ("http://", "https://", "git@", "git://")
+MAX_TITLE = 200  # characters of an instruction shown in progress and messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class _Lowering:
     steps: dict[str, Step] = field(default_factory=dict)
     stages: dict[int, StagePlan] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # image ref -> source step key
+    budget: ExpansionBudget = field(default_factory=ExpansionBudget)  # for all its stages
 
     def add(self, step: Step) -> str:
         key = step_key(step)
@@ -178,7 +181,12 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
     if "PATH" not in config.env_dict():  # BuildKit gives every stage a PATH when it has none
         config = config.with_env("PATH", DEFAULT_PATH)
     resolved = resolve_stage(
-        stage, config.env, state.scope, state.build_args, escape=state.dockerfile.escape
+        stage,
+        config.env,
+        state.scope,
+        state.build_args,
+        escape=state.dockerfile.escape,
+        budget=state.budget,
     )
     walker = _StageWalker(state, (*visiting, index), stage, key, config, author)
     for item in resolved.instructions:
@@ -243,7 +251,10 @@ class _StageWalker:
 
     def title(self, instruction: ins.Instruction) -> str:
         name = self.stage.name or f"stage-{self.stage.index}"
-        return f"[{name}] {instruction.original}"
+        text = instruction.original
+        if len(text) > MAX_TITLE:  # a 1 MiB ENV line is not printed with every event
+            text = text[: MAX_TITLE - 3] + "..."
+        return f"[{name}] {text}"
 
     def lower(self, item: ResolvedInstruction) -> None:
         instruction = item.instruction

@@ -463,3 +463,22 @@ def test_a_buildfile_over_4_mib_is_refused_unread(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="larger than 4 MiB") as caught:
         load_project(path)
     assert caught.value.where == Location(path)
+
+
+def test_vars_doubling_each_other_stop_at_1_mib(tmp_path: Path) -> None:
+    chain = "".join(f"  V{n}: '${{V{n - 1}}}${{V{n - 1}}}'\n" for n in range(1, 40))
+    path = write(
+        tmp_path, "version: 1\nvars:\n  V0: x\n" + chain + "targets:\n  app: {tags: ['${V39}']}\n"
+    )
+    with pytest.raises(InputError, match="vars expand to more than 1 MiB") as caught:
+        load_project(path)
+    assert caught.value.where is not None and caught.value.where.path == path
+
+
+def test_a_5000_deep_chain_of_vars_is_one_input_error(tmp_path: Path) -> None:
+    chain = "".join(f"  V{n}: '${{V{n - 1}}}'\n" for n in range(1, 5000))
+    path = write(
+        tmp_path, "version: 1\nvars:\n  V0: x\n" + chain + "targets:\n  app: {tags: ['${V4999}']}\n"
+    )
+    with pytest.raises(InputError, match="more than 64 deep"):
+        load_project(path)
