@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from buildgraph import __version__
-from buildgraph.errors import BuildgraphError, InputError
+from buildgraph.errors import BuildgraphError, InputError, storage_error
 
 EXIT_INTERRUPTED = 130
 
@@ -576,6 +576,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as err:  # a full disk under the cache dir or an output (a step's: scheduler)
+        refused = storage_error(err)
+        if refused is None:
+            raise
+        _say(f"buildgraph: error: {refused}")
+        return refused.exit_code
 
 
 def console() -> None:

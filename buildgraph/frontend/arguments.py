@@ -7,7 +7,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend import instructions as ins
 from buildgraph.frontend.expand import expand_words, split_raw_words
 from buildgraph.frontend.flags import (
@@ -19,7 +19,7 @@ from buildgraph.frontend.flags import (
 )
 
 _WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_HEREDOC = re.compile(r"^(\d*)<<(-?)([^<]*)$")
+_HEREDOC = re.compile(r"^(\d{0,9})<<(-?)([^<]*)$")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
 _NOT_STRINGS = "when using JSON array syntax, arrays must be comprised of strings only"
 
@@ -342,8 +342,13 @@ def _healthcheck(req: _Request) -> ins.Healthcheck:
     if not rest or argv == []:
         raise req.fail("missing command after HEALTHCHECK CMD")
     retries = flags.string("retries") or "0"
-    if not retries.isdecimal() or (flags.string("retries") is not None and int(retries) < 1):
-        raise req.fail(f"--retries must be a whole number of at least 1, not {retries!r}")
+    if (
+        not retries.isdecimal()
+        or len(retries) > 18  # Go's int64 (and Python's int() refuses 4300 digits)
+        or (flags.string("retries") is not None and int(retries) < 1)
+    ):
+        shown = shorten(retries)
+        raise req.fail(f"--retries must be a whole number of at least 1, not {shown!r}")
 
     def duration(name: str) -> int:
         return parse_duration(flags.string(name) or "", name, req.where)

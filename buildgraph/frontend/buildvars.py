@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend.yamlmarks import Node, as_map, as_text, did_you_mean
 
 VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -25,7 +25,7 @@ def substitute(text: str, lookup: Callable[[str], str], where: Location) -> str:
         parts.append(text[start:dollar])
         match = _REFERENCE.match(text, dollar)
         if match is None:
-            shown = text if len(text) <= 80 else text[:77] + "..."
+            shown = shorten(text, 80)
             raise InputError(
                 f"invalid '$' in {shown!r}: write ${{NAME}} for a var or $$ for a literal '$'",
                 where,

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 
 # Instructions whose arguments get ${VAR} expansion before they run (moby: `replaceEnvAllowed`
 # plus ARG). RUN, CMD, ENTRYPOINT and SHELL are left to the shell at run time; ONBUILD is
@@ -158,7 +158,7 @@ class _Lexer:
         self._plain: dict[str, re.Pattern[str]] = {}  # stop character -> run of plain text
 
     def fail(self, message: str) -> InputError:
-        shown = self.text if len(self.text) <= 80 else self.text[:77] + "..."
+        shown = shorten(self.text, 80)
         return InputError(f"{message} (in {shown!r})", self.where)
 
     def substitute(self, value: str) -> str:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,7 +111,7 @@ class _Converter:
             try:
                 value = self.loader.construct_object(node)
             except (ValueError, OverflowError) as err:  # 5000 digits, 2024-13-45, …
-                shown = node.value if len(node.value) <= 40 else node.value[:37] + "..."
+                shown = shorten(node.value)
                 reason = str(err).split("; use sys.")[0]  # not Python's advice to a programmer
                 raise InputError(f"invalid value {shown!r}: {reason}", where) from err
             return Scalar(value, node.value, where)

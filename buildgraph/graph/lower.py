@@ -6,8 +6,9 @@ import posixpath
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend import instructions as ins
 from buildgraph.frontend.dockerfile import Dockerfile, Stage, parse_dockerfile
 from buildgraph.frontend.expand import ExpansionBudget
@@ -34,6 +35,7 @@ from buildgraph.graph.steps import (
 from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from buildgraph.image.oci import Platform
 from buildgraph.registry.reference import parse_reference
+from buildgraph.worker.copy_plan import parse_chmod
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -362,6 +364,15 @@ class _StageWalker:
 
     def _copy(self, copy: ins.Copy | ins.Add) -> None:
         add = isinstance(copy, ins.Add)
+        if copy.chmod:  # checked here, once expanded, so that the error names the line
+            try:
+                parse_chmod(copy.chmod)
+            except InputError as err:
+                raise InputError(err.args[0], copy.where) from err
+        for part in (copy.chown or "").split(":"):
+            if part.isdigit() and (len(part) > 10 or int(part) >= 2**32 - 1):
+                shown = shorten(part)
+                raise InputError(f"invalid --chown id {shown!r}: at most 4294967294", copy.where)
         urls = [source for source in copy.sources if source.startswith(URL_PREFIXES)]
         if urls:
             if not add:
@@ -408,6 +419,10 @@ class _StageWalker:
             raise InputError(
                 "ADD takes one http(s) URL at a time (git sources are not supported yet)", add.where
             )
+        try:
+            urlsplit(urls[0]).port  # noqa: B018 (it raises for `http://[::1 /x` or a bad port)
+        except ValueError as err:
+            raise InputError(f"ADD: invalid URL {urls[0]!r}: {err}", add.where) from err
         if self.state.fetch_url is None:
             raise InputError("ADD of a URL is not available here", add.where)
         download = self.state.fetch_url(urls[0], add.checksum, add.where)
@@ -542,15 +557,18 @@ def _ports(text: str, instruction: ins.Instruction) -> list[str]:
     number, _, protocol = text.partition("/")
     protocol = (protocol or "tcp").lower()
     first, _, last = number.partition("-")
+    shown = shorten(text)
     if (
         not first.isdigit()
         or (last and not last.isdigit())
         or protocol not in ("tcp", "udp", "sctp")
     ):
-        raise InputError(f"invalid port {text!r} in EXPOSE", instruction.where)
+        raise InputError(f"invalid port {shown!r} in EXPOSE", instruction.where)
+    if max(len(first), len(last)) > 10:  # no port; and int() refuses 4300 digits
+        raise InputError(f"invalid port range {shown!r} in EXPOSE", instruction.where)
     high = int(last) if last else int(first)
     if high < int(first) or high > 65535:
-        raise InputError(f"invalid port range {text!r} in EXPOSE", instruction.where)
+        raise InputError(f"invalid port range {shown!r} in EXPOSE", instruction.where)
     return [f"{port}/{protocol}" for port in range(int(first), high + 1)]
 
 

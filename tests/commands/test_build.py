@@ -6,10 +6,12 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import json
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -171,6 +173,17 @@ BAD_INPUT = [
     ("FROM ${NOPE}\n", {}, 1, 2),
     ("FROM busybox\nRUN true\nEXPOSE\n", {}, 3, 2),
     ("FROM busybox\nCOPY --from=0 /x /y\n", {}, 2, 2),
+    # issue 16 (7): tracebacks before, each now one line naming its line, exit 2
+    ("FROM busybox\nADD http://[::1 /x\n", {}, 2, 2),
+    ("FROM busybox\nRUN echo a\0b\n", {}, 2, 2),
+    ("FROM busybox\nCOPY --chmod=999 f /f\n", {"f": "x"}, 2, 2),
+    ("FROM busybox\nENV A=" + "${X:-" * 5000 + "v" + "}" * 5000 + "\n", {}, 2, 2),
+    ("FROM busybox\nEXPOSE " + "9" * 5000 + "\n", {}, 2, 2),
+    ("FROM busybox\nHEALTHCHECK --interval=" + "9" * 5000 + "s CMD true\n", {}, 2, 2),
+    ("FROM busybox\nHEALTHCHECK --retries=" + "9" * 5000 + " CMD true\n", {}, 2, 2),
+    ("FROM busybox\nCOPY --chown=1:" + "9" * 5000 + " f /f\n", {"f": "x"}, 2, 2),
+    ("FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=" + "9" * 5000 + " true\n", {}, 2, 2),
+    ("FROM busybox\nCOPY --from=" + "9" * 5000 + " f /f\n", {}, 2, 2),
 ]
 
 
@@ -188,6 +201,18 @@ def test_bad_input_names_the_dockerfile_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len([e for e in err if e.startswith("buildgraph: error:")]) == 1
     assert f"{context / 'Dockerfile'}:{line}: " in err[-1]
+    assert "Traceback" not in err and len(err[-1]) < 400
+
+
+def test_an_unsafe_tar_in_add_names_the_line(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN true\nADD evil.tar /x/\n")
+    with tarfile.open(context / "evil.tar", "w") as tar:
+        entry = tarfile.TarInfo("../../etc/evil")
+        entry.size = 1
+        tar.addfile(entry, io.BytesIO(b"x"))
+    assert build(cache, context) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"buildgraph: error: {context / 'Dockerfile'}:3: tar entry")
 
 
 def test_unknown_target_stage_is_bad_input(cache: Path, tmp_path: Path, capsys) -> None:
