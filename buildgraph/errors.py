@@ -53,6 +53,10 @@ class AuthError(RegistryError):
     pass
 
 
+class RegistryDown(RegistryError):  # failed once after all its retries: not asked again this run
+    pass
+
+
 class DigestMismatch(RegistryError):  # content does not match the digest it was asked by
     pass
 

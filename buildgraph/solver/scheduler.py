@@ -236,9 +236,11 @@ def run(
                     else:  # unusable: forget the entry and build the step here
                         assert remote is not None
                         title = _title(graph, key)
-                        remote.warn(
-                            f"remote cache entry for {title} is unusable ({result}); building it"
-                        )
+                        if remote.source is not None:  # else its outage was reported once
+                            remote.warn(
+                                f"remote cache entry for {title} is unusable ({result}); "
+                                "building it"
+                            )
                         remote.forget(key)
                         hits.discard(key)
                         push(key)
