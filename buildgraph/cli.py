@@ -10,9 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from buildgraph import __version__
-from buildgraph.errors import BuildgraphError, InputError, storage_error
+from buildgraph.errors import BuildgraphError, InputError, shorten, storage_error
 
 EXIT_INTERRUPTED = 130
+MAX_ERROR = 1000  # characters of an error line
 
 
 class _Parser(argparse.ArgumentParser):
@@ -569,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except BuildgraphError as err:
-        _say(f"buildgraph: error: {err}")
+        _say(f"buildgraph: error: {shorten(str(err), MAX_ERROR)}")  # a value may be megabytes
         return err.exit_code
     except KeyboardInterrupt:
         _say("buildgraph: interrupted")

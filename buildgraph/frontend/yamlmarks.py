@@ -148,7 +148,11 @@ def _kind(node: Node) -> str:
         return "null"
     if isinstance(value, bool):
         return f"a boolean ({node.text})"
-    return f"a string ({node.text!r})" if isinstance(value, str) else f"a {type(value).__name__}"
+    return (
+        f"a string ({shorten(node.text)!r})"
+        if isinstance(value, str)
+        else f"a {type(value).__name__}"
+    )
 
 
 def type_error(node: Node, field: str, expected: str) -> InputError:

@@ -431,11 +431,14 @@ HOSTILE = [
     ("version: 1\nx: " + "[" * 5000 + "]" * 5000 + "\n", 2, "nested more than 64 levels"),
     ("version: 1\nx: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", 2, "nested more than 64 levels"),
     ("version: 1\ntargets:\n  app:\n    args: {D: 2024-13-45}\n", 4, "month must be in 1..12"),
+    ("version: 1\ntargets:\n  app: {context: " + "d" * 5000 + "}\n", 3, "context directory"),
+    ("version: 1\ntargets:\n  app: {dockerfile: " + "d" * 5000 + "}\n", 3, "Dockerfile /"),
 ]
 
 
 @pytest.mark.parametrize(("text", "line", "fragment"), HOSTILE, ids=[
     "alias-bomb", "nul-byte", "5000-digits", "5000-nested-lists", "5000-nested-maps", "bad-date",
+    "context-name-too-long", "dockerfile-name-too-long",
 ])  # fmt: skip
 def test_hostile_yaml_is_one_input_error(
     tmp_path: Path, text: str, line: int, fragment: str
