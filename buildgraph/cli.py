@@ -23,6 +23,19 @@ class _Parser(argparse.ArgumentParser):
         raise InputError(f"{self.prog}: {message}")
 
 
+def _jobs(text: str) -> int:
+    """-j N: a whole number of at least 1 (0 would run nothing and wait forever)."""
+    try:
+        jobs = int(text) if len(text) <= 10 else 0
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of at least 1, not {shorten(text)!r}"
+        )
+    return jobs
+
+
 def _say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
@@ -465,7 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--no-cache", action="store_true", help="rebuild every step")
     bld.add_argument("--pull", action="store_true", help="always pull FROM images")
     bld.add_argument("--push", action="store_true", help="push every -t tag")
-    bld.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    bld.add_argument("-j", "--jobs", type=_jobs, help="steps run at once (default: CPU count)")
     bld.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )
@@ -474,7 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     runp = commands.add_parser("run", help="build targets of Buildfile.yaml as one graph")
     runp.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
     runp.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
-    runp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    runp.add_argument("-j", "--jobs", type=_jobs, help="steps run at once (default: CPU count)")
     runp.add_argument("--no-cache", action="store_true", help="rebuild every step")
     runp.add_argument("--pull", action="store_true", help="always pull FROM images")
     runp.add_argument("--push", action="store_true", help="push every target's tags")
@@ -512,7 +525,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="--build: fail when the export fails, instead of a warning",
     )
-    warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    warmp.add_argument("-j", "--jobs", type=_jobs, help="steps run at once (default: CPU count)")
     warmp.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import posixpath
+import re
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,7 +35,7 @@ from buildgraph.graph.steps import (
     Step,
 )
 from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
-from buildgraph.image.oci import Platform
+from buildgraph.image.oci import Platform, parse_platform
 from buildgraph.registry.reference import parse_reference
 from buildgraph.worker.copy_plan import parse_chmod
 
@@ -160,6 +162,7 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
         )
     stage = state.dockerfile.stages[index]
     base = resolve_from(state.dockerfile, stage, state.scope)
+    _check_stage_platform(base.base, state.platform)
     if base.base_stage is not None:
         parent_plan = _lower_stage(state, base.base_stage, (*visiting, index))
         key, config, author = parent_plan.key, parent_plan.config, parent_plan.author
@@ -209,8 +212,34 @@ def _named(state: _Lowering, name: str) -> NamedContext | None:
     return found
 
 
+def _check_stage_platform(base: ins.From, platform: Platform) -> None:
+    """`FROM --platform=P`: P must be a platform, and the one this build is for (a stage for
+    another platform would need emulation, which buildgraph does not set up; BuildKit's
+    cross-platform stages are not supported)."""
+    if base.platform is None:
+        return
+    try:
+        wanted = parse_platform(base.platform)
+    except InputError as err:
+        raise InputError(f"FROM --platform: {err.args[0]}", base.where) from err
+    if not platform.matches(wanted):
+        raise InputError(
+            f"FROM --platform={wanted}: this build is for {platform}, and a stage for another "
+            f"platform is not supported (build for {wanted} with --platform {wanted})",
+            base.where,
+        )
+
+
 def _source(state: _Lowering, reference: str, where: Location | None) -> tuple[str, BaseImage]:
     image = state.resolve_base(reference, where)
+    found = image.config.platform
+    if found.architecture and not state.platform.matches(found):
+        raise InputError(  # never an arm64 label on amd64 binaries
+            f"FROM {image.reference}: the image is for {found}, not {state.platform}, and "
+            "buildgraph runs no emulation (pull that platform's image: buildgraph pull REF "
+            f"--platform {state.platform})",
+            where,
+        )
     key = state.add(
         SourceStep(
             image.reference, image.digest, str(state.platform), f"FROM {image.reference}", where
@@ -364,6 +393,8 @@ class _StageWalker:
 
     def _copy(self, copy: ins.Copy | ins.Add) -> None:
         add = isinstance(copy, ins.Add)
+        if isinstance(copy, ins.Add) and copy.checksum:
+            _check_checksum(copy, copy.checksum)
         if copy.chmod:  # checked here, once expanded, so that the error names the line
             try:
                 parse_chmod(copy.chmod)
@@ -526,6 +557,7 @@ class _StageWalker:
             case ins.Shell():
                 return replace(config, shell=instruction.command)
             case ins.StopSignal():
+                check_signal(instruction.signal, instruction.where)
                 return replace(config, stop_signal=instruction.signal)
             case ins.Healthcheck():
                 check = Healthcheck(
@@ -570,6 +602,34 @@ def _ports(text: str, instruction: ins.Instruction) -> list[str]:
     if high < int(first) or high > 65535:
         raise InputError(f"invalid port range {shown!r} in EXPOSE", instruction.where)
     return [f"{port}/{protocol}" for port in range(int(first), high + 1)]
+
+
+# moby's signal.SignalMap on Linux: what STOPSIGNAL takes by name (with or without SIG)
+SIGNAL_NAMES = frozenset(
+    {name.removeprefix("SIG") for name in signal.Signals.__members__}
+    | {"CLD", "IOT", "POLL", "STKFLT", "UNUSED"}
+    | {f"RTMIN+{n}" for n in range(1, 16)}
+    | {f"RTMAX-{n}" for n in range(1, 15)}
+)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what graph/remote.py checks a download against
+
+
+def check_signal(text: str, where: Location | None) -> None:
+    """STOPSIGNAL takes a signal number or name, as moby's signal.ParseSignal does."""
+    if text.isdecimal() and len(text) <= 10:
+        if int(text) > 0:
+            return
+    elif text.upper().removeprefix("SIG") in SIGNAL_NAMES:
+        return
+    raise InputError(f"invalid signal: {shorten(text)!r}", where)
+
+
+def _check_checksum(add: ins.Add, checksum: str) -> None:
+    """BuildKit: --checksum only for an http(s) source, and it must be a digest."""
+    if not all(source.startswith(("http://", "https://")) for source in add.sources):
+        raise InputError("ADD --checksum can only be used with an http(s) source", add.where)
+    if not _DIGEST.fullmatch(checksum):
+        raise InputError(f"ADD --checksum: invalid digest {shorten(checksum)!r}", add.where)
 
 
 def _created_by(instruction: ins.Instruction) -> str:

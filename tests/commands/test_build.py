@@ -184,6 +184,13 @@ BAD_INPUT = [
     ("FROM busybox\nCOPY --chown=1:" + "9" * 5000 + " f /f\n", {"f": "x"}, 2, 2),
     ("FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=" + "9" * 5000 + " true\n", {}, 2, 2),
     ("FROM busybox\nCOPY --from=" + "9" * 5000 + " f /f\n", {}, 2, 2),
+    # issue 16 (8): accepted before, and silently wrong
+    ("FROM busybox\nSTOPSIGNAL SIGNOPE\n", {}, 2, 2),
+    ("FROM busybox\nRUN true\nSTOPSIGNAL 0\n", {}, 3, 2),
+    ("FROM busybox\nADD --checksum=sha256:bad f /f\n", {"f": "x"}, 2, 2),
+    ("FROM busybox\nADD --checksum=sha256:bad http://127.0.0.1:9/x /f\n", {}, 2, 2),
+    ("FROM --platform=linux/arm64 busybox\nRUN true\n", {}, 1, 2),
+    ("FROM busybox AS a\nFROM --platform=foo a\n", {}, 2, 2),
 ]
 
 
@@ -202,6 +209,28 @@ def test_bad_input_names_the_dockerfile_line(
     assert len([e for e in err if e.startswith("buildgraph: error:")]) == 1
     assert f"{context / 'Dockerfile'}:{line}: " in err[-1]
     assert "Traceback" not in err and len(err[-1]) < 400
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "x", "9" * 5000])
+def test_jobs_must_be_at_least_one(cache: Path, tmp_path: Path, capsys, jobs: str) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\n")
+    assert main(["run", "-f", str(context / "Buildfile.yaml"), "-j", jobs]) == 2
+    assert "-j/--jobs: expected a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_stopsignal_takes_names_and_numbers(cache: Path, tmp_path: Path) -> None:
+    for name in ("SIGKILL", "kill", "9", "SIGRTMIN+3", "RTMAX-2"):
+        context = write_context(tmp_path / name, f"FROM busybox\nSTOPSIGNAL {name}\n")
+        assert build(cache, context) == 0, name
+
+
+def test_a_base_image_of_another_platform_is_refused(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN true\n")
+    assert build(cache, context, "--platform", "linux/arm64", "-t", "arm:1") == 2
+    err = capsys.readouterr().err
+    assert "the image is for linux/amd64, not linux/arm64" in err
+    assert "arm:1" not in (cache / "index.json").read_text()  # no arm64 label on amd64 files
+    assert build(cache, context, "--platform", "linux/amd64") == 0
 
 
 def test_an_unsafe_tar_in_add_names_the_line(cache: Path, tmp_path: Path, capsys) -> None:
