@@ -20,7 +20,9 @@ class _Parser(argparse.ArgumentParser):
     """argparse that raises InputError (exit 2, one line) instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{self.prog}: {message}")
+        # "buildgraph run: …" names the subcommand; the top level's name is in the prefix already
+        where = "" if self.prog == "buildgraph" else f"{self.prog}: "
+        raise InputError(f"{where}{message}")
 
 
 def _jobs(text: str) -> int:
@@ -368,6 +370,8 @@ def _renderer(args: argparse.Namespace):
 
     if args.progress == "json":
         return JsonRenderer()
+    if args.quiet and args.progress in ("auto", "plain"):  # -q: only results, and errors
+        return PlainRenderer(show_output=False, show_steps=False)
     if args.progress == "tty" or (args.progress == "auto" and sys.stderr.isatty()):
         from buildgraph.ui.tty import TtyRenderer
 

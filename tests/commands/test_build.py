@@ -233,6 +233,19 @@ def test_a_base_image_of_another_platform_is_refused(cache: Path, tmp_path: Path
     assert build(cache, context, "--platform", "linux/amd64") == 0
 
 
+def test_quiet_prints_the_digest_and_nothing_else(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo hello\n")
+    assert main(["build", str(context), "--cache-dir", str(cache), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.strip().startswith("sha256:") and len(out.splitlines()) == 1
+
+
+def test_an_unknown_option_is_one_error_with_one_prefix(capsys) -> None:
+    assert main(["push", "busybox", "--progress", "plain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "buildgraph: error: unrecognized arguments: --progress plain"
+
+
 def test_an_unsafe_tar_in_add_names_the_line(cache: Path, tmp_path: Path, capsys) -> None:
     context = write_context(tmp_path / "ctx", "FROM busybox\nRUN true\nADD evil.tar /x/\n")
     with tarfile.open(context / "evil.tar", "w") as tar:
