@@ -249,7 +249,7 @@ class RemoteCache:
     def _upload_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
-        if self.client.blob_exists(self.repository, blob.digest):
+        if self.client.blob_exists(self.repository, blob.digest, pushing=True):
             return
         for source in mount_from:
             if source.repository_only() == self.repository:

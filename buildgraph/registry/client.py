@@ -183,8 +183,10 @@ class RegistryClient:
             raise DigestMismatch(f"registry {ref.registry} stored manifest {ref} as {claimed}")
         return digest
 
-    def blob_exists(self, repo: Reference, digest: str) -> bool:
-        return self._blob_exists(repo, digest, _pull(repo))
+    def blob_exists(self, repo: Reference, digest: str, *, pushing: bool = False) -> bool:
+        """HEAD the blob; `pushing` asks with push access, so that refused credentials are
+        reported as a refused push, not a refused pull."""
+        return self._blob_exists(repo, digest, _push(repo) if pushing else _pull(repo))
 
     def fetch_blob(self, repo: Reference, digest: str, out: BinaryIO) -> int:
         """Stream a blob into `out`, verifying it; the last chunk is held back until it checks.
