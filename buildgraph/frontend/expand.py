@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from buildgraph.errors import InputError, Location, shorten
+from buildgraph.frontend import shellpattern
 
 # Instructions whose arguments get ${VAR} expansion before they run (moby: `replaceEnvAllowed`
 # plus ARG). RUN, CMD, ENTRYPOINT and SHELL are left to the shell at run time; ONBUILD is
@@ -338,8 +339,8 @@ class _Lexer:
         greedy = word.startswith(ch)
         pattern = word[1:] if greedy else word
         if ch == "%":
-            return _trim_suffix(pattern, value or "", greedy, self)
-        return _trim_prefix(pattern, value or "", greedy, self)
+            return shellpattern.trim_suffix(pattern, value or "", greedy=greedy, fail=self.fail)
+        return shellpattern.trim_prefix(pattern, value or "", greedy=greedy, fail=self.fail)
 
     def replace(self, name: str) -> str:
         replace_all = self.peek() == "/"
@@ -356,8 +357,9 @@ class _Lexer:
         value = self.lookup(name)
         if value is None and self.raw:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
-        regex = _shell_pattern(pattern, greedy=True, anchored=False, lexer=self)
-        replaced = regex.sub(lambda _: replacement, value or "", count=0 if replace_all else 1)
+        replaced = shellpattern.replace(
+            pattern, value or "", replacement, every=replace_all, fail=self.fail
+        )
         return self.substitute(replaced) if replace_all else replaced
 
     def name(self) -> str:
@@ -372,51 +374,3 @@ class _Lexer:
         while (ch := self.peek()) and (ch.isalnum() or ch == "_"):
             self.next()
         return self.text[start : self.pos]
-
-
-def _shell_pattern(pattern: str, *, greedy: bool, anchored: bool, lexer: _Lexer) -> re.Pattern[str]:
-    """moby convertShellPatternToRegex: `*` and `?` wildcards, `\\` escapes, no brackets."""
-    out = ["^"] if anchored else []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        i += 1
-        if ch == "*":
-            out.append(".*" if greedy else ".*?")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            following = pattern[i] if i < len(pattern) else ""
-            if following in ("}", "/"):  # escaped separators of ${...} are not part of it
-                continue
-            if following not in ("*", "?", "\\"):
-                raise lexer.fail(f"invalid pattern ({pattern}) in substitution")
-            out.append(re.escape(following))
-            i += 1
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _trim_prefix(pattern: str, value: str, greedy: bool, lexer: _Lexer) -> str:
-    match = _shell_pattern(pattern, greedy=greedy, anchored=True, lexer=lexer).search(value)
-    return value[match.end() :] if match else value
-
-
-def _reverse_pattern(pattern: str) -> str:
-    """Reverse, keeping `\\x` escapes in front of their character."""
-    tokens: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern[i] == "\\" and i + 1 < len(pattern):
-            tokens.append(pattern[i : i + 2])
-            i += 2
-        else:
-            tokens.append(pattern[i])
-            i += 1
-    return "".join(reversed(tokens))
-
-
-def _trim_suffix(pattern: str, value: str, greedy: bool, lexer: _Lexer) -> str:
-    # Regexes find leftmost matches, so trim a prefix of the reversed value instead.
-    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy, lexer)[::-1]
