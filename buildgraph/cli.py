@@ -13,16 +13,32 @@ from dataclasses import replace
 from pathlib import Path
 
 from buildgraph import __version__
-from buildgraph.errors import BuildgraphError, InputError, Terminated
+from buildgraph.errors import BuildgraphError, InputError, Terminated, shorten, storage_error
 
 EXIT_INTERRUPTED = 130
+MAX_ERROR = 1000  # characters of an error line
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse that raises InputError (exit 2, one line) instead of printing usage and exiting."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise InputError(f"{self.prog}: {message}")
+        # "buildgraph run: …" names the subcommand; the top level's name is in the prefix already
+        where = "" if self.prog == "buildgraph" else f"{self.prog}: "
+        raise InputError(f"{where}{message}")
+
+
+def _jobs(text: str) -> int:
+    """-j N: a whole number of at least 1 (0 would run nothing and wait forever)."""
+    try:
+        jobs = int(text) if len(text) <= 10 else 0
+    except ValueError:
+        jobs = 0
+    if jobs < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of at least 1, not {shorten(text)!r}"
+        )
+    return jobs
 
 
 def _say(text: str) -> None:
@@ -426,6 +442,8 @@ def _renderer(args: argparse.Namespace):
 
     if args.progress == "json":
         return JsonRenderer()
+    if args.quiet and args.progress in ("auto", "plain"):  # -q: only results, and errors
+        return PlainRenderer(show_output=False, show_steps=False)
     if args.progress == "tty" or (args.progress == "auto" and sys.stderr.isatty()):
         from buildgraph.ui.tty import TtyRenderer
 
@@ -558,7 +576,7 @@ def build_parser() -> argparse.ArgumentParser:
     bld.add_argument("--no-cache", action="store_true", help="rebuild every step")
     bld.add_argument("--pull", action="store_true", help="always pull FROM images")
     bld.add_argument("--push", action="store_true", help="push every -t tag")
-    bld.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    bld.add_argument("-j", "--jobs", type=_jobs, help="steps run at once (default: CPU count)")
     bld.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )
@@ -576,7 +594,7 @@ def build_parser() -> argparse.ArgumentParser:
     runp = commands.add_parser("run", help="build targets of Buildfile.yaml as one graph")
     runp.add_argument("targets", nargs="*", metavar="TARGET|GROUP")
     runp.add_argument("-f", "--file", default="Buildfile.yaml", help="default ./Buildfile.yaml")
-    runp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    runp.add_argument("-j", "--jobs", type=_jobs, help="steps run at once (default: CPU count)")
     runp.add_argument("--no-cache", action="store_true", help="rebuild every step")
     runp.add_argument("--pull", action="store_true", help="always pull FROM images")
     runp.add_argument("--push", action="store_true", help="push every target's tags")
@@ -618,7 +636,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _allow(warmp)
     _isolation(warmp)
-    warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
+    warmp.add_argument("-j", "--jobs", type=_jobs, help="steps run at once (default: CPU count)")
     warmp.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )
@@ -680,7 +698,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         return args.handler(args)
     except BuildgraphError as err:
-        _say(f"buildgraph: error: {err}")
+        _say(f"buildgraph: error: {shorten(str(err), MAX_ERROR)}")  # a value may be megabytes
         return err.exit_code
     except Terminated:
         _say("buildgraph: terminated")
@@ -690,6 +708,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except BrokenPipeError:
         return 0
+    except OSError as err:  # a full disk under the cache dir or an output (a step's: scheduler)
+        refused = storage_error(err)
+        if refused is None:
+            raise
+        _say(f"buildgraph: error: {refused}")
+        return refused.exit_code
     finally:
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +15,11 @@ class Location:
 
     def __str__(self) -> str:
         return f"{self.path}:{self.line}" if self.line else str(self.path)
+
+
+def shorten(text: str, limit: int = 40) -> str:
+    """`text` cut for a one-line message: hostile input can be megabytes long."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class BuildgraphError(Exception):
@@ -46,6 +53,10 @@ class AuthError(RegistryError):
     pass
 
 
+class RegistryDown(RegistryError):  # failed once after all its retries: not asked again this run
+    pass
+
+
 class DigestMismatch(RegistryError):  # content does not match the digest it was asked by
     pass
 
@@ -63,3 +74,27 @@ class Terminated(KeyboardInterrupt):
 
 class NotFound(InputError):  # an image or tag that does not exist
     pass
+
+
+class StorageError(BuildgraphError):  # the disk is full, over quota or read-only
+    exit_code = 5
+
+
+# What the machine refuses to store, as opposed to a bug or bad input: one line and exit 5.
+STORAGE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EFBIG})
+
+
+def storage_error(err: OSError) -> StorageError | None:
+    """The one-line error for a write the disk refused (None for any other OSError)."""
+    if err.errno not in STORAGE_ERRNOS:
+        return None
+    reason = os.strerror(err.errno).lower()
+    place = f" writing {err.filename}" if err.filename else ""
+    hint = (
+        "; free some space (buildgraph cache prune) and run again"
+        if err.errno != errno.EROFS
+        else ""
+    )
+    error = StorageError(f"{reason}{place}{hint}")
+    error.__cause__ = err
+    return error

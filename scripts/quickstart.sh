@@ -14,7 +14,7 @@ case "${1:-run}" in
     if ! buildgraph images -q | grep -qx 'debian:bookworm'; then
       rootfs=$(mktemp -d)
       trap 'rm -rf "$rootfs"' EXIT
-      mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+      mirror=${DEBIAN_MIRROR:-$(scripts/debian-mirror.sh bookworm)}  # this machine's apt sources
       echo "quickstart: debootstrap --variant=minbase bookworm (once)" >&2
       debootstrap --variant=minbase bookworm "$rootfs/rootfs" "$mirror" >"$rootfs/debootstrap.log" 2>&1 \
         || { tail -20 "$rootfs/debootstrap.log" >&2; exit 1; }

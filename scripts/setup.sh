@@ -12,6 +12,7 @@ APT_PACKAGES=(
   apache2-utils openssl           # htpasswd for the registry auth tests
   docker.io                       # a private dockerd: `docker load` + `docker run` of our images
   libseccomp2                     # RUN's seccomp filter (apt depends on it; listed to be explicit)
+  procps                          # pgrep: the kill tests look for leftover RUN processes
 )
 missing=()
 for package in "${APT_PACKAGES[@]}"; do

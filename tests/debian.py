@@ -2,25 +2,23 @@
 
 from __future__ import annotations
 
-import re
+import os
 import subprocess
 from pathlib import Path
 
-SOURCES = (Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*")))
+REPO = Path(__file__).resolve().parent.parent
 
 
 def debian_mirror() -> str:
-    """The first enabled Debian archive URI of the apt sources (one-line or deb822 form)."""
-    for source in SOURCES:
-        if not source.is_file() or source.suffix not in ("", ".list", ".sources"):
-            continue
-        text = source.read_text(errors="replace")
-        uris = re.findall(r"(?m)^URIs:\s*(\S+)", text)
-        uris += re.findall(r"(?m)^deb\s+(?:\[[^]]*\]\s+)?(\S+)\s+bookworm\b", text)
-        for uri in uris:
-            if uri.rstrip("/").endswith("/debian"):
-                return uri
-    raise AssertionError("no Debian mirror in /etc/apt/sources.list(.d)")
+    """The bookworm mirror of this machine's apt sources (scripts/debian-mirror.sh reads
+    one-line and deb822 sources alike), or $DEBIAN_MIRROR."""
+    if os.environ.get("DEBIAN_MIRROR"):
+        return os.environ["DEBIAN_MIRROR"]
+    done = subprocess.run(
+        [str(REPO / "scripts/debian-mirror.sh"), "bookworm"], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
 
 
 def debootstrap_bookworm(rootfs: Path) -> Path:

@@ -87,9 +87,16 @@ class RegistryServer:
         while time.monotonic() < deadline:
             if self.process and self.process.poll() is not None:
                 raise RuntimeError(f"registry exited: {(self.root / 'registry.log').read_text()}")
-            with contextlib.suppress(requests.RequestException):
-                requests.get(f"{self.url}/v2/", timeout=1, verify=False)
-                return
+            if self.tls:  # listening is ready; no request with verification turned off
+                with (
+                    contextlib.suppress(OSError),
+                    socket.create_connection(("127.0.0.1", self.port), timeout=1),
+                ):
+                    return
+            else:
+                with contextlib.suppress(requests.RequestException):
+                    requests.get(f"{self.url}/v2/", timeout=1)
+                    return
             time.sleep(0.05)
         raise RuntimeError("registry did not start in time")
 

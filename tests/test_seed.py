@@ -15,10 +15,24 @@ from buildgraph.cli import main
 REPO = Path(__file__).resolve().parent.parent
 
 
+def debian_mirror(apt_dir: Path | None = None) -> str:
+    """The bookworm mirror of this machine's apt sources (scripts/debian-mirror.sh)."""
+    env = {**os.environ, "APT_DIR": str(apt_dir)} if apt_dir else None
+    done = subprocess.run(
+        [str(REPO / "scripts/debian-mirror.sh"), "bookworm"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout.strip()
+
+
 @pytest.mark.slow
 def test_workspace_dockerfile_installs_wget_and_curl(tmp_path: Path) -> None:
     rootfs, cache = tmp_path / "rootfs", tmp_path / "cache"
-    mirror = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
+    mirror = os.environ.get("DEBIAN_MIRROR") or debian_mirror()
     subprocess.run(
         ["debootstrap", "--variant=minbase", "bookworm", str(rootfs), mirror],
         check=True,

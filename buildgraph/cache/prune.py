@@ -187,7 +187,8 @@ def _kept_bytes(store: LocalStore, snapshot_sizes: dict[str, int]) -> int:
 
 
 def _reachable(store: LocalStore) -> tuple[set[str], set[str]]:
-    """Digests of blobs and diff_ids of snapshots that tags or step records reach."""
+    """Digests of blobs and diff_ids of snapshots that tags or step records reach (the unpacked
+    layers of a tagged image too: `image import` and `pull` unpack them for the builds to come)."""
     blobs: set[str] = set()
     diff_ids: set[str] = set()
     pending = [image.descriptor for image in store.images()] if store.index_path.exists() else []
@@ -205,6 +206,8 @@ def _reachable(store: LocalStore) -> tuple[set[str], set[str]]:
         elif isinstance(document, Manifest):
             blobs.add(document.config.digest)
             blobs.update(layer.digest for layer in document.layers)
+            with contextlib.suppress(CacheError, OSError):  # a tagged image keeps its snapshots:
+                diff_ids.update(store.read_config(document).diff_ids)  # builds FROM it use them
     index = StepIndex(store.root / "steps")
     for path in _step_files(store):
         with contextlib.suppress(CacheError):

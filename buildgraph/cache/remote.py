@@ -91,9 +91,13 @@ class RemoteCache:
         repository: Reference,
         *,
         jobs: int = 8,
+        lookup_budget: float | None = None,
     ) -> None:
         """`client` may be a factory, called on the first registry request: a run whose every
-        step is in the local store then never makes a client (nor imports requests)."""
+        step is in the local store then never makes a client (nor imports requests).
+        `lookup_budget` bounds the seconds one lookup may take, retries included (a hanging
+        registry then costs a build that much, not the whole registry timeout)."""
+        self.lookup_budget = lookup_budget
         self._client = None if callable(client) else client
         self._connect = client if callable(client) else None
         self.repository = repository.repository_only()
@@ -120,7 +124,9 @@ class RemoteCache:
 
         def get(key: str) -> RemoteEntry | None:
             try:
-                found = self.client.get_manifest(refs[key], accept=mt.MANIFESTS)
+                found = self.client.get_manifest(
+                    refs[key], accept=mt.MANIFESTS, budget=self.lookup_budget
+                )
             except NotFound:
                 return None
             return RemoteEntry(key, found.digest, found.data, found.media_type)
@@ -243,7 +249,7 @@ class RemoteCache:
     def _upload_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
-        if self.client.blob_exists(self.repository, blob.digest):
+        if self.client.blob_exists(self.repository, blob.digest, pushing=True):
             return
         for source in mount_from:
             if source.repository_only() == self.repository:

@@ -501,6 +501,7 @@ def step_targets(compiled: Compiled, graph: nx.DiGraph) -> dict[str, list[str]]:
     for name, plan in compiled.plans.items():
         for key in nx.ancestors(graph, plan.target.key) | {plan.target.key}:
             served.setdefault(key, []).append(name)
+        served[f"export:{name}"] = [name]  # the target's tag, output or push
     return served
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import stat
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend import overrides as setting
 from buildgraph.frontend.buildvars import VarTable
 from buildgraph.frontend.yamlmarks import (
@@ -174,14 +175,22 @@ def apply_override(draft: TargetDraft, override: setting.Override, root_dir: Pat
         draft.platform = (value, where) if value else None
 
 
+def _is(path: Path, kind: Callable[[int], bool]) -> bool:
+    """Path.is_dir() and is_file() raise for a name too long; this says no."""
+    try:
+        return kind(path.stat().st_mode)
+    except OSError:
+        return False
+
+
 def finish_target(name: str, draft: TargetDraft, defined: Mapping[str, object]) -> TargetSpec:
     context, where = draft.context
-    if not context.is_dir():
-        raise InputError(f"context directory {context} does not exist", where)
+    if not _is(context, stat.S_ISDIR):
+        raise InputError(f"context directory {shorten(str(context), 200)} does not exist", where)
     text, where = draft.dockerfile
     dockerfile = absolute(context, text)
-    if not dockerfile.is_file():
-        raise InputError(f"Dockerfile {dockerfile} does not exist", where)
+    if not _is(dockerfile, stat.S_ISREG):
+        raise InputError(f"Dockerfile {shorten(str(dockerfile), 200)} does not exist", where)
     implied = [(ref.value, where) for ref, where in draft.contexts.values() if ref.kind == "target"]
     for dependency, where in (*draft.depends_on, *implied):
         if dependency not in defined:

@@ -7,27 +7,33 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend.yamlmarks import Node, as_map, as_text, did_you_mean
 
 VAR_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _REFERENCE = re.compile(r"\$(?:\$|\{([A-Za-z_][A-Za-z0-9_]*)\})")
+MAX_VALUE = 1 << 20  # what one value may expand to: vars that double each other stop here
+MAX_DEPTH = 64  # vars whose defaults refer to vars … that deep
 
 
 def substitute(text: str, lookup: Callable[[str], str], where: Location) -> str:
     """`text` with each `${NAME}` replaced by lookup(NAME) and `$$` by `$`; any other `$` is an
     error, so a forgotten brace (`$REGISTRY`) never passes silently."""
     parts: list[str] = []
-    start = 0
+    start = size = 0
     while (dollar := text.find("$", start)) >= 0:
         parts.append(text[start:dollar])
         match = _REFERENCE.match(text, dollar)
         if match is None:
+            shown = shorten(text, 80)
             raise InputError(
-                f"invalid '$' in {text!r}: write ${{NAME}} for a var or $$ for a literal '$'",
+                f"invalid '$' in {shown!r}: write ${{NAME}} for a var or $$ for a literal '$'",
                 where,
             )
         parts.append("$" if match[1] is None else lookup(match[1]))
+        size += len(parts[-1])
+        if size > MAX_VALUE:
+            raise InputError(f"vars expand to more than {MAX_VALUE >> 20} MiB here", where)
         start = match.end()
     parts.append(text[start:])
     return "".join(parts)
@@ -95,6 +101,8 @@ class VarTable:
         if name in busy:
             cycle = " -> ".join((*busy[busy.index(name) :], name))
             raise InputError(f"vars refer to each other in a cycle: {cycle}", declaration.where)
+        if len(busy) >= MAX_DEPTH:
+            raise InputError(f"vars refer to vars more than {MAX_DEPTH} deep", declaration.where)
         if name in self._assigned:
             value = self._assigned[name][0]
         elif name in self._env:

@@ -13,6 +13,7 @@ from buildgraph.frontend.arguments import build_instruction, can_have_heredocs, 
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _KNOWN_DIRECTIVES = ("syntax", "escape", "check")
 _BOM = "\ufeff"
+MAX_BYTES = 4 << 20  # a Dockerfile larger than 4 MiB is refused unread
 
 # dockerfile-parse is not used for tokenising: it has no heredocs, joins continuation lines
 # with different whitespace than docker and drops the escape token's rules for comments, so
@@ -44,7 +45,7 @@ class Dockerfile:
         for stage in reversed(candidates):
             if stage.name == wanted:
                 return stage
-        if reference.isdecimal() and int(reference) < len(candidates):
+        if reference.isdecimal() and len(reference) < 10 and int(reference) < len(candidates):
             return candidates[int(reference)]
         return None
 
@@ -53,9 +54,15 @@ def parse_dockerfile(path: Path, text: str | None = None, *, escape: str = "\\")
     """Parse `text` (read from `path` when None). `escape` is overridden by `# escape=`."""
     if text is None:
         try:
+            if path.stat().st_size > MAX_BYTES:
+                raise InputError(f"larger than {MAX_BYTES >> 20} MiB", Location(path))
             text = path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise InputError(f"cannot read Dockerfile: {err}", Location(path)) from err
+    if (nul := text.find("\0")) >= 0:  # no command, path or value can hold one: say so now
+        raise InputError(
+            "a NUL byte (a Dockerfile is text)", Location(path, text.count("\n", 0, nul) + 1)
+        )
     scanner = _Scanner(path, text, escape)
     lines = scanner.logical_lines()
     return _assemble(path, scanner, lines)

@@ -6,7 +6,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
+from buildgraph.frontend import shellpattern
 
 # Instructions whose arguments get ${VAR} expansion before they run (moby: `replaceEnvAllowed`
 # plus ARG). RUN, CMD, ENTRYPOINT and SHELL are left to the shell at run time; ONBUILD is
@@ -27,6 +28,22 @@ PLATFORM_ARGS = (
 )  # fmt: skip
 
 _SPECIAL_PARAMS = frozenset("@*#?-$!0")
+
+# Bounds on what expansion may cost, so that hostile input is an error and not an hour.
+MAX_EXPANSION = 2 << 20  # bytes substituted into one word: exec's whole argv + env (ARG_MAX)
+MAX_TOTAL_EXPANSION = 16 << 20  # bytes substituted into all the words of one Dockerfile
+MAX_NESTING = 64  # ${A:-${B:-…}} levels
+
+
+@dataclass(slots=True)
+class ExpansionBudget:
+    """What substitution may still produce, shared by the words of one Dockerfile: a per-word
+    bound alone would still let `LABEL a=$BIG` repeated a thousand times fill the memory."""
+
+    left: int = MAX_TOTAL_EXPANSION
+
+
+_SPACE = re.compile(r"\s+")
 
 
 def platform_args(target: str, build: str) -> dict[str, str]:
@@ -50,20 +67,26 @@ def expand(
     escape: str = "\\",
     where: Location | None = None,
     quotes: bool = True,
+    budget: ExpansionBudget | None = None,
 ) -> str:
     """`text` with quotes removed and variables substituted (moby `ProcessWord`).
 
     quotes=False treats quotes as plain characters, for heredoc bodies (SkipProcessQuotes)."""
-    lexer = _Lexer(text, env, escape, where)
+    lexer = _Lexer(text, env, escape, where, budget=budget)
     lexer.quotes = quotes
     return lexer.run()[0]
 
 
 def expand_words(
-    text: str, env: Mapping[str, str], *, escape: str = "\\", where: Location | None = None
+    text: str,
+    env: Mapping[str, str],
+    *,
+    escape: str = "\\",
+    where: Location | None = None,
+    budget: ExpansionBudget | None = None,
 ) -> list[str]:
     """Expand, then split on unquoted whitespace (moby `ProcessWords`)."""
-    return _Lexer(text, env, escape, where).run()[1]
+    return _Lexer(text, env, escape, where, budget=budget).run()[1]
 
 
 def split_raw_words(text: str, *, escape: str = "\\") -> list[str]:
@@ -82,25 +105,34 @@ class _Stop(Exception):
 @dataclass(slots=True)
 class _Words:
     words: list[str] = field(default_factory=list)
-    word: str = ""
-    in_word: bool = False
+    word: list[str] = field(default_factory=list)  # the pieces of the current word
 
     def add_char(self, ch: str) -> None:
         if ch.isspace():
-            if self.in_word and self.word:
-                self.words.append(self.word)
-                self.word, self.in_word = "", False
+            self.end_word()
         else:
-            self.add_raw(ch)
+            self.word.append(ch)
 
     def add_raw(self, text: str) -> None:
-        self.word += text
-        self.in_word = True
+        if text:  # `''` alone makes no word (moby: only a non-empty word counts)
+            self.word.append(text)
+
+    def add_text(self, text: str) -> None:
+        """Substituted text: it splits into words on whitespace (one pass, not char by char)."""
+        pieces = _SPACE.split(text)
+        for index, piece in enumerate(pieces):
+            if index:
+                self.end_word()
+            if piece:
+                self.word.append(piece)
+
+    def end_word(self) -> None:
+        if self.word:
+            self.words.append("".join(self.word))
+            self.word = []
 
     def finish(self) -> list[str]:
-        if self.word:
-            self.words.append(self.word)
-            self.word, self.in_word = "", False
+        self.end_word()
         return self.words
 
 
@@ -115,14 +147,41 @@ class _Lexer:
         where: Location | None,
         *,
         raw: bool = False,
+        budget: ExpansionBudget | None = None,
     ) -> None:
         self.text, self.pos, self.env, self.escape, self.where = text, 0, env, escape, where
         self.raw = raw  # keep quotes, escapes and unset variables verbatim
         self.raw_escapes = raw
         self.quotes = True
+        self.depth = 0  # ${...} nesting
+        self.substituted = 0  # bytes substituted so far, against MAX_EXPANSION
+        self.budget = budget
+        self._plain: dict[str, re.Pattern[str]] = {}  # stop character -> run of plain text
 
     def fail(self, message: str) -> InputError:
-        return InputError(f"{message} (in {self.text!r})", self.where)
+        shown = shorten(self.text, 80)
+        return InputError(f"{message} (in {shown!r})", self.where)
+
+    def substitute(self, value: str) -> str:
+        self.substituted += len(value)
+        if self.substituted > MAX_EXPANSION:
+            raise self.fail(f"expands to more than {MAX_EXPANSION >> 20} MiB")
+        if self.budget is not None:
+            self.budget.left -= len(value)
+            if self.budget.left < 0:
+                raise self.fail(
+                    f"variables expand to more than {MAX_TOTAL_EXPANSION >> 20} MiB in all"
+                )
+        return value
+
+    def plain(self, stop: str) -> re.Pattern[str]:
+        """A run of characters that `_until` takes as they are (no $, quote, escape, space)."""
+        pattern = self._plain.get(stop)
+        if pattern is None:
+            special = "$" + stop + self.escape + ("'\"" if self.quotes else "")
+            pattern = re.compile(f"[^\\s{re.escape(special)}]+")
+            self._plain[stop] = pattern
+        return pattern
 
     def peek(self) -> str:
         return self.text[self.pos] if self.pos < len(self.text) else ""
@@ -140,23 +199,31 @@ class _Lexer:
 
     def until(self, stop: str, raw_escapes: bool) -> tuple[str, list[str]]:
         saved, self.raw_escapes = self.raw_escapes, raw_escapes
+        self.depth += 1
+        if self.depth > MAX_NESTING:
+            raise self.fail(f"substitutions nested more than {MAX_NESTING} levels deep")
         try:
             return self._until(stop)
         finally:
-            self.raw_escapes = saved
+            self.raw_escapes, self.depth = saved, self.depth - 1
 
     def _until(self, stop: str) -> tuple[str, list[str]]:
         result: list[str] = []
         words = _Words()
+        plain = self.plain(stop)
         while ch := self.peek():
+            if run := plain.match(self.text, self.pos):  # the common case, in one step
+                self.pos = run.end()
+                result.append(run[0])
+                words.add_raw(run[0])
+                continue
             if stop and ch == stop:
                 self.next()
                 return "".join(result), words.finish()
             if ch == "$":
                 value = self.dollar()
                 result.append(value)
-                for each in value:  # substituted text splits into words
-                    words.add_char(each)
+                words.add_text(value)  # substituted text splits into words
             elif ch in "'\"" and self.quotes:
                 value = self.single_quote() if ch == "'" else self.double_quote()
                 result.append(value)
@@ -179,20 +246,22 @@ class _Lexer:
         return "".join(result), words.finish()
 
     def single_quote(self) -> str:
-        quote = self.next()
-        out = [quote] if self.raw else []
-        while True:
-            ch = self.next()
-            if not ch:
-                raise _Stop("unexpected end of statement while looking for matching single-quote")
-            if ch == "'":
-                return "".join([*out, ch] if self.raw else out)
-            out.append(ch)
+        start = self.pos
+        end = self.text.find("'", start + 1)
+        if end < 0:
+            self.pos = len(self.text)
+            raise _Stop("unexpected end of statement while looking for matching single-quote")
+        self.pos = end + 1
+        return self.text[start : end + 1] if self.raw else self.text[start + 1 : end]
 
     def double_quote(self) -> str:
         quote = self.next()
         out = [quote] if self.raw else []
+        plain = re.compile("[^" + re.escape('"$' + self.escape) + "]+")
         while True:
+            if run := plain.match(self.text, self.pos):
+                self.pos = run.end()
+                out.append(run[0])
             ch = self.peek()
             if not ch:
                 raise _Stop("unexpected end of statement while looking for matching double-quote")
@@ -214,7 +283,8 @@ class _Lexer:
             out.append(ch)
 
     def lookup(self, name: str) -> str | None:
-        return self.env.get(name)
+        value = self.env.get(name)
+        return value if value is None else self.substitute(value)
 
     def dollar(self) -> str:
         self.next()
@@ -269,8 +339,8 @@ class _Lexer:
         greedy = word.startswith(ch)
         pattern = word[1:] if greedy else word
         if ch == "%":
-            return _trim_suffix(pattern, value or "", greedy, self)
-        return _trim_prefix(pattern, value or "", greedy, self)
+            return shellpattern.trim_suffix(pattern, value or "", greedy=greedy, fail=self.fail)
+        return shellpattern.trim_prefix(pattern, value or "", greedy=greedy, fail=self.fail)
 
     def replace(self, name: str) -> str:
         replace_all = self.peek() == "/"
@@ -287,8 +357,10 @@ class _Lexer:
         value = self.lookup(name)
         if value is None and self.raw:
             return "${" + name + "/" + pattern + "/" + replacement + "}"
-        regex = _shell_pattern(pattern, greedy=True, anchored=False, lexer=self)
-        return regex.sub(lambda _: replacement, value or "", count=0 if replace_all else 1)
+        replaced = shellpattern.replace(
+            pattern, value or "", replacement, every=replace_all, fail=self.fail
+        )
+        return self.substitute(replaced) if replace_all else replaced
 
     def name(self) -> str:
         start = self.pos
@@ -302,51 +374,3 @@ class _Lexer:
         while (ch := self.peek()) and (ch.isalnum() or ch == "_"):
             self.next()
         return self.text[start : self.pos]
-
-
-def _shell_pattern(pattern: str, *, greedy: bool, anchored: bool, lexer: _Lexer) -> re.Pattern[str]:
-    """moby convertShellPatternToRegex: `*` and `?` wildcards, `\\` escapes, no brackets."""
-    out = ["^"] if anchored else []
-    i = 0
-    while i < len(pattern):
-        ch = pattern[i]
-        i += 1
-        if ch == "*":
-            out.append(".*" if greedy else ".*?")
-        elif ch == "?":
-            out.append(".")
-        elif ch == "\\":
-            following = pattern[i] if i < len(pattern) else ""
-            if following in ("}", "/"):  # escaped separators of ${...} are not part of it
-                continue
-            if following not in ("*", "?", "\\"):
-                raise lexer.fail(f"invalid pattern ({pattern}) in substitution")
-            out.append(re.escape(following))
-            i += 1
-        else:
-            out.append(re.escape(ch))
-    return re.compile("".join(out), re.DOTALL)
-
-
-def _trim_prefix(pattern: str, value: str, greedy: bool, lexer: _Lexer) -> str:
-    match = _shell_pattern(pattern, greedy=greedy, anchored=True, lexer=lexer).search(value)
-    return value[match.end() :] if match else value
-
-
-def _reverse_pattern(pattern: str) -> str:
-    """Reverse, keeping `\\x` escapes in front of their character."""
-    tokens: list[str] = []
-    i = 0
-    while i < len(pattern):
-        if pattern[i] == "\\" and i + 1 < len(pattern):
-            tokens.append(pattern[i : i + 2])
-            i += 2
-        else:
-            tokens.append(pattern[i])
-            i += 1
-    return "".join(reversed(tokens))
-
-
-def _trim_suffix(pattern: str, value: str, greedy: bool, lexer: _Lexer) -> str:
-    # Regexes find leftmost matches, so trim a prefix of the reversed value instead.
-    return _trim_prefix(_reverse_pattern(pattern), value[::-1], greedy, lexer)[::-1]

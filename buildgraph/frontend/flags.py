@@ -6,7 +6,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend.instructions import Mount
 
 BOOL, STRING, STRINGS = "bool", "string", "strings"
@@ -114,6 +114,7 @@ _DURATION_UNITS = {
     "ns": 1, "us": 1_000, "µs": 1_000, "μs": 1_000, "ms": 1_000_000, "s": 1_000_000_000,
     "m": 60_000_000_000, "h": 3_600_000_000_000,
 }  # fmt: skip
+_MAX_NANOSECONDS = 2**63 - 1
 _DURATION_PART = re.compile(r"(\d+\.?\d*|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
 
 
@@ -126,9 +127,11 @@ def parse_duration(text: str, flag: str, where: Location) -> int:
     while pos < len(body):
         match = _DURATION_PART.match(body, pos)
         if not match:
-            raise InputError(f"invalid duration for --{flag}: {text!r}", where)
+            raise InputError(f"invalid duration for --{flag}: {shorten(text)!r}", where)
         total += float(match[1]) * _DURATION_UNITS[match[2]]
         pos = match.end()
+    if not total <= _MAX_NANOSECONDS:  # Go's Duration is an int64 (and float('9' * 5000) is inf)
+        raise InputError(f"invalid duration for --{flag}: {shorten(text)!r} is too long", where)
     if total < 1_000_000:
         raise InputError(f"--{flag} cannot be less than 1ms", where)
     return round(total)
@@ -140,9 +143,10 @@ _SIZE = re.compile(r"(?i)^(\d+(?:\.\d+)?)\s*([kmgtp]?)i?b?$")
 def parse_size(text: str, where: Location) -> int:
     """Docker's RAMInBytes: "64m" -> 64 MiB."""
     match = _SIZE.match(text.strip())
-    if not match:
-        raise InputError(f"invalid size {text!r}", where)
-    return int(float(match[1]) * 1024 ** "_kmgtp".index(match[2].lower() or "_"))
+    size = float(match[1]) * 1024 ** "_kmgtp".index(match[2].lower() or "_") if match else -1
+    if not 0 <= size < 2**63:  # also inf, from a 5000-digit number
+        raise InputError(f"invalid size {shorten(text)!r}", where)
+    return int(size)
 
 
 _MOUNT_TYPES = ("bind", "cache", "tmpfs", "secret", "ssh")

@@ -11,6 +11,7 @@ from buildgraph.frontend.dockerfile import Dockerfile, Stage
 from buildgraph.frontend.expand import (
     PLATFORM_ARGS,
     PROXY_ARGS,
+    ExpansionBudget,
     expand,
     expand_words,
     platform_args,
@@ -146,8 +147,11 @@ def resolve_stage(
     build_args: Mapping[str, str],
     *,
     escape: str = "\\",
+    budget: ExpansionBudget | None = None,
 ) -> ResolvedStage:
-    """Walk one stage once its base image's ENV ("K=V" strings) is known."""
+    """Walk one stage once its base image's ENV ("K=V" strings) is known; `budget` bounds what
+    ${VAR} substitution produces (share one across the stages of a Dockerfile)."""
+    budget = budget if budget is not None else ExpansionBudget()
     env: dict[str, str] = {}
     for item in base_env:
         key, _, value = item.partition("=")
@@ -157,9 +161,9 @@ def resolve_stage(
     globals_ = scope.mapping()
     for instruction in stage.instructions:
         visible = {**args, **env}
-        expanded = expand_instruction(instruction, visible, escape)
+        expanded = expand_instruction(instruction, visible, escape, budget)
         if isinstance(instruction, ins.Arg):
-            pairs = _arg_values(instruction, visible, globals_, build_args, escape)
+            pairs = _arg_values(instruction, visible, globals_, build_args, escape, budget)
             expanded = replace(instruction, pairs=pairs)
         resolved.append(ResolvedInstruction(expanded, tuple(args.items()), tuple(env.items())))
         if isinstance(expanded, ins.Env):
@@ -182,13 +186,16 @@ def _arg_values(
     inherited: Mapping[str, str],
     build_args: Mapping[str, str],
     escape: str,
+    budget: ExpansionBudget | None = None,
 ) -> tuple[tuple[str, str | None], ...]:
     """Each ARG's value: build arg, else its expanded default, else the global value."""
     result: list[tuple[str, str | None]] = []
     for raw_key, default in arg.pairs:
-        key = expand(raw_key, visible, escape=escape, where=arg.where)
+        key = expand(raw_key, visible, escape=escape, where=arg.where, budget=budget)
         value = (
-            None if default is None else expand(default, visible, escape=escape, where=arg.where)
+            None
+            if default is None
+            else expand(default, visible, escape=escape, where=arg.where, budget=budget)
         )
         if key in build_args:
             value = build_args[key]
@@ -199,13 +206,16 @@ def _arg_values(
 
 
 def expand_instruction(
-    instruction: ins.Instruction, env: Mapping[str, str], escape: str = "\\"
+    instruction: ins.Instruction,
+    env: Mapping[str, str],
+    escape: str = "\\",
+    budget: ExpansionBudget | None = None,
 ) -> ins.Instruction:
     """The instruction with ${VAR} expanded where Docker expands (ARG values: resolve_stage)."""
     where = instruction.where
 
     def word(text: str) -> str:
-        return expand(text, env, escape=escape, where=where)
+        return expand(text, env, escape=escape, where=where, budget=budget)
 
     def optional(text: str | None) -> str | None:
         return None if text is None else word(text)
@@ -216,7 +226,7 @@ def expand_instruction(
     def heredocs(docs: tuple[ins.Heredoc, ...]) -> tuple[ins.Heredoc, ...]:
         # Inline files expand unless the delimiter was quoted; quotes in them are text.
         return tuple(
-            replace(doc, content=expand(doc.content, env, where=where, quotes=False))
+            replace(doc, content=expand(doc.content, env, where=where, quotes=False, budget=budget))
             if doc.expand
             else doc
             for doc in docs
@@ -258,7 +268,7 @@ def expand_instruction(
             ports = [
                 p
                 for port in instruction.ports
-                for p in expand_words(port, env, escape=escape, where=where)
+                for p in expand_words(port, env, escape=escape, where=where, budget=budget)
             ]
             return replace(instruction, ports=tuple(ports))
         case ins.Volume():

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import posixpath
+import re
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from urllib.parse import urlsplit
 
-from buildgraph.errors import InputError, Location
+from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend import instructions as ins
 from buildgraph.frontend.dockerfile import Dockerfile, Stage, parse_dockerfile
+from buildgraph.frontend.expand import ExpansionBudget
 from buildgraph.frontend.ignore import IgnoreMatcher
 from buildgraph.frontend.scope import (
     GlobalScope,
@@ -31,12 +35,14 @@ from buildgraph.graph.steps import (
     Step,
 )
 from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
-from buildgraph.image.oci import Platform
+from buildgraph.image.oci import Platform, parse_platform
 from buildgraph.registry.reference import parse_reference
+from buildgraph.worker.copy_plan import parse_chmod
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 URL_PREFIXES = ("http://", "https://", "git@", "git://")
+MAX_TITLE = 200  # characters of an instruction shown in progress and messages
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +102,7 @@ class _Lowering:
     steps: dict[str, Step] = field(default_factory=dict)
     stages: dict[int, StagePlan] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)  # image ref -> source step key
+    budget: ExpansionBudget = field(default_factory=ExpansionBudget)  # for all its stages
 
     def add(self, step: Step) -> str:
         key = step_key(step)
@@ -155,6 +162,7 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
         )
     stage = state.dockerfile.stages[index]
     base = resolve_from(state.dockerfile, stage, state.scope)
+    _check_stage_platform(base.base, state.platform)
     if base.base_stage is not None:
         parent_plan = _lower_stage(state, base.base_stage, (*visiting, index))
         key, config, author = parent_plan.key, parent_plan.config, parent_plan.author
@@ -178,7 +186,12 @@ def _lower_stage(state: _Lowering, index: int, visiting: tuple[int, ...]) -> Sta
     if "PATH" not in config.env_dict():  # BuildKit gives every stage a PATH when it has none
         config = config.with_env("PATH", DEFAULT_PATH)
     resolved = resolve_stage(
-        stage, config.env, state.scope, state.build_args, escape=state.dockerfile.escape
+        stage,
+        config.env,
+        state.scope,
+        state.build_args,
+        escape=state.dockerfile.escape,
+        budget=state.budget,
     )
     walker = _StageWalker(state, (*visiting, index), stage, key, config, author)
     for item in resolved.instructions:
@@ -199,8 +212,34 @@ def _named(state: _Lowering, name: str) -> NamedContext | None:
     return found
 
 
+def _check_stage_platform(base: ins.From, platform: Platform) -> None:
+    """`FROM --platform=P`: P must be a platform, and the one this build is for (a stage for
+    another platform would need emulation, which buildgraph does not set up; BuildKit's
+    cross-platform stages are not supported)."""
+    if base.platform is None:
+        return
+    try:
+        wanted = parse_platform(base.platform)
+    except InputError as err:
+        raise InputError(f"FROM --platform: {err.args[0]}", base.where) from err
+    if not platform.matches(wanted):
+        raise InputError(
+            f"FROM --platform={wanted}: this build is for {platform}, and a stage for another "
+            f"platform is not supported (build for {wanted} with --platform {wanted})",
+            base.where,
+        )
+
+
 def _source(state: _Lowering, reference: str, where: Location | None) -> tuple[str, BaseImage]:
     image = state.resolve_base(reference, where)
+    found = image.config.platform
+    if found.architecture and not state.platform.matches(found):
+        raise InputError(  # never an arm64 label on amd64 binaries
+            f"FROM {image.reference}: the image is for {found}, not {state.platform}, and "
+            "buildgraph runs no emulation (pull that platform's image: buildgraph pull REF "
+            f"--platform {state.platform})",
+            where,
+        )
     key = state.add(
         SourceStep(
             image.reference, image.digest, str(state.platform), f"FROM {image.reference}", where
@@ -243,7 +282,10 @@ class _StageWalker:
 
     def title(self, instruction: ins.Instruction) -> str:
         name = self.stage.name or f"stage-{self.stage.index}"
-        return f"[{name}] {instruction.original}"
+        text = instruction.original
+        if len(text) > MAX_TITLE:  # a 1 MiB ENV line is not printed with every event
+            text = text[: MAX_TITLE - 3] + "..."
+        return f"[{name}] {text}"
 
     def lower(self, item: ResolvedInstruction) -> None:
         instruction = item.instruction
@@ -362,6 +404,17 @@ class _StageWalker:
 
     def _copy(self, copy: ins.Copy | ins.Add) -> None:
         add = isinstance(copy, ins.Add)
+        if isinstance(copy, ins.Add) and copy.checksum:
+            _check_checksum(copy, copy.checksum)
+        if copy.chmod:  # checked here, once expanded, so that the error names the line
+            try:
+                parse_chmod(copy.chmod)
+            except InputError as err:
+                raise InputError(err.args[0], copy.where) from err
+        for part in (copy.chown or "").split(":"):
+            if part.isdigit() and (len(part) > 10 or int(part) >= 2**32 - 1):
+                shown = shorten(part)
+                raise InputError(f"invalid --chown id {shown!r}: at most 4294967294", copy.where)
         urls = [source for source in copy.sources if source.startswith(URL_PREFIXES)]
         if urls:
             if not add:
@@ -405,6 +458,10 @@ class _StageWalker:
             raise InputError(
                 "ADD takes one http(s) URL at a time (git sources are not supported yet)", add.where
             )
+        try:
+            urlsplit(urls[0]).port  # noqa: B018 (it raises for `http://[::1 /x` or a bad port)
+        except ValueError as err:
+            raise InputError(f"ADD: invalid URL {urls[0]!r}: {err}", add.where) from err
         if self.state.fetch_url is None:
             raise InputError("ADD of a URL is not available here", add.where)
         download = self.state.fetch_url(urls[0], add.checksum, add.where)
@@ -530,6 +587,7 @@ class _StageWalker:
             case ins.Shell():
                 return replace(config, shell=instruction.command)
             case ins.StopSignal():
+                check_signal(instruction.signal, instruction.where)
                 return replace(config, stop_signal=instruction.signal)
             case ins.Healthcheck():
                 check = Healthcheck(
@@ -569,21 +627,52 @@ def _ports(text: str, instruction: ins.Instruction) -> list[str]:
     number, _, protocol = text.partition("/")
     protocol = (protocol or "tcp").lower()
     first, _, last = number.partition("-")
+    shown = shorten(text)
     if (
         not first.isdigit()
         or (last and not last.isdigit())
         or protocol not in ("tcp", "udp", "sctp")
     ):
-        raise InputError(f"invalid port {text!r} in EXPOSE", instruction.where)
+        raise InputError(f"invalid port {shown!r} in EXPOSE", instruction.where)
+    if max(len(first), len(last)) > 10:  # no port; and int() refuses 4300 digits
+        raise InputError(f"invalid port range {shown!r} in EXPOSE", instruction.where)
     high = int(last) if last else int(first)
     if high < int(first) or high > 65535:
-        raise InputError(f"invalid port range {text!r} in EXPOSE", instruction.where)
+        raise InputError(f"invalid port range {shown!r} in EXPOSE", instruction.where)
     return [f"{port}/{protocol}" for port in range(int(first), high + 1)]
 
 
 def _inside(source: str) -> str:
     """A `--mount source=` inside a stage's tree, absolute and clean ("" is its root)."""
     return posixpath.normpath(posixpath.join("/", source)).replace("//", "/")
+
+
+# moby's signal.SignalMap on Linux: what STOPSIGNAL takes by name (with or without SIG)
+SIGNAL_NAMES = frozenset(
+    {name.removeprefix("SIG") for name in signal.Signals.__members__}
+    | {"CLD", "IOT", "POLL", "STKFLT", "UNUSED"}
+    | {f"RTMIN+{n}" for n in range(1, 16)}
+    | {f"RTMAX-{n}" for n in range(1, 15)}
+)
+_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")  # what graph/remote.py checks a download against
+
+
+def check_signal(text: str, where: Location | None) -> None:
+    """STOPSIGNAL takes a signal number or name, as moby's signal.ParseSignal does."""
+    if text.isdecimal() and len(text) <= 10:
+        if int(text) > 0:
+            return
+    elif text.upper().removeprefix("SIG") in SIGNAL_NAMES:
+        return
+    raise InputError(f"invalid signal: {shorten(text)!r}", where)
+
+
+def _check_checksum(add: ins.Add, checksum: str) -> None:
+    """BuildKit: --checksum only for an http(s) source, and it must be a digest."""
+    if not all(source.startswith(("http://", "https://")) for source in add.sources):
+        raise InputError("ADD --checksum can only be used with an http(s) source", add.where)
+    if not _DIGEST.fullmatch(checksum):
+        raise InputError(f"ADD --checksum: invalid digest {shorten(checksum)!r}", add.where)
 
 
 def _created_by(instruction: ins.Instruction) -> str:

@@ -36,6 +36,9 @@ DOWNLOAD_CHUNK = 1 << 20  # bytes per read while streaming a blob
 # What registries must accept (OCI distribution spec); a bigger "manifest" is refused unread,
 # so a hostile registry cannot make a lookup buffer gigabytes.
 MAX_MANIFEST_SIZE = 4 << 20
+BEST_EFFORT_RETRIES = 2  # a remote cache: retried after 0.25 s and 0.5 s, then down
+BEST_EFFORT_BACKOFF = 0.25
+BEST_EFFORT_SILENCE = 5.0  # seconds; a cache registry silent that long has hung
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +60,15 @@ class RegistryClient:
         total_timeout: float = 120.0,
         retries: int = 5,
         backoff: float = 0.5,
+        silence: float | None = None,
     ) -> None:
+        self._settings = {
+            "credentials": credentials,
+            "insecure": tuple(insecure),
+            "ca_bundle": ca_bundle,
+            "total_timeout": total_timeout,
+        }
+        insecure = self._settings["insecure"]
         self._transport = Transport(
             credentials=credentials,
             insecure=insecure,
@@ -65,10 +76,24 @@ class RegistryClient:
             total_timeout=total_timeout,
             retries=retries,
             backoff=backoff,
+            silence=silence,
         )
 
     def close(self) -> None:
         self._transport.close()
+
+    def best_effort(self) -> RegistryClient:
+        """A client with the same credentials and TLS settings that gives up sooner, for a
+        remote cache: it only saves work, so a failing registry should cost the run seconds,
+        not the minutes that pulling a base image may be worth. Connection errors and 5xx are
+        retried BEST_EFFORT_RETRIES times; a server silent for BEST_EFFORT_SILENCE seconds is
+        not asked again; either way the registry is then down for the rest of the run."""
+        return RegistryClient(
+            **self._settings,
+            retries=BEST_EFFORT_RETRIES,
+            backoff=BEST_EFFORT_BACKOFF,
+            silence=BEST_EFFORT_SILENCE,
+        )
 
     def __enter__(self) -> RegistryClient:
         return self
@@ -87,8 +112,9 @@ class RegistryClient:
             raise_for_status(response, registry, (), "API version check /v2/")
 
     def get_manifest(
-        self, ref: Reference, accept: Sequence[str] = ALL_MANIFESTS
+        self, ref: Reference, accept: Sequence[str] = ALL_MANIFESTS, *, budget: float | None = None
     ) -> ManifestResponse:
+        """The manifest, digest checked; `budget` bounds the seconds spent, retries included."""
         scopes = _pull(ref)
         subject = f"manifest {ref}"
 
@@ -110,7 +136,7 @@ class RegistryClient:
                 claimed = response.headers.get("Docker-Content-Digest")
                 return data, _media_type(response, data), claimed
 
-        data, media_type, claimed = self._transport.run(ref.registry, attempt)
+        data, media_type, claimed = self._transport.run(ref.registry, attempt, budget=budget)
         digest = _check_manifest_digest(ref, data, claimed)
         return ManifestResponse(data, media_type, digest)
 
@@ -157,8 +183,10 @@ class RegistryClient:
             raise DigestMismatch(f"registry {ref.registry} stored manifest {ref} as {claimed}")
         return digest
 
-    def blob_exists(self, repo: Reference, digest: str) -> bool:
-        return self._blob_exists(repo, digest, _pull(repo))
+    def blob_exists(self, repo: Reference, digest: str, *, pushing: bool = False) -> bool:
+        """HEAD the blob; `pushing` asks with push access, so that refused credentials are
+        reported as a refused push, not a refused pull."""
+        return self._blob_exists(repo, digest, _push(repo) if pushing else _pull(repo))
 
     def fetch_blob(self, repo: Reference, digest: str, out: BinaryIO) -> int:
         """Stream a blob into `out`, verifying it; the last chunk is held back until it checks.

@@ -99,7 +99,7 @@ def push(
     sources = _mount_sources(image, ref, mount_from)
 
     def upload(blob: Descriptor) -> None:
-        if client.blob_exists(ref, blob.digest):
+        if client.blob_exists(ref, blob.digest, pushing=True):
             return
         for source in sources:
             if client.mount_blob(ref, blob.digest, source):

@@ -20,7 +20,14 @@ from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths
 from urllib3.util.ssl_ import create_urllib3_context
 
 from buildgraph import __version__
-from buildgraph.errors import AuthError, DigestMismatch, InputError, NotFound, RegistryError
+from buildgraph.errors import (
+    AuthError,
+    DigestMismatch,
+    InputError,
+    NotFound,
+    RegistryDown,
+    RegistryError,
+)
 from buildgraph.registry.auth import Authenticator, CredentialStore, describe_scopes
 from buildgraph.registry.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST
 
@@ -48,6 +55,7 @@ class Retry(Exception):  # a signal to the retry loop, not an error
 @dataclass(frozen=True, slots=True)
 class Deadline:
     end: float  # time.monotonic() by which the whole operation must be done
+    silence: float = _READ_TIMEOUT  # seconds a server may stay silent (connecting: at most 15)
 
     def remaining(self) -> float:
         return self.end - time.monotonic()
@@ -55,7 +63,7 @@ class Deadline:
     def timeout(self) -> tuple[float, float]:
         """(connect, read) for requests: a read timeout bounds silence, not the transfer."""
         left = max(self.remaining(), 0.05)
-        return min(left, _CONNECT_TIMEOUT), min(left, _READ_TIMEOUT)
+        return min(left, _CONNECT_TIMEOUT, self.silence), min(left, self.silence)
 
 
 def api_host(registry: str) -> str:
@@ -77,7 +85,10 @@ class Transport:
         total_timeout: float,
         retries: int,
         backoff: float,
+        silence: float | None = None,
     ) -> None:
+        """`silence`: give a server that long to answer (or to take more of a request body),
+        instead of 60 s, and do not retry a request it left unanswered (see best_effort)."""
         # No Python warning per request to a registry the user declared insecure, or to the
         # TLS probe of a loopback one (_probe): docker and skopeo print none either.
         urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
@@ -98,18 +109,28 @@ class Transport:
         self._total_timeout = total_timeout
         self._retries = retries
         self._backoff = backoff
+        self._silence = silence
         self._lock = threading.Lock()
         self._schemes: dict[str, str] = {}
         self._probing = threading.Lock()  # held while a host's scheme is being found out
         self._unreachable: dict[str, float] = {}  # host -> when its last probe failed
+        # registry -> why: it failed an operation after all its retries, so every later one
+        # (and every retry in flight) fails at once instead of spending its own retries
+        self._down: dict[str, str] = {}
         self._proxy_map: dict[str, dict[str, str]] = {}  # scheme://host -> proxies
 
     def close(self) -> None:
         self.session.close()
 
-    def run(self, registry: str, attempt: Callable[[Deadline], T]) -> T:
-        """Call `attempt` until it succeeds, retrying `Retry` and connection errors."""
-        deadline = Deadline(time.monotonic() + self._total_timeout)
+    def run(
+        self, registry: str, attempt: Callable[[Deadline], T], *, budget: float | None = None
+    ) -> T:
+        """Call `attempt` until it succeeds, retrying `Retry` and connection errors, for at most
+        the total timeout (or `budget` seconds, when shorter). The first operation to run out
+        of retries marks the registry down for this transport: later ones fail at once."""
+        self._raise_if_down(registry)
+        total = self._total_timeout if budget is None else min(budget, self._total_timeout)
+        deadline = self.deadline(total)
         failures = 0
         while True:
             try:
@@ -120,6 +141,8 @@ class Transport:
                 if _find_cause(err, ssl.SSLCertVerificationError):  # retrying will not help
                     raise RegistryError(f"registry {registry}: {short_reason(err)}") from err
                 reason, delay, cause = short_reason(err), None, err
+                if self._silence is not None and isinstance(err, requests.Timeout):
+                    failures = self._retries  # silent that long: as good as down
             except requests.exceptions.InvalidHeader:  # its text would quote the header
                 raise RegistryError(f"registry {registry}: invalid request header") from None
             except requests.RequestException as err:  # a bad URL, a redirect loop: no retry
@@ -127,8 +150,22 @@ class Transport:
             failures += 1
             wait = delay if delay is not None else self._backoff * 2 ** (failures - 1)
             if failures > self._retries or wait >= deadline.remaining():
+                with self._lock:
+                    self._down.setdefault(registry, reason)
                 raise RegistryError(f"registry {registry} unreachable: {reason}") from cause
+            self._raise_if_down(registry)  # another operation ran out of retries meanwhile
             time.sleep(wait)
+            self._raise_if_down(registry)
+
+    def deadline(self, seconds: float) -> Deadline:
+        """A deadline `seconds` from now, with this transport's silence timeout."""
+        return Deadline(time.monotonic() + seconds, self._silence or _READ_TIMEOUT)
+
+    def _raise_if_down(self, registry: str) -> None:
+        with self._lock:
+            reason = self._down.get(registry)
+        if reason is not None:
+            raise RegistryDown(f"registry {registry} unreachable earlier in this run: {reason}")
 
     def send(
         self,
@@ -177,11 +214,20 @@ class Transport:
             raise Retry(f"{reason} ({code})" if code else reason, delay)
         return response
 
-    def request(self, method: str, registry: str, target: str, **options: Any) -> requests.Response:
+    def request(
+        self,
+        method: str,
+        registry: str,
+        target: str,
+        *,
+        budget: float | None = None,
+        **options: Any,
+    ) -> requests.Response:
         """`send` inside `run`: the usual call for a body-less or bytes-bodied request."""
         return self.run(
             registry,
             lambda deadline: self.send(method, registry, target, deadline=deadline, **options),
+            budget=budget,
         )
 
     def remember_challenge(self, registry: str, header: str) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import Iterator, Sequence
 from typing import BinaryIO
 from urllib.parse import urljoin
@@ -78,6 +77,8 @@ def upload_session(
         raise RegistryError(f"registry {repo.registry} started an upload without a Location")
     try:
         yield location
+    except requests.Timeout:
+        raise  # a server that left a request unanswered would leave the DELETE so too
     except BaseException:
         cancel_upload(transport, repo, location, scopes)
         raise
@@ -88,7 +89,7 @@ def cancel_upload(
 ) -> None:
     """Best effort: an abandoned upload is garbage the registry collects anyway."""
     with contextlib.suppress(RegistryError, requests.RequestException, Retry):
-        deadline = Deadline(time.monotonic() + _CANCEL_TIMEOUT)
+        deadline = transport.deadline(_CANCEL_TIMEOUT)
         transport.send("DELETE", repo.registry, location, scopes=scopes, deadline=deadline).close()
 
 

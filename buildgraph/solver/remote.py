@@ -11,7 +11,14 @@ from typing import TYPE_CHECKING
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import RemoteCache, RemoteEntry, map_all
 from buildgraph.cache.steps import StepRecord
-from buildgraph.errors import AuthError, BuildgraphError, InputError, NotFound, RegistryError
+from buildgraph.errors import (
+    AuthError,
+    BuildgraphError,
+    DigestMismatch,
+    InputError,
+    NotFound,
+    RegistryError,
+)
 from buildgraph.image.oci import Descriptor
 from buildgraph.registry.reference import Reference, parse_reference
 
@@ -19,6 +26,9 @@ if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
     from buildgraph.registry.client import RegistryClient
 
 Warn = Callable[[str], None]
+# Seconds one lookup may take, retries included: a hanging registry costs a run this much
+# before its first step (in parallel for every key of a round; then the registry is down).
+LOOKUP_BUDGET = 2.0
 EMPTY_BLOB = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 
 
@@ -59,6 +69,7 @@ class RemoteSession:
         # blob digest -> its download, shared by every record that needs the blob
         self._downloads: dict[str, Future[None]] = {}
         self._download_pool = ThreadPoolExecutor(max_workers=jobs) if source else None
+        self._outage = False  # a registry failed mid-run and was dropped (one warning)
 
     def _failed(self, what: str, err: BuildgraphError) -> None:
         if isinstance(err, AuthError):  # credentials to fix, not an outage to build through
@@ -174,9 +185,33 @@ class RemoteSession:
             download.result()
 
     def _download(self, source: RemoteCache, blob: Descriptor) -> None:
-        size = source.download_blob(blob, self.store)
+        try:
+            size = source.download_blob(blob, self.store)
+        except RegistryError as err:
+            if _outage(err):  # the step is built here instead, and so is every later one
+                self._lost(source, err)
+            raise
         with self._lock:
             self.downloaded += size
+
+    def _lost(self, failed: RemoteCache, err: RegistryError) -> None:
+        """The registry of `failed` ran out of retries mid-run (or is down already): the
+        remote cache on it (lookups, downloads and export alike) is dropped for the rest of
+        the run with one warning, so that no later request waits for it. Unless `required`:
+        then the error stands (a download's step is built here; an export's fails finish)."""
+        if self.required:
+            return
+        with self._lock:
+            first = not self._outage
+            self._outage = True
+            registry = failed.repository.registry
+            if self.source is not None and self.source.repository.registry == registry:
+                self.source = None
+                self.hits = {}
+            if self.target is not None and self.target.repository.registry == registry:
+                self.target = None
+        if first:
+            self.warn(f"remote cache on {registry} failed, going on without it: {err}")
 
     def export(self, key: str, record: StepRecord) -> None:
         """Push a finished step in the background; never delays the build."""
@@ -239,6 +274,9 @@ class RemoteSession:
             else:
                 target.push_layers(record, self.store, early=True)
         except BuildgraphError as err:
+            if isinstance(err, RegistryError) and _outage(err) and not self.required:
+                self._lost(target, err)  # one warning for the outage, not one per entry
+                return
             with self._lock:
                 self.export_errors.append(f"{key[:12]}: {err}")
             return
@@ -276,10 +314,22 @@ def remote_session(
     before the first step runs (`check_export_access`)."""
     if not source and not target:
         return None
-    connect = _shared(client)  # read and write share one client, made when first needed
+    connect = _shared(lambda: _best_effort(client))  # one client for both, made when first needed
     try:
-        read = RemoteCache(connect, parse_reference(source, default_tag=None)) if source else None
-        write = RemoteCache(connect, parse_reference(target, default_tag=None)) if target else None
+        read = (
+            RemoteCache(
+                connect, parse_reference(source, default_tag=None), lookup_budget=LOOKUP_BUDGET
+            )
+            if source
+            else None
+        )
+        write = (
+            RemoteCache(
+                connect, parse_reference(target, default_tag=None), lookup_budget=LOOKUP_BUDGET
+            )
+            if target
+            else None
+        )
     except InputError as err:
         raise InputError(f"remote cache: {err}") from err
     return RemoteSession(
@@ -291,6 +341,21 @@ def remote_session(
         export_only=export_only,
         layers_early=layers_early,
     )
+
+
+def _outage(err: RegistryError) -> bool:
+    """A registry that cannot be reached or keeps failing, as opposed to refused credentials
+    or a blob that is not what its digest says."""
+    return not isinstance(err, AuthError | DigestMismatch)
+
+
+def _best_effort(client: Callable[[], RegistryClient]) -> RegistryClient:
+    """The cache's client: the run's registry settings, fewer retries (`best_effort`)."""
+    made = client()
+    try:
+        return made.best_effort()
+    finally:
+        made.close()
 
 
 def _shared(client: Callable[[], RegistryClient]) -> Callable[[], RegistryClient]:

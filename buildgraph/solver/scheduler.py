@@ -10,7 +10,13 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 import networkx as nx
 
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.errors import BuildgraphError, CacheError, DigestMismatch, RegistryError
+from buildgraph.errors import (
+    BuildgraphError,
+    CacheError,
+    DigestMismatch,
+    RegistryError,
+    storage_error,
+)
 from buildgraph.graph.steps import CopyStep, RunStep, SourceStep, Step
 from buildgraph.solver.events import EventSink, StepEvent, StepState
 from buildgraph.solver.outcome import Outcome
@@ -208,7 +214,14 @@ def run(
                 key = running.pop(future)
                 try:
                     result, seconds = future.result()
-                except BuildgraphError as err:
+                except (BuildgraphError, OSError) as caught:
+                    # OSError: the disk refused a layer, snapshot or record (full, read-only)
+                    err = caught if isinstance(caught, BuildgraphError) else storage_error(caught)
+                    if err is None:
+                        raise
+                    step = graph.nodes[key].get("step")
+                    if err.where is None and step is not None:  # e.g. a tar ADD refuses
+                        err.where = getattr(step, "where", None)
                     failures[key] = err
                     sink.emit(StepEvent(key, StepState.FAILED, _title(graph, key), reason=str(err)))
                     skip_below(key)
@@ -223,9 +236,11 @@ def run(
                     else:  # unusable: forget the entry and build the step here
                         assert remote is not None
                         title = _title(graph, key)
-                        remote.warn(
-                            f"remote cache entry for {title} is unusable ({result}); building it"
-                        )
+                        if remote.source is not None:  # else its outage was reported once
+                            remote.warn(
+                                f"remote cache entry for {title} is unusable ({result}); "
+                                "building it"
+                            )
                         remote.forget(key)
                         hits.discard(key)
                         push(key)

@@ -10,9 +10,13 @@ from buildgraph.solver.events import LogEvent, StepEvent, StepState
 
 
 class PlainRenderer:
-    def __init__(self, stream: TextIO | None = None, *, show_output: bool = True) -> None:
+    def __init__(
+        self, stream: TextIO | None = None, *, show_output: bool = True, show_steps: bool = True
+    ) -> None:
+        """show_steps=False (and show_output=False) prints nothing: `-q`."""
         self.stream = stream or sys.stderr
         self.show_output = show_output
+        self.show_steps = show_steps
         self.start = time.monotonic()
 
     def emit(self, event: StepEvent | LogEvent) -> None:
@@ -21,6 +25,8 @@ class PlainRenderer:
             if self.show_output:
                 for line in event.data.decode(errors="replace").splitlines():
                     self._write(f"{stamp} {event.title} | {line}")
+            return
+        if not self.show_steps:
             return
         detail = ""
         if event.state is StepState.DONE:

@@ -10,7 +10,7 @@ import fnmatch
 import posixpath
 from dataclasses import dataclass
 
-from buildgraph.errors import InputError, StepFailed
+from buildgraph.errors import InputError, StepFailed, shorten
 
 GLOB_CHARS = frozenset("*?[")
 MULTI_SOURCE_ERROR = (
@@ -41,7 +41,8 @@ def parse_chmod(text: str) -> int | None:
         mode = -1
     if not 0 <= mode <= 0o7777:
         raise InputError(
-            f"invalid chmod parameter: '{text}'. it should be octal string and between 0 and 07777"
+            f"invalid chmod parameter: '{shorten(text)}'. "
+            "it should be octal string and between 0 and 07777"
         )
     return mode
 

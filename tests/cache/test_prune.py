@@ -70,6 +70,15 @@ def test_prune_keeps_what_tags_and_records_reach(busybox_cache: Path, tmp_path: 
     assert build(cache, tmp_path / "a", "FROM busybox\nRUN true\n") == 0
 
 
+def test_prune_keeps_the_snapshots_of_a_tagged_image(busybox_cache: Path, tmp_path: Path) -> None:
+    cache = tmp_path / "cache"
+    shutil.copytree(busybox_cache, cache, symlinks=True)  # busybox imported, never built on
+    snapshots = sorted(p.name for p in (cache / "snapshots").iterdir() if not p.name.startswith("."))
+    assert snapshots
+    assert prune(LocalStore(cache)).snapshots_removed == 0
+    assert sorted(p.name for p in (cache / "snapshots").iterdir() if not p.name.startswith(".")) == snapshots
+
+
 def test_keep_storage_drops_the_oldest_first(busybox_cache: Path, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
     shutil.copytree(busybox_cache, cache, symlinks=True)

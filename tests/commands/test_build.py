@@ -6,10 +6,12 @@ import functools
 import gzip
 import hashlib
 import http.server
+import io
 import json
 import signal
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -171,6 +173,24 @@ BAD_INPUT = [
     ("FROM ${NOPE}\n", {}, 1, 2),
     ("FROM busybox\nRUN true\nEXPOSE\n", {}, 3, 2),
     ("FROM busybox\nCOPY --from=0 /x /y\n", {}, 2, 2),
+    # issue 16 (7): tracebacks before, each now one line naming its line, exit 2
+    ("FROM busybox\nADD http://[::1 /x\n", {}, 2, 2),
+    ("FROM busybox\nRUN echo a\0b\n", {}, 2, 2),
+    ("FROM busybox\nCOPY --chmod=999 f /f\n", {"f": "x"}, 2, 2),
+    ("FROM busybox\nENV A=" + "${X:-" * 5000 + "v" + "}" * 5000 + "\n", {}, 2, 2),
+    ("FROM busybox\nEXPOSE " + "9" * 5000 + "\n", {}, 2, 2),
+    ("FROM busybox\nHEALTHCHECK --interval=" + "9" * 5000 + "s CMD true\n", {}, 2, 2),
+    ("FROM busybox\nHEALTHCHECK --retries=" + "9" * 5000 + " CMD true\n", {}, 2, 2),
+    ("FROM busybox\nCOPY --chown=1:" + "9" * 5000 + " f /f\n", {"f": "x"}, 2, 2),
+    ("FROM busybox\nRUN --mount=type=tmpfs,target=/t,size=" + "9" * 5000 + " true\n", {}, 2, 2),
+    ("FROM busybox\nCOPY --from=" + "9" * 5000 + " f /f\n", {}, 2, 2),
+    # issue 16 (8): accepted before, and silently wrong
+    ("FROM busybox\nSTOPSIGNAL SIGNOPE\n", {}, 2, 2),
+    ("FROM busybox\nRUN true\nSTOPSIGNAL 0\n", {}, 3, 2),
+    ("FROM busybox\nADD --checksum=sha256:bad f /f\n", {"f": "x"}, 2, 2),
+    ("FROM busybox\nADD --checksum=sha256:bad http://127.0.0.1:9/x /f\n", {}, 2, 2),
+    ("FROM --platform=linux/arm64 busybox\nRUN true\n", {}, 1, 2),
+    ("FROM busybox AS a\nFROM --platform=foo a\n", {}, 2, 2),
 ]
 
 
@@ -188,6 +208,53 @@ def test_bad_input_names_the_dockerfile_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len([e for e in err if e.startswith("buildgraph: error:")]) == 1
     assert f"{context / 'Dockerfile'}:{line}: " in err[-1]
+    assert "Traceback" not in err and len(err[-1]) < 400
+
+
+@pytest.mark.parametrize("jobs", ["0", "-1", "x", "9" * 5000])
+def test_jobs_must_be_at_least_one(cache: Path, tmp_path: Path, capsys, jobs: str) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\n")
+    assert main(["run", "-f", str(context / "Buildfile.yaml"), "-j", jobs]) == 2
+    assert "-j/--jobs: expected a whole number of at least 1" in capsys.readouterr().err
+
+
+def test_stopsignal_takes_names_and_numbers(cache: Path, tmp_path: Path) -> None:
+    for name in ("SIGKILL", "kill", "9", "SIGRTMIN+3", "RTMAX-2"):
+        context = write_context(tmp_path / name, f"FROM busybox\nSTOPSIGNAL {name}\n")
+        assert build(cache, context) == 0, name
+
+
+def test_a_base_image_of_another_platform_is_refused(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN true\n")
+    assert build(cache, context, "--platform", "linux/arm64", "-t", "arm:1") == 2
+    err = capsys.readouterr().err
+    assert "the image is for linux/amd64, not linux/arm64" in err
+    assert "arm:1" not in (cache / "index.json").read_text()  # no arm64 label on amd64 files
+    assert build(cache, context, "--platform", "linux/amd64") == 0
+
+
+def test_quiet_prints_the_digest_and_nothing_else(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN echo hello\n")
+    assert main(["build", str(context), "--cache-dir", str(cache), "-q"]) == 0
+    out, err = capsys.readouterr()
+    assert err == "" and out.strip().startswith("sha256:") and len(out.splitlines()) == 1
+
+
+def test_an_unknown_option_is_one_error_with_one_prefix(capsys) -> None:
+    assert main(["push", "busybox", "--progress", "plain"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "buildgraph: error: unrecognized arguments: --progress plain"
+
+
+def test_an_unsafe_tar_in_add_names_the_line(cache: Path, tmp_path: Path, capsys) -> None:
+    context = write_context(tmp_path / "ctx", "FROM busybox\nRUN true\nADD evil.tar /x/\n")
+    with tarfile.open(context / "evil.tar", "w") as tar:
+        entry = tarfile.TarInfo("../../etc/evil")
+        entry.size = 1
+        tar.addfile(entry, io.BytesIO(b"x"))
+    assert build(cache, context) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"buildgraph: error: {context / 'Dockerfile'}:3: tar entry")
 
 
 def test_unknown_target_stage_is_bad_input(cache: Path, tmp_path: Path, capsys) -> None:

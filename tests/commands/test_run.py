@@ -76,6 +76,8 @@ def test_default_group_builds_every_target_once(monorepo: Path, capsys) -> None:
     titles = started(out)
     shared = [e for e in events(out) if e["instruction"] == "[stage-0] RUN echo base > /base.txt"]
     assert sorted(shared[0]["target"]) == ["api", "base", "web"]
+    exports = {e["key"]: e["target"] for e in events(out) if e["key"].startswith("export:")}
+    assert exports == {f"export:{name}": [name] for name in ("api", "base", "web")}
     assert titles.count("[stage-0] RUN echo base > /base.txt") == 1  # shared by api and web
     assert sum("RUN cat /base.txt" in t for t in titles) == 2
     assert run(monorepo) == 0

@@ -409,3 +409,79 @@ def test_recursive_alias_and_missing_file_are_input_errors(tmp_path: Path) -> No
 def test_unknown_target_lookup_suggests_a_name() -> None:
     with pytest.raises(InputError, match=r"unknown target 'apj' \(did you mean 'api'\?\)"):
         load_project(MONOREPO / "Buildfile.yaml").target("apj")
+
+
+def alias_bomb() -> str:
+    """~450 bytes that would expand to 9**9 (387 million) strings: "billion laughs"."""
+    lines = [
+        "version: 1",
+        "targets: {app: {}}",
+        'a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]',
+    ]
+    for level in range(1, 9):
+        lines.append(f"a{level}: &a{level} [{','.join([f'*a{level - 1}'] * 9)}]")
+    return "\n".join(lines) + "\n"
+
+
+# (Buildfile text, line, message fragment): hostile input is one InputError naming its line
+HOSTILE = [
+    (alias_bomb(), 7, "YAML aliases of this anchor expand to more than 100000 nodes"),
+    ('version: 1\ntargets:\n  app: {context: "a\0b"}\n', 3, "special characters"),
+    ("version: 1\ntargets:\n  app:\n    args: {N: " + "9" * 5000 + "}\n", 4, "5000 digits"),
+    ("version: 1\nx: " + "[" * 5000 + "]" * 5000 + "\n", 2, "nested more than 64 levels"),
+    ("version: 1\nx: " + "{a: " * 5000 + "1" + "}" * 5000 + "\n", 2, "nested more than 64 levels"),
+    ("version: 1\ntargets:\n  app:\n    args: {D: 2024-13-45}\n", 4, "month must be in 1..12"),
+    ("version: 1\ntargets:\n  app: {context: " + "d" * 5000 + "}\n", 3, "context directory"),
+    ("version: 1\ntargets:\n  app: {dockerfile: " + "d" * 5000 + "}\n", 3, "Dockerfile /"),
+]
+
+
+@pytest.mark.parametrize(("text", "line", "fragment"), HOSTILE, ids=[
+    "alias-bomb", "nul-byte", "5000-digits", "5000-nested-lists", "5000-nested-maps", "bad-date",
+    "context-name-too-long", "dockerfile-name-too-long",
+])  # fmt: skip
+def test_hostile_yaml_is_one_input_error(
+    tmp_path: Path, text: str, line: int, fragment: str
+) -> None:
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as caught:
+        load_project(path)
+    assert caught.value.where == Location(path, line)
+    assert fragment in caught.value.args[0]
+    assert "\n" not in str(caught.value)
+
+
+def test_aliases_within_the_budget_are_expanded(tmp_path: Path) -> None:
+    tags = ", ".join(f'"t{index}"' for index in range(90))
+    text = f"version: 1\ntags: &t [{tags}]\ntargets:\n" + "".join(
+        f"  app{index}: {{tags: *t}}\n" for index in range(1000)
+    )  # 90,000 nodes from aliases: under the bound
+    (tmp_path / "Buildfile.yaml").write_text(text)
+    with pytest.raises(InputError, match="unknown key 'tags'"):  # only after expanding them all
+        load_project(tmp_path / "Buildfile.yaml")
+
+
+def test_a_buildfile_over_4_mib_is_refused_unread(tmp_path: Path) -> None:
+    path = write(tmp_path, "version: 1\n" + "#" * (4 << 20) + "\n")
+    with pytest.raises(InputError, match="larger than 4 MiB") as caught:
+        load_project(path)
+    assert caught.value.where == Location(path)
+
+
+def test_vars_doubling_each_other_stop_at_1_mib(tmp_path: Path) -> None:
+    chain = "".join(f"  V{n}: '${{V{n - 1}}}${{V{n - 1}}}'\n" for n in range(1, 40))
+    path = write(
+        tmp_path, "version: 1\nvars:\n  V0: x\n" + chain + "targets:\n  app: {tags: ['${V39}']}\n"
+    )
+    with pytest.raises(InputError, match="vars expand to more than 1 MiB") as caught:
+        load_project(path)
+    assert caught.value.where is not None and caught.value.where.path == path
+
+
+def test_a_5000_deep_chain_of_vars_is_one_input_error(tmp_path: Path) -> None:
+    chain = "".join(f"  V{n}: '${{V{n - 1}}}'\n" for n in range(1, 5000))
+    path = write(
+        tmp_path, "version: 1\nvars:\n  V0: x\n" + chain + "targets:\n  app: {tags: ['${V4999}']}\n"
+    )
+    with pytest.raises(InputError, match="more than 64 deep"):
+        load_project(path)

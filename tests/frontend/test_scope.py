@@ -247,3 +247,36 @@ def test_run_mount_from_does_not_expand(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="'from' doesn't support variable expansion") as caught:
         parse(tmp_path, text)
     assert caught.value.where == Location(tmp_path / "Dockerfile", 4)
+
+
+# Hostile sizes. The timeouts are hang guards at ~50x what the linear code takes, not timings:
+# the quadratic code took 29 s (1 MiB ENV) and 58 s (20 doublings).
+@pytest.mark.timeout(15)
+def test_a_1_mib_env_value_is_read_in_one_pass(tmp_path: Path) -> None:
+    value = "x" * (1 << 20)
+    env = walk(tmp_path, f"FROM scratch\nENV A={value} B='{value}'\nRUN true\n")[-1].visible()
+    assert env["A"] == value and env["B"] == value
+
+
+@pytest.mark.timeout(15)
+def test_doubling_env_lines_grow_linearly_then_stop_at_the_bound(tmp_path: Path) -> None:
+    doubling = "FROM scratch\nENV A=x\n" + "ENV A=$A$A\n" * 20
+    assert len(walk(tmp_path, doubling + "RUN true\n")[-1].visible()["A"]) == 1 << 20
+    with pytest.raises(InputError, match="expands to more than 2 MiB") as caught:
+        walk(tmp_path, doubling + "ENV A=$A$A\n" * 5)
+    assert caught.value.where == Location(tmp_path / "Dockerfile", 24)
+
+
+def test_repeating_a_big_value_stops_at_the_dockerfile_budget(tmp_path: Path) -> None:
+    text = "FROM scratch\nENV A=x\n" + "ENV A=$A$A\n" * 20 + "LABEL a=$A\n" * 40
+    with pytest.raises(InputError, match="variables expand to more than 16 MiB in all") as caught:
+        walk(tmp_path, text)
+    assert caught.value.where is not None and caught.value.where.line == 2 + 20 + 15
+
+
+def test_5000_nested_defaults_are_one_input_error(tmp_path: Path) -> None:
+    text = "FROM scratch\nENV A=" + "${X:-" * 5000 + "v" + "}" * 5000 + "\n"
+    with pytest.raises(InputError, match="nested more than 64 levels deep") as caught:
+        walk(tmp_path, text)
+    assert caught.value.where == Location(tmp_path / "Dockerfile", 2)
+    assert len(str(caught.value)) < 300  # the 30 kB line is not repeated in the message

@@ -6,6 +6,7 @@ import base64
 import io
 import json
 import os
+import shutil
 import stat
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -24,9 +25,11 @@ from registry_helpers import (
 from registry_server import RegistryServer
 from token_issuer import TokenIssuer
 
+from buildgraph.cache.local import LocalStore
 from buildgraph.errors import AuthError, InputError, RegistryError
 from buildgraph.registry.auth import Credentials, CredentialStore, parse_challenges
 from buildgraph.registry.client import RegistryClient
+from buildgraph.registry.transfer import push
 
 
 def _b64(text: str) -> str:
@@ -204,6 +207,21 @@ def test_basic_auth_refused(
         with pytest.raises(AuthError, match=r"\(push\)"):
             c.upload_blob(repo, Blob(b"x").digest, 1, io.BytesIO(b"x"))
     _assert_no_secret(caught.value, PASSWORD)
+
+
+def test_a_refused_push_of_an_image_says_push(
+    htpasswd_registry: RegistryServer, busybox_cache: Path, tmp_path: Path
+) -> None:
+    host = htpasswd_registry.host
+    shutil.copytree(busybox_cache, tmp_path / "cache", symlinks=True)
+    store = LocalStore(tmp_path / "cache")
+    image = store.resolve("busybox:latest")
+    assert image is not None
+    repo = unique_repo(htpasswd_registry, "pushed")
+    wrong = StaticCredentials(host, Credentials(USER, "wrong-" + PASSWORD))
+    with RegistryClient(credentials=wrong, retries=0) as c, pytest.raises(AuthError) as caught:
+        push(c, store, image, repo.with_tag("v1"))  # its first request is a HEAD of a blob
+    assert str(caught.value) == f"authentication to {host} failed for {repo.repository} (push)"
 
 
 def test_basic_auth_over_tls_with_ca_bundle(
