@@ -18,8 +18,10 @@ case "$#:${1:-}" in
 esac
 scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
-# Reproducible wheels (zip timestamps from the last commit), so an unchanged tree hits the cache.
-SOURCE_DATE_EPOCH=$(git log -1 --format=%ct 2>/dev/null || echo 315532800)
+# Reproducible wheels (zip timestamps from the last commit that changed what the wheel holds), so
+# an unchanged package hits the step cache.
+SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- buildgraph pyproject.toml README.md 2>/dev/null || true)
+SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 export SOURCE_DATE_EPOCH
 rm -rf executor/wheels build/
 python -m pip wheel -q --disable-pip-version-check . -w executor/wheels
