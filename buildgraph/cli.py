@@ -155,6 +155,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache_from=args.cache_from or args.cache_repo,
         cache_to=args.cache_to or args.cache_repo,
         allow=frozenset(args.allow or ()),
+        isolation=args.isolation,
     )
     _, epoch = build_timestamp()
     sink = _renderer(args)
@@ -173,6 +174,14 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_info(args: argparse.Namespace) -> int:
+    from buildgraph.worker.isolation import describe
+
+    print(f"buildgraph {__version__}")
+    print(describe())
+    return 0
+
+
 def cmd_executor(argv: Sequence[str]) -> int:
     """Kaniko's command line (`/kaniko/executor` in the executor image runs this)."""
     from buildgraph.commands.build import build
@@ -188,7 +197,8 @@ def cmd_executor(argv: Sequence[str]) -> int:
     args = argparse.Namespace(
         progress=job.progress, quiet=False, platform=job.platform, cache_dir=str(job.cache_dir)
     )
-    request = replace(job.request, platform=_platform(args))
+    isolation = os.environ.get("BUILDGRAPH_ISOLATION", "auto")
+    request = replace(job.request, platform=_platform(args), isolation=isolation)
 
     def client() -> RegistryClient:
         return RegistryClient(
@@ -265,6 +275,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             cache_required=args.cache_required,
             export_cached=args.command == "warm",  # the nightly job leaves the cache complete
             allow=frozenset(args.allow or ()),
+            isolation=args.isolation,
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
         )
     finally:
@@ -457,6 +468,17 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
 
 
+def _isolation(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--isolation",
+        choices=("auto", "namespaces", "chroot"),
+        default=os.environ.get("BUILDGRAPH_ISOLATION", "auto"),
+        help="how RUN is isolated: namespaces+overlayfs, or chroot where mount and unshare "
+        "are refused (an unprivileged container); auto probes (default, or "
+        "$BUILDGRAPH_ISOLATION); see `buildgraph info`",
+    )
+
+
 def _allow(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow",
@@ -541,7 +563,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"
     )
     _allow(bld)
+    _isolation(bld)
     bld.set_defaults(handler=cmd_build)
+
+    infop = commands.add_parser("info", help="what this machine allows: the isolation for RUN")
+    infop.set_defaults(handler=cmd_info)
 
     commands.add_parser(  # parsed by commands/executor.py; listed here for --help
         "executor", help="build with Kaniko's flags (--context, --dockerfile, --destination ...)"
@@ -571,6 +597,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--offline", action="store_true", help="use only the local store and cache (no network)"
     )
     _allow(runp)
+    _isolation(runp)
     runp.set_defaults(build=True)
 
     warmp = commands.add_parser(
@@ -590,6 +617,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="--build: fail when the export fails, instead of a warning",
     )
     _allow(warmp)
+    _isolation(warmp)
     warmp.add_argument("-j", "--jobs", type=int, help="steps run at once (default: CPU count)")
     warmp.add_argument(
         "--progress", choices=("auto", "tty", "plain", "json"), default="auto", help="output style"

@@ -52,6 +52,7 @@ class BuildRequest:
     secrets: Mapping[str, Path] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
     allow: frozenset[str] = frozenset()  # entitlements (--allow), e.g. security.insecure
+    isolation: str = "auto"  # auto | namespaces | chroot (worker/isolation.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,16 +240,20 @@ def _run_steps(
         network=request.network,
         secrets=request.secrets,
         fetch_layers=remote.ensure_layers if remote else None,
+        isolation=request.isolation,
     )
-    outcome = run(
-        compile_graph(plan),
-        worker=worker,
-        index=index,
-        sink=sink,
-        jobs=request.jobs,
-        no_cache=request.no_cache,
-        remote=remote,
-    )
+    try:
+        outcome = run(
+            compile_graph(plan),
+            worker=worker,
+            index=index,
+            sink=sink,
+            jobs=request.jobs,
+            no_cache=request.no_cache,
+            remote=remote,
+        )
+    finally:
+        worker.close()  # the chroot isolation's roots
     if remote is not None:
         record = outcome.records.get(plan.target.key)
         if record is not None:  # the image is tagged here: its layers must be here

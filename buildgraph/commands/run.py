@@ -211,6 +211,7 @@ def _run_project(
     cache_required: bool = False,
     export_cached: bool = False,
     allow: frozenset[str] = frozenset(),
+    isolation: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
     """`export_cached` (warm --build): also export the steps this run did not build, where the
@@ -253,32 +254,36 @@ def _run_project(
         network=network,
         secrets=secrets,
         fetch_layers=remote.ensure_layers if remote else None,
+        isolation=isolation,
     )
     if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
         sink.targets.update(step_targets(compiled, graph))  # type: ignore[attr-defined]
-    outcome = run(
-        graph,
-        worker=worker,
-        index=StepIndex(store.root / "steps"),
-        sink=sink,
-        jobs=jobs,
-        no_cache=no_cache,
-        keep_going=keep_going,
-        remote=remote,
-        exports={
-            f"export:{name}": functools.partial(
-                export_target,
-                project.target(name),
-                plan,
-                store=store,
-                client=client,
-                epoch=epoch,
-                push_all=push_all,
-                remote=remote,
-            )
-            for name, plan in compiled.plans.items()
-        },
-    )
+    try:
+        outcome = run(
+            graph,
+            worker=worker,
+            index=StepIndex(store.root / "steps"),
+            sink=sink,
+            jobs=jobs,
+            no_cache=no_cache,
+            keep_going=keep_going,
+            remote=remote,
+            exports={
+                f"export:{name}": functools.partial(
+                    export_target,
+                    project.target(name),
+                    plan,
+                    store=store,
+                    client=client,
+                    epoch=epoch,
+                    push_all=push_all,
+                    remote=remote,
+                )
+                for name, plan in compiled.plans.items()
+            },
+        )
+    finally:
+        worker.close()  # the chroot isolation's roots
     built = {key for key in graph if key in outcome.records} - outcome.cached
     if export_cached and remote is not None:
         index = StepIndex(store.root / "steps")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from buildgraph.errors import InputError, Location
@@ -153,8 +154,13 @@ _MOUNT_KEYS = {
 }  # fmt: skip
 
 
-def parse_mount(text: str, where: Location) -> Mount:
-    """One `--mount=` value: comma-separated key=value fields (buildkit parseMount)."""
+def parse_mount(text: str, where: Location, expand: Callable[[str], str] | None = None) -> Mount:
+    """One `--mount=` value: comma-separated key=value fields (buildkit parseMount).
+
+    Each value is expanded with `expand` (the ARGs and ENVs visible at the RUN) before it is
+    read, so `type=$T` is lower-cased after expansion. Without `expand` (parsing, before any
+    scope is known) a mount whose values hold a `$` is kept as written, to be read again once
+    expanded; `from` never expands, as in BuildKit."""
     fields: dict[str, str] = {}
     for item in _split_csv(text):
         key, has_value, value = item.partition("=")
@@ -164,9 +170,25 @@ def parse_mount(text: str, where: Location) -> Mount:
         if not has_value and name not in ("readonly", "readwrite", "required"):
             raise InputError(f"--mount field {key!r} needs a value", where)
         fields[name] = value if has_value else "true"
-    kind = fields.pop("type", "bind").lower()
+    if "$" in fields.get("from_", "")[:-1]:  # buildkit: a trailing "$" is a plain character
+        raise InputError(
+            "'from' doesn't support variable expansion, define alias stage instead", where
+        )
+    if expand is not None:
+        fields = {name: expand(value) for name, value in fields.items()}
+    elif any("$" in value for value in fields.values()):
+        return Mount(  # read for real by expand_instruction, which has the variables
+            type=fields.get("type", "bind"),
+            target=fields.get("target", ""),
+            source=fields.get("source", ""),
+            from_=fields.get("from_", ""),
+            id=fields.get("id", ""),
+            spec=text,
+        )
+    written = fields.pop("type", "bind")
+    kind = written.lower()
     if kind not in _MOUNT_TYPES:
-        raise InputError(f"unsupported mount type {kind!r}", where)
+        raise InputError(f"unsupported mount type {written!r}", where)
     readonly = kind == "bind"  # bind mounts are read-only unless rw is asked for
     if "readonly" in fields:
         readonly = _mount_bool(fields.pop("readonly"), where)
@@ -178,6 +200,8 @@ def parse_mount(text: str, where: Location) -> Mount:
     target = fields.pop("target", "")
     identifier = fields.pop("id", "")
     if kind == "secret":
+        if fields.get("from_"):
+            raise InputError("secret mount should not have a from", where)
         if not identifier and not target:
             raise InputError("secret mount needs an id or a target", where)
         identifier = identifier or target.rstrip("/").rsplit("/", 1)[-1]
@@ -202,6 +226,7 @@ def parse_mount(text: str, where: Location) -> Mount:
         readonly=readonly,
         size=parse_size(fields.pop("size"), where) if "size" in fields else None,
         env=fields.pop("env", ""),
+        spec=text,
     )
 
 

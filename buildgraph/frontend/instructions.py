@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from buildgraph.errors import Location
 
@@ -35,6 +35,7 @@ class Mount:
     readonly: bool = False
     size: int | None = None  # tmpfs bytes
     env: str = ""  # secret: also expose it as this environment variable
+    spec: str = field(default="", compare=False)  # as written: read again once ${VAR}s expand
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -15,6 +15,7 @@ from buildgraph.frontend.expand import (
     expand_words,
     platform_args,
 )
+from buildgraph.frontend.flags import parse_mount
 
 Pairs = tuple[tuple[str, str], ...]
 
@@ -245,11 +246,11 @@ def expand_instruction(
                 exclude=tuple(map(word, instruction.exclude)),
             )
         case ins.Run() if instruction.mounts:
+            # Every value expands before it is read (`type=$T` too), as BuildKit does; a Mount
+            # made by hand (no spec) has nothing left to expand.
             mounts = tuple(
-                replace(m, target=word(m.target), source=word(m.source), from_=word(m.from_),
-                        id=word(m.id))
-                for m in instruction.mounts
-            )  # fmt: skip
+                parse_mount(m.spec, where, word) if m.spec else m for m in instruction.mounts
+            )
             return replace(instruction, mounts=mounts)
         case ins.Env() | ins.Label():
             return replace(instruction, pairs=pairs(instruction.pairs))

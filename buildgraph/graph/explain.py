@@ -26,6 +26,7 @@ def summarize(step: Step, ignores: Mapping[str, IgnoreMatcher], stat_cache: Stat
                 "env": dict(step.env),
                 "user": step.user,
                 "workdir": step.workdir,
+                "mounted": [mount.stage_key for mount in step.mounts if mount.stage_key],
             }
         case CopyStep():
             files: dict[str, str] = {}
@@ -68,6 +69,8 @@ def reason(now: Summary, before: Summary | None, parent_changed: bool) -> str:
         for name in ("user", "workdir"):
             if now[name] != before.get(name):
                 return f"{name.upper() if name == 'user' else 'WORKDIR'} changed"
+        if now.get("mounted", []) != before.get("mounted", []):
+            return "a stage it mounts (--mount from=) changed"
     if now["kind"] == "copy":
         if now["instruction"] != before.get("instruction"):
             return "instruction changed"

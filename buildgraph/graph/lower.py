@@ -288,12 +288,15 @@ class _StageWalker:
             case "cache":
                 if not target:
                     raise InputError("RUN --mount=type=cache needs a target", where)
-                if mount.from_:
-                    raise InputError("RUN --mount=type=cache,from= is not supported yet", where)
+                # from=: a new cache starts as a copy of that tree's `source` (BuildKit keys
+                # the cache by id and source tree, so a changed stage gives a fresh copy).
+                stage_key = self._mount_tree(mount.from_, where) if mount.from_ else ""
                 return RunMount(
                     "cache",
                     target,
                     id=mount.id or target,
+                    source=_inside(mount.source) if stage_key else "",
+                    stage_key=stage_key,
                     mode=mount.mode,
                     uid=mount.uid,
                     gid=mount.gid,
@@ -316,10 +319,16 @@ class _StageWalker:
                     gid=mount.gid,
                 )
             case "bind":
-                if mount.from_:
-                    raise InputError("RUN --mount=type=bind,from= is not supported yet", where)
                 if not target:
                     raise InputError("RUN --mount=type=bind needs a target", where)
+                if mount.from_:  # a path in another stage's (or an image's) tree
+                    return RunMount(
+                        "bind",
+                        target,
+                        source=_inside(mount.source),
+                        stage_key=self._mount_tree(mount.from_, where),
+                        readonly=mount.readonly,
+                    )
                 selected = select_sources(
                     self.state.context, [mount.source or "."], self.state.ignore, where
                 )
@@ -426,21 +435,35 @@ class _StageWalker:
     def _stage_source(
         self, reference: str, patterns: tuple[str, ...], where: Location | None
     ) -> CopySource:
+        tree = self._tree(reference, "COPY --from", where)
+        if isinstance(tree, Path):
+            return self._directory_source(tree, patterns, where)
+        return CopySource(tree, "", (), "")
+
+    def _mount_tree(self, reference: str, where: Location | None) -> str:
+        tree = self._tree(reference, "RUN --mount from", where)
+        if isinstance(tree, Path):
+            raise InputError(
+                f"RUN --mount from={reference}: a directory context cannot be mounted yet", where
+            )
+        return tree
+
+    def _tree(self, reference: str, flag: str, where: Location | None) -> str | Path:
+        """What `from` names (COPY --from, RUN --mount from=): an earlier stage, a Buildfile
+        context or an image, as the key of the step that holds its tree; or the directory of
+        a context that is one."""
         stage = self.state.dockerfile.stage(reference, before=self.stage.index)
         if stage is None and self.state.dockerfile.stage(reference) is not None:
-            raise InputError(
-                f"COPY --from={reference}: a stage can only copy from an earlier stage", where
-            )
+            raise InputError(f"{flag}={reference}: a stage can only use an earlier stage", where)
         if stage is not None:
-            return CopySource(_lower_stage(self.state, stage.index, self.visiting).key, "", (), "")
+            return _lower_stage(self.state, stage.index, self.visiting).key
         named = _named(self.state, reference)
         if named is not None and named.stage is not None:
-            return CopySource(named.stage.key, "", (), "")
+            return named.stage.key
         if named is not None and named.directory:
-            return self._directory_source(Path(named.directory), patterns, where)
+            return Path(named.directory)
         image = named.image if named is not None and named.image else reference
-        key = self.state.images.get(image) or _source(self.state, image, where)[0]
-        return CopySource(key, "", (), "")
+        return self.state.images.get(image) or _source(self.state, image, where)[0]
 
     def _directory_source(
         self, directory: Path, patterns: tuple[str, ...], where: Location | None
@@ -556,6 +579,11 @@ def _ports(text: str, instruction: ins.Instruction) -> list[str]:
     if high < int(first) or high > 65535:
         raise InputError(f"invalid port range {text!r} in EXPOSE", instruction.where)
     return [f"{port}/{protocol}" for port in range(int(first), high + 1)]
+
+
+def _inside(source: str) -> str:
+    """A `--mount source=` inside a stage's tree, absolute and clean ("" is its root)."""
+    return posixpath.normpath(posixpath.join("/", source)).replace("//", "/")
 
 
 def _created_by(instruction: ins.Instruction) -> str:

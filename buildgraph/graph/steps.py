@@ -29,8 +29,9 @@ class RunMount:
     type: str  # cache | tmpfs | secret | bind
     target: str
     id: str = ""  # cache and secret id (a secret's content is never in the key)
-    source: str = ""  # bind: a path in the build context
-    digest: str = ""  # bind: content digest of that source
+    source: str = ""  # bind: a path in the build context, or with `stage_key` one in that tree
+    digest: str = ""  # bind from the context: content digest of that source
+    stage_key: str = ""  # bind or cache `from=`: the key of that stage's (or image's) result
     readonly: bool = False
     required: bool = False  # secret: fail when it is not provided
     mode: int | None = None
@@ -102,10 +103,14 @@ def parent_of(step: Step) -> str | None:
 
 
 def inputs_of(step: Step) -> tuple[str, ...]:
-    """Keys this step needs finished first: its parent and a COPY --from stage."""
+    """Keys this step needs finished first: its parent, a COPY --from stage and the stages a
+    RUN mounts (`--mount=from=`)."""
     parents = () if isinstance(step, SourceStep) else (step.parent,)
     if isinstance(step, CopyStep) and step.source.stage_key:
         return (*parents, step.source.stage_key)
+    if isinstance(step, RunStep):
+        mounted = (mount.stage_key for mount in step.mounts if mount.stage_key)
+        return tuple(dict.fromkeys((*parents, *mounted)))
     return parents
 
 

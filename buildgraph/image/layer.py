@@ -63,11 +63,16 @@ def write_layer(
     epoch: int | None = None,
     whiteouts: str = "overlay",
     exclude: Callable[[str], bool] | None = None,
+    whiteout_names: frozenset[str] = frozenset(),
 ) -> LayerBlob:
-    """Stream the tree below `root` as a sorted, reproducible layer tar into `out`."""
+    """Stream the tree below `root` as a sorted, reproducible layer tar into `out`. In overlay
+    mode a 0/0 character device is a whiteout, and so is any entry named in `whiteout_names`
+    (where mknod is not allowed, e.g. in an unprivileged container, a placeholder file)."""
     if whiteouts not in ("overlay", "none"):
         raise InputError(f"unknown whiteout mode {whiteouts!r} (expected overlay or none)")
-    entries = _tree_entries(Path(root), epoch, whiteouts == "overlay", exclude or _keep_all)
+    overlay = whiteouts == "overlay"
+    marked = whiteout_names if overlay else frozenset()
+    entries = _tree_entries(Path(root), epoch, overlay, exclude or _keep_all, marked)
     return _pack(entries, out, compression, level)
 
 
@@ -215,18 +220,22 @@ def _keep_all(_: str) -> bool:
 
 
 def _tree_entries(
-    root: Path, epoch: int | None, overlay: bool, exclude: Callable[[str], bool]
+    root: Path,
+    epoch: int | None,
+    overlay: bool,
+    exclude: Callable[[str], bool],
+    marked: frozenset[str] = frozenset(),
 ) -> Entries:
     """Depth first, parents before children, each directory's whiteouts before its entries."""
     first_names: dict[tuple[int, int], str] = {}  # (dev, inode) -> first name, for hardlinks
-    stack = [iter(_children(root, "", overlay, exclude))]
+    stack = [iter(_children(root, "", overlay, exclude, marked))]
     while stack:
         child = next(stack[-1], None)
         if child is None:
             stack.pop()
             continue
         path, name, st = child
-        if overlay and _is_whiteout(st):
+        if overlay and (_is_whiteout(st) or name in marked):
             head, _, base = name.rpartition("/")
             marker = f"{head}/{WHITEOUT_PREFIX}{base}" if head else f"{WHITEOUT_PREFIX}{base}"
             yield _marker_info(marker, st, epoch), None
@@ -236,13 +245,17 @@ def _tree_entries(
             yield _stat_info(path, name, st, epoch, xattrs), None
             if opaque:  # the marker goes before anything else in the directory
                 yield _marker_info(f"{name}/{OPAQUE_MARKER}", st, epoch), None
-            stack.append(iter(_children(path, name, overlay, exclude)))
+            stack.append(iter(_children(path, name, overlay, exclude, marked)))
         else:
             yield from _file_entry(path, name, st, epoch, xattrs, first_names)
 
 
 def _children(
-    directory: Path, prefix: str, overlay: bool, exclude: Callable[[str], bool]
+    directory: Path,
+    prefix: str,
+    overlay: bool,
+    exclude: Callable[[str], bool],
+    marked: frozenset[str] = frozenset(),
 ) -> list[tuple[Path, str, os.stat_result]]:
     """Sorted by byte order of names; in overlay mode whiteout devices come first."""
     found = []
@@ -253,7 +266,7 @@ def _children(
                 found.append((Path(item.path), name, item.stat(follow_symlinks=False)))
     found.sort(key=lambda child: os.fsencode(child[0].name))
     if overlay:
-        found.sort(key=lambda child: not _is_whiteout(child[2]))  # stable: keeps byte order
+        found.sort(key=lambda child: not (_is_whiteout(child[2]) or child[1] in marked))
     return found
 
 

@@ -15,7 +15,7 @@ import os
 import shutil
 import signal
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from buildgraph.worker.copy_plan import CopyJob, check_job
 from buildgraph.worker.copy_tree import DIR_FLAGS, Copier
 from buildgraph.worker.sandbox import MAX_LOWERS
 
-__all__ = ["CopyJob", "copy_in_overlay"]
+__all__ = ["CopyJob", "copy_in_overlay", "copy_in_root"]
 
 ERRORS = {cls.__name__: cls for cls in (InputError, UnsafeArchiveError, StepFailed)}
 
@@ -83,12 +83,55 @@ def copy_in_overlay(
         shutil.rmtree(scratch, ignore_errors=True)
 
 
+def copy_in_root(
+    job: CopyJob,
+    tree: Path,
+    *,
+    context: Path | None = None,
+    ignore: IgnoreMatcher | None = None,
+    source_tree: Path | None = None,
+) -> None:
+    """Apply `job` to a materialized root `tree` in place (the chroot isolation: no mount
+    needed), reading from `context` or from another stage's materialized `source_tree`."""
+    chmod = check_job(job)
+    if job.sources and (context is None) == (source_tree is None):
+        raise StepFailed("COPY needs exactly one source: a build context or a stage's tree")
+    source = str(Path(context if context is not None else source_tree or tree).absolute())
+    from_context = context is not None
+    matcher = ignore or IgnoreMatcher(())
+
+    def child(message_fd: int, parent: int) -> None:
+        code = nsinit.SETUP_FAILED
+        try:
+            nsinit.arrange_fds(os.open("/dev/null", os.O_RDWR), message_fd)
+            nsinit.die_with_parent(parent)
+            flags = DIR_FLAGS & ~os.O_NOFOLLOW if from_context else DIR_FLAGS
+            source_fd = os.open(source, flags) if job.sources else -1
+            os.chroot(str(tree))
+            os.chdir("/")
+            os.umask(0)
+            Copier(job, chmod, source_fd, from_context=from_context, ignore=matcher).run()
+            code = 0
+        except BaseException as err:
+            nsinit.report(_describe(err))
+        finally:
+            os._exit(code)
+
+    _run_child(child)
+
+
 def _run(plan: _Plan) -> None:
+    _run_child(lambda message_fd, parent: _child_main(plan, message_fd, parent))
+
+
+def _run_child(child: Callable[[int, int], None]) -> None:
+    """Fork `child(message_fd, parent_pid)` (it must end in os._exit), collect what it
+    reports, and raise the first error it named."""
     message_read, message_write = os.pipe()
     parent = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the child never returns
-        _child_main(plan, message_write, parent)
+        child(message_write, parent)
     os.close(message_write)
     reaped = False
     try:

@@ -18,7 +18,8 @@ from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, St
 from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.layer import write_layer
 from buildgraph.image.oci import Descriptor
-from buildgraph.worker.snapshot import SnapshotStore
+from buildgraph.worker.rootfs import RootPool
+from buildgraph.worker.snapshot import WORK_DIR, SnapshotStore
 
 # The sandbox and the copier (~15 ms of imports) are imported by the first RUN or COPY that
 # runs: a run whose steps all come from a cache never needs them.
@@ -54,6 +55,28 @@ class Worker:
     secrets: Mapping[str, Path] = field(default_factory=dict)  # secret id -> host file
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop running steps
     fetch_layers: Callable[[StepRecord], None] | None = None  # remote cache: missing blobs
+    isolation: str = "auto"  # auto | namespaces | chroot (see worker/isolation.py)
+    _chosen: str = field(default="", init=False, repr=False)
+    _roots: RootPool | None = field(default=None, init=False, repr=False)
+    _choosing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def close(self) -> None:
+        """Remove the materialized roots of the chroot isolation (none otherwise)."""
+        if self._roots is not None:
+            self._roots.close()
+
+    def chosen_isolation(self) -> str:
+        """The isolation in use, probed at the first RUN or COPY (a cached build needs none);
+        when `auto` falls back to chroot, one line says so."""
+        with self._choosing:
+            if not self._chosen:
+                from buildgraph.worker.isolation import choose
+
+                self._chosen, why = choose(self.isolation)
+                if self._chosen == "chroot":
+                    self.output("isolation", f"isolation: chroot ({why})\n".encode())
+                    self._roots = RootPool(self.snapshots.root / WORK_DIR, self.store)
+        return self._chosen
 
     def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         """Run `step` given the records of its inputs; the result is not cached here."""
@@ -61,7 +84,7 @@ class Worker:
             case SourceStep():
                 return self._source(step)
             case RunStep():
-                return self._run(step, inputs[step.parent])
+                return self._run(step, inputs)
             case CopyStep():
                 return self._copy(step, inputs)
             case ConfigStep():
@@ -104,15 +127,23 @@ class Worker:
         ]
         return list(dict.fromkeys(reversed(paths)))
 
-    def _run(self, step: RunStep, parent: StepRecord) -> StepRecord:
+    def _run(self, step: RunStep, inputs: Mapping[str, StepRecord]) -> StepRecord:
+        if self.chosen_isolation() == "chroot":
+            from buildgraph.worker.chroot_steps import run_step
+
+            assert self._roots is not None
+            return run_step(self, self._roots, step, inputs)
         from buildgraph.worker.diff import relink_copied_up
         from buildgraph.worker.mounts import run_mounts
         from buildgraph.worker.sandbox import RunSpec, run_in_sandbox
 
+        parent = inputs[step.parent]
         lowers = self.lowers(parent)
+        trees = {m.stage_key: self.lowers(inputs[m.stage_key]) for m in step.mounts if m.stage_key}
         network = self.network if step.network == "default" else step.network
         with self.snapshots.scratch() as scratch:
-            binds = run_mounts(step, scratch, self.store.root / "mounts", self.secrets)
+            mounts = self.store.root / "mounts"
+            binds = run_mounts(step, scratch, mounts, self.secrets, trees)
             spec = RunSpec(
                 step.argv,
                 step.env,
@@ -124,14 +155,19 @@ class Worker:
             )
             upper = scratch / "upper"
             upper.mkdir()
-            result = run_in_sandbox(
-                spec,
-                lowers,
-                upper,
-                work=scratch,
-                output=lambda data: self.output(step.title, data),
-                cancel=self.cancel,
-            )
+            try:
+                result = run_in_sandbox(
+                    spec,
+                    lowers,
+                    upper,
+                    work=scratch,
+                    output=lambda data: self.output(step.title, data),
+                    cancel=self.cancel,
+                )
+            except StepFailed as err:  # the sandbox could not start it: name the step and line
+                if err.where is not None:
+                    raise
+                raise StepFailed(f"{step.title}: {err}", step.where) from err
             if result.exit_code != 0:
                 tail = result.output_tail.strip().splitlines()[-5:]
                 detail = (": " + " | ".join(tail)) if tail else ""
@@ -142,13 +178,12 @@ class Worker:
                 )
             relink_copied_up(upper, lowers)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
-            return self._commit(upper, parent, created_by)
+            return self.commit(upper, parent, created_by)
 
     def _copy(self, step: CopyStep, inputs: Mapping[str, StepRecord]) -> StepRecord:
         from buildgraph.worker.copy import CopyJob, copy_in_overlay
 
         parent = inputs[step.parent]
-        lowers = self.lowers(parent)
         source = step.source
         job = CopyJob(
             sources=source.paths if not source.stage_key else step.patterns,
@@ -164,6 +199,13 @@ class Worker:
             # Every source was a wildcard that matched nothing in the context: BuildKit copies
             # nothing and makes no destination dir (a stage's patterns are expanded later).
             return self._commit_nothing(parent, step)
+        if self.chosen_isolation() == "chroot":
+            from buildgraph.worker.chroot_steps import copy_step
+
+            assert self._roots is not None
+            with _located(step):
+                return copy_step(self, self._roots, step, inputs, job)
+        lowers = self.lowers(parent)
         with self.snapshots.scratch() as scratch, _located(step):
             upper = scratch / "upper"
             upper.mkdir()
@@ -175,15 +217,24 @@ class Worker:
                 ignore = self.ignores.get(source.context) if source.context else None
                 copy_in_overlay(job, lowers, upper, context=context, ignore=ignore)
             created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
-            return self._commit(upper, parent, created_by)
+            return self.commit(upper, parent, created_by)
 
     def _commit_nothing(self, parent: StepRecord, step: CopyStep) -> StepRecord:
         created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
         entry = HistoryEntry(self._now(), created_by, empty_layer=True)
         return StepRecord(parent.layers, (*parent.history, entry))
 
-    def _commit(self, upper: Path, parent: StepRecord, created_by: str) -> StepRecord:
-        """Turn the upper dir into a layer and a snapshot; an unchanged tree adds no layer."""
+    def commit(
+        self,
+        upper: Path,
+        parent: StepRecord,
+        created_by: str,
+        *,
+        snapshot: bool = True,
+        whiteouts: frozenset[str] = frozenset(),
+    ) -> StepRecord:
+        """Turn the upper dir into a layer (and, with `snapshot`, into the layer's snapshot);
+        an unchanged tree adds no layer."""
         if not any(upper.iterdir()):
             entry = HistoryEntry(self._now(), created_by, empty_layer=True)
             return StepRecord(parent.layers, (*parent.history, entry))
@@ -194,9 +245,11 @@ class Worker:
                 compression=self.compression,
                 epoch=self.epoch,
                 whiteouts="overlay",
+                whiteout_names=whiteouts,
             )
             writer.declare(blob.digest, blob.size)
-        self.snapshots.adopt(upper, blob.diff_id)
+        if snapshot:
+            self.snapshots.adopt(upper, blob.diff_id)
         layer = LayerRef(Descriptor(blob.media_type, blob.digest, blob.size), blob.diff_id)
         entry = HistoryEntry(self._now(), created_by)
         return StepRecord((*parent.layers, layer), (*parent.history, entry))

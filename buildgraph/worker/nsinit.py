@@ -23,7 +23,7 @@ import signal
 import socket
 import stat
 import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from buildgraph.worker.confine import ConfineError, Confinement, confine
 
@@ -47,6 +47,9 @@ MNT_DETACH = 2
 SYS_PIVOT_ROOT = 155 if platform.machine() == "x86_64" else 41  # 41: asm-generic (aarch64)
 
 PR_SET_PDEATHSIG = 1
+SYS_OPENAT2 = 437  # one number on every architecture (asm-generic table, Linux 5.6)
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_IN_ROOT = 0x10
 SIOCGIFFLAGS = 0x8913
 SIOCSIFFLAGS = 0x8914
 IFF_UP = 0x1
@@ -62,7 +65,12 @@ LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ul
 LIBC.prctl.argtypes += [ctypes.c_ulong]
 LIBC.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
 LIBC.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-LIBC.syscall.argtypes = [ctypes.c_long, ctypes.c_char_p, ctypes.c_char_p]
+LIBC.syscall.restype = ctypes.c_long  # variadic: every call passes typed ctypes arguments
+
+
+class _OpenHow(ctypes.Structure):  # struct open_how, for openat2
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
 
 DEVICES = (  # name, major, minor: what docker puts in a container's /dev
     ("null", 1, 3),
@@ -110,6 +118,9 @@ class MountOp:
     mode: int = 0o400  # "secret": the file's mode, owner and group
     uid: int = 0
     gid: int = 0
+    tree: tuple[str, ...] | None = None  # bind from an image's snapshot dirs (topmost first):
+    # `source` is a path inside them, resolved there (RUN --mount from=)
+    scratch: str = ""  # tree, rw: an empty host dir for the tree's throwaway upper and work
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,16 +182,18 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         check(LIBC.mount(b"none", b"/", None, MS_REC | MS_PRIVATE, None), "make / private")
         host_root = os.open("/", os.O_PATH | os.O_DIRECTORY)
         sources = {
-            index: os.open(m.source, os.O_PATH) for index, m in enumerate(plan.mounts) if m.source
+            index: os.open(m.source, os.O_PATH)
+            for index, m in enumerate(plan.mounts)
+            if m.source and m.tree is None
         }
-        _mount_root(plan)
+        mounts = _mount_root(plan, sources)
         sources.update(_write_secrets(plan.mounts))
         # Mount targets resolve inside the root (an image's symlink cannot point them at the
         # host), so mount from within a chroot, then leave it for the pivot.
         os.chroot("r")
         os.chdir("/")
         os.umask(0)
-        for index, op in enumerate(plan.mounts):
+        for index, op in enumerate(mounts):
             _apply(op, sources.get(index))
         os.umask(0o022)
         for fd in sources.values():
@@ -236,7 +249,8 @@ def _pivot(host_root: int) -> None:
     new_root = os.open("/dev/r", os.O_PATH | os.O_DIRECTORY)
     os.fchdir(new_root)
     os.close(new_root)
-    check(LIBC.syscall(SYS_PIVOT_ROOT, b".", b"."), "pivot_root")
+    dot = ctypes.c_char_p(b".")
+    check(LIBC.syscall(ctypes.c_long(SYS_PIVOT_ROOT), dot, dot), "pivot_root")
     os.fchdir(host_root)  # the old root, now stacked on top of the new one
     os.close(host_root)
     check(LIBC.umount2(b".", MNT_DETACH), "detach the old root")
@@ -274,25 +288,78 @@ def _write_secrets(mounts: tuple[MountOp, ...]) -> dict[int, int]:
     return found
 
 
-def _mount_root(plan: ChildPlan) -> None:
+def _mount_root(plan: ChildPlan, sources: dict[int, int]) -> tuple[MountOp, ...]:
     """Mount the overlay on /dev/r, using a tmpfs over the host's /dev (hidden in this mount
     namespace only, and nothing of ours lives there) for what needs no disk: short relative
     names for the lowers, so their list fits the one-page limit of mount options (500 lowers),
     the skeleton, and the mount point. The skeleton holds every mount point and is the bottom
-    lower: the image's own entries win, and nothing is copied up to mount on them."""
+    lower: the image's own entries win, and nothing is copied up to mount on them. Trees to
+    bind from are mounted here too; the mounts are returned with their sources opened."""
     mount_scratch()
+    mounts = tuple(
+        op if op.tree is None else _open_tree(index, op, sources)
+        for index, op in enumerate(plan.mounts)
+    )
     lowers = link_names(plan.lowers, "")
     os.symlink(plan.upper, "u")
     os.symlink(plan.work, "w")
     os.mkdir("r")
     os.mkdir("s")
     os.mkdir(SECRETS_DIR)
-    for op in plan.mounts:
+    for op in mounts:
         path = "s" + op.target
         os.makedirs(path if op.directory else os.path.dirname(path), 0o755, exist_ok=True)
         if not op.directory:
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o644))
     mount_overlay("r", [*lowers, "s"], "u", "w")
+    return mounts
+
+
+def _open_tree(index: int, op: MountOp, sources: dict[int, int]) -> MountOp:
+    """Overlay a tree's snapshots on t<index> (read-only, or writing to a throwaway upper in
+    `op.scratch`), open `op.source` in it as if it were "/" so no link leads out of it, and
+    return the op as a bind of that fd."""
+    name = f"t{index}"
+    os.mkdir(name)
+    lowers = link_names(op.tree or (), f"{name}-")
+    # Empty bottom lowers: overlayfs needs one, and two without an upper dir (a tree from FROM
+    # scratch has no snapshot of its own).
+    for empty in (f"{name}e", f"{name}f")[: 1 if lowers or op.scratch else 2]:
+        os.mkdir(empty)
+        lowers.append(empty)
+    if op.scratch:
+        os.symlink(op.scratch, f"{name}s")
+        os.mkdir(f"{name}s/upper")
+        os.mkdir(f"{name}s/work")
+        mount_overlay(name, lowers, f"{name}s/upper", f"{name}s/work")
+    else:
+        mount_overlay(name, lowers)
+    root = os.open(name, os.O_PATH | os.O_DIRECTORY)
+    try:
+        fd = open_in_root(root, op.source)
+    except OSError as err:
+        raise SetupError(f"mount source {op.source}: {err.strerror}") from err
+    finally:
+        os.close(root)
+    sources[index] = fd
+    return replace(op, tree=None, directory=stat.S_ISDIR(os.fstat(fd).st_mode))
+
+
+def open_in_root(root_fd: int, path: str) -> int:
+    """An O_PATH fd of `path` below `root_fd`, resolved as if `root_fd` were "/": absolute
+    links and ".." stay inside it (openat2 with RESOLVE_IN_ROOT)."""
+    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+    fd = LIBC.syscall(
+        ctypes.c_long(SYS_OPENAT2),
+        ctypes.c_int(root_fd),
+        ctypes.c_char_p(path.encode()),
+        ctypes.byref(how),
+        ctypes.c_size_t(ctypes.sizeof(how)),
+    )
+    if fd < 0:
+        number = ctypes.get_errno()
+        raise OSError(number, os.strerror(number), path)
+    return fd
 
 
 def mount_scratch() -> None:

@@ -45,6 +45,18 @@ class Bind:
 
 
 @dataclass(frozen=True, slots=True)
+class StageBind:
+    """A path inside another image's tree (RUN --mount from=): the snapshots are overlaid in
+    the sandbox's mount namespace, `source` is resolved inside them, then bound on `target`."""
+
+    lowers: tuple[Path, ...]  # the tree's snapshot dirs, topmost first (may be empty)
+    source: str  # absolute path inside the tree; symlinks resolve inside it
+    target: str
+    readonly: bool = True
+    scratch: Path | None = None  # rw: an empty dir for the overlay's upper, thrown away after
+
+
+@dataclass(frozen=True, slots=True)
 class Tmpfs:
     target: str
     size: int | None = None  # bytes; None: the kernel's default (half of RAM)
@@ -69,7 +81,7 @@ class RunSpec:
     workdir: str = "/"  # created (as root) if missing
     network: str = "host"  # "host" | "none"
     hostname: str = "buildgraph"
-    extra_binds: tuple[Bind | Tmpfs | Secret, ...] = ()  # RUN --mount
+    extra_binds: tuple[Bind | StageBind | Tmpfs | Secret, ...] = ()  # RUN --mount
     timeout: float | None = None  # seconds; then the whole sandbox is killed
     security: str = "sandbox"  # "insecure": every capability, no seccomp (RUN --security)
 
@@ -165,6 +177,12 @@ def plan_mounts(spec: RunSpec) -> tuple[MountOp, ...]:
             ops.append(
                 MountOp(_clean(mount.target), "bind", source, flags, "", os.path.isdir(source))
             )
+        elif isinstance(mount, StageBind):
+            flags = nsinit.MS_RDONLY if mount.readonly else 0
+            tree = tuple(str(Path(lower).absolute()) for lower in mount.lowers)
+            scratch = str(Path(mount.scratch).absolute()) if mount.scratch else ""
+            target = _clean(mount.target)
+            ops.append(MountOp(target, "bind", mount.source, flags, tree=tree, scratch=scratch))
         else:
             data = "mode=1777" + (f",size={mount.size}" if mount.size else "")
             ops.append(
@@ -187,7 +205,11 @@ def _check_spec(spec: RunSpec, lowers: Sequence[Path], upper: Path) -> None:
         raise StepFailed(f"unsupported security mode {spec.security!r} (sandbox or insecure)")
     if len(lowers) > MAX_LOWERS:
         raise StepFailed(f"{len(lowers)} layers: overlayfs stacks at most {MAX_LOWERS}")
-    for path in [*lowers, upper]:
+    trees = [mount for mount in spec.extra_binds if isinstance(mount, StageBind)]
+    if any(len(tree.lowers) > MAX_LOWERS for tree in trees):
+        raise StepFailed(f"a --mount from= tree: overlayfs stacks at most {MAX_LOWERS} layers")
+    dirs = [path for tree in trees for path in (*tree.lowers, tree.scratch) if path is not None]
+    for path in [*lowers, upper, *dirs]:
         if Path(path).absolute().is_relative_to("/dev"):  # the child hides /dev (see nsinit)
             raise StepFailed(f"sandbox dir {path} must not be under /dev")
     for mount in spec.extra_binds:

@@ -102,9 +102,15 @@ def _library() -> ctypes.CDLL:
     return lib
 
 
+# A RUN that shares the executor's pid namespace (the chroot isolation) must not reach into
+# the other processes there, buildgraph's own among them: no tracing, no reading their memory.
+SHARED_PID_NAMESPACE_DENIED = ("ptrace", "process_vm_readv", "process_vm_writev", "kcmp")
+
+
 @functools.cache  # the same program for every RUN of the process (~2 ms to compile)
-def default_filter() -> bytes:
-    """The BPF program (struct sock_filter[]) of the default policy, for this machine."""
+def default_filter(extra_denied: tuple[str, ...] = ()) -> bytes:
+    """The BPF program (struct sock_filter[]) of the default policy, for this machine, also
+    refusing `extra_denied`."""
     lib = _library()
     context = lib.seccomp_init(ACT_ALLOW)
     if not context:
@@ -112,7 +118,7 @@ def default_filter() -> bytes:
     try:
         for arch in SUBARCHES.get(platform.machine(), ()):
             _checked(lib.seccomp_arch_add(context, arch), f"add architecture {arch:#x}")
-        for name in DENIED:
+        for name in (*DENIED, *extra_denied):
             _rule(lib, context, _errno(EPERM), name)
         _rule(lib, context, _errno(ENOSYS), "clone3")
         for flag in NAMESPACE_FLAGS:

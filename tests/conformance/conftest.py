@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from buildgraph.cli import main
 from conformance.cases import Case
 from conformance.oci import make_busybox_oci
 from conformance.peer import PeerImage, buildah_build
@@ -45,3 +46,12 @@ def buildah_peer(busybox_oci: Path, tmp_path_factory: pytest.TempPathFactory) ->
     if not shutil.which("buildah"):
         pytest.skip("buildah is not installed (apt-get install buildah)")
     return BuildahPeer(busybox_oci, tmp_path_factory.mktemp("buildah"))
+
+
+@pytest.fixture(scope="session")
+def engine_cache(busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One store for the whole corpus, holding the same busybox rootfs the peer starts from."""
+    cache = tmp_path_factory.mktemp("engine") / "cache"
+    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
+    assert main(argv) == 0
+    return cache

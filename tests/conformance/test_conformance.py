@@ -14,16 +14,7 @@ from conformance.oci import image_config, unpack
 TAG = "case"
 
 
-@pytest.fixture(scope="session")
-def engine_cache(busybox_rootfs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One store for the whole corpus, holding the same busybox rootfs the peer starts from."""
-    cache = tmp_path_factory.mktemp("engine") / "cache"
-    argv = ["image", "import", str(busybox_rootfs), "-t", "busybox", "--cache-dir", str(cache)]
-    assert main(argv) == 0
-    return cache
-
-
-def build_with_buildgraph(case: Case, cache: Path, out: Path) -> Path:
+def build_with_buildgraph(case: Case, cache: Path, out: Path, *extra: str) -> Path:
     layout = out / "layout"
     argv = [
         "build",
@@ -35,6 +26,7 @@ def build_with_buildgraph(case: Case, cache: Path, out: Path) -> Path:
         "-q",
         "-o",
         f"type=oci,dest={layout},name={TAG}",
+        *extra,
     ]
     for key, value in sorted(case.build_args.items()):
         argv += ["--build-arg", f"{key}={value}"]

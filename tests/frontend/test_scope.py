@@ -193,3 +193,57 @@ def test_unused_build_args(tmp_path: Path) -> None:
     resolved = resolve_stages(dockerfile, args)
     assert resolved.unused_build_args == ("C",)
     assert resolved.scope.proxy == (("HTTP_PROXY", "http://p"),)
+
+
+def test_run_mount_options_expand_before_they_are_read(tmp_path: Path) -> None:
+    # buildkit testMountArg, testMountEnvVar, testMountEnvAcrossStages, testMountMetaArg
+    steps = walk(
+        tmp_path,
+        "ARG META=/tmp/meta\n"
+        "FROM busybox\n"
+        "ARG META MT=TmpFS SIZE=1m\n"
+        "ENV MNT_ID=mycache MNT_TYPE2=cache\n"
+        "RUN --mount=type=$MT,target=/t,size=$SIZE --mount=type=$MNT_TYPE2,id=$MNT_ID,target=$META"
+        " --mount=type=cache,target=/c,mode=0$MODE,uid=${UID:-7} true\n",
+        {"MODE": "700"},  # not declared by an ARG: not visible, so mode is 0
+    )
+    tmpfs, cache, plain = steps[-1].instruction.mounts
+    assert (tmpfs.type, tmpfs.target, tmpfs.size) == ("tmpfs", "/t", 1024 * 1024)
+    assert (cache.type, cache.id, cache.target) == ("cache", "mycache", "/tmp/meta")
+    assert (plain.mode, plain.uid) == (0, 7)
+
+
+def test_run_mount_variables_are_read_at_parse_time_when_there_are_none(tmp_path: Path) -> None:
+    dockerfile = parse(
+        tmp_path, "FROM busybox\nARG MT=tmpfs\nRUN --mount=type=$MT,target=/t true\n"
+    )
+    (later,) = dockerfile.stages[0].instructions[1:]
+    assert isinstance(later, ins.Run) and later.mounts[0].type == "$MT"  # read once expanded
+    with pytest.raises(InputError, match="unsupported mount type 'tmp'") as caught:
+        parse(tmp_path, "FROM busybox\nRUN --mount=type=tmp,target=/t true\n")
+    assert caught.value.where == Location(tmp_path / "Dockerfile", 2)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("ARG MT=bogus\nRUN --mount=type=$MT,target=/t true\n", "unsupported mount type 'bogus'"),
+        ("ARG M=x\nRUN --mount=type=cache,target=/c,mode=$M true\n", "invalid number 'x'"),
+        ("ENV T=\nRUN --mount=type=cache,target=$T true\n", "cache mount needs a target"),
+        ("ARG NOPE\nRUN --mount=type=tmpfs,target=${NOPE:?need-NOPE} true\n", "need-NOPE"),
+    ],
+)
+def test_run_mount_errors_after_expansion_name_the_line(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(InputError, match=message) as caught:
+        walk(tmp_path, "FROM busybox\n" + text)
+    assert caught.value.where == Location(tmp_path / "Dockerfile", 3)
+
+
+def test_run_mount_from_does_not_expand(tmp_path: Path) -> None:
+    # buildkit testMountFromError: "define alias stage instead"
+    text = "FROM busybox AS test\nFROM busybox\nENV ttt=test\nRUN --mount=from=$ttt,target=/t ls\n"
+    with pytest.raises(InputError, match="'from' doesn't support variable expansion") as caught:
+        parse(tmp_path, text)
+    assert caught.value.where == Location(tmp_path / "Dockerfile", 4)

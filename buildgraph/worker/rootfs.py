@@ -1,0 +1,213 @@
+"""Whole root filesystems on disk, for the chroot isolation (where mount(2) and unshare(2) are
+not allowed, as in an ordinary Docker container): a step's tree is materialized from its
+layers once, kept between the steps of a stage, and what a step changes is found by a metadata
+walk against the tree's previous manifest, as Kaniko's snapshotter finds it.
+
+A change is a path whose type, mode, owner, size, mtime, inode or link target differs; a file
+rewritten in place with the same size and mtime (`touch -d`) is not seen, as in Kaniko's
+default mode. Extended attributes changed alone are not seen either.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from buildgraph.cache.local import LocalStore
+from buildgraph.cache.steps import StepRecord
+from buildgraph.fs import held_dir
+from buildgraph.image.unpack import unpack_layer
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    mode: int  # st_mode: type and permission bits
+    uid: int
+    gid: int
+    size: int
+    mtime_ns: int
+    inode: int
+    link: str  # symlink target, else ""
+
+
+Manifest = dict[str, Entry]  # "etc/passwd" -> its entry; the root itself is not in it
+
+
+def scan(tree: Path) -> Manifest:
+    """Every path below `tree`, never following a symlink."""
+    found: Manifest = {}
+    pending = [("", str(tree))]
+    while pending:
+        prefix, directory = pending.pop()
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                info = entry.stat(follow_symlinks=False)
+                relative = prefix + entry.name
+                link = os.readlink(entry.path) if stat.S_ISLNK(info.st_mode) else ""
+                found[relative] = Entry(
+                    info.st_mode,
+                    info.st_uid,
+                    info.st_gid,
+                    info.st_size,
+                    info.st_mtime_ns,
+                    info.st_ino,
+                    link,
+                )
+                if stat.S_ISDIR(info.st_mode):
+                    pending.append((relative + "/", entry.path))
+    return found
+
+
+def changes(before: Manifest, after: Manifest) -> tuple[list[str], list[str]]:
+    """(paths to write, paths to white out), parents before children. A deleted path under a
+    deleted dir, or under a dir that became something else, needs no whiteout of its own."""
+    changed = {path for path, entry in after.items() if before.get(path) != entry}
+    # A new name for a file links it to names the step did not touch: the layer carries the
+    # whole link group, as overlayfs copies the file up and the worker relinks the names.
+    names_of: dict[int, list[str]] = {}
+    for path, entry in after.items():
+        if not stat.S_ISDIR(entry.mode):
+            names_of.setdefault(entry.inode, []).append(path)
+    for path in list(changed):
+        entry = after[path]
+        if not stat.S_ISDIR(entry.mode):
+            changed.update(names_of.get(entry.inode, ()))
+    written = sorted(changed)
+    deleted = []
+    for path in sorted(before.keys() - after.keys()):
+        parent = path.rpartition("/")[0]
+        if not parent or (
+            parent in after
+            and stat.S_ISDIR(after[parent].mode)
+            and stat.S_ISDIR(before[parent].mode)
+        ):
+            deleted.append(path)
+    return written, deleted
+
+
+def write_upper(
+    tree: Path, upper: Path, after: Manifest, written: list[str], deleted: list[str]
+) -> frozenset[str]:
+    """An overlay-style diff of `tree` in `upper` (same filesystem): changed entries as hard
+    links to the tree's own inodes (no copy; `upper` is read once, by write_layer, and
+    removed), changed dirs and the parents of anything below them with the tree's metadata.
+    What overlayfs leaves in a RUN's upper dir, but for deletions: an unprivileged container
+    may not mknod the 0/0 device overlayfs uses, so each is an empty file, and the names are
+    returned for write_layer's `whiteout_names`."""
+    made_dirs: list[str] = []
+
+    def ensure_dir(relative: str) -> None:
+        if not relative or (upper / relative).is_dir():
+            return
+        ensure_dir(relative.rpartition("/")[0])
+        (upper / relative).mkdir()
+        made_dirs.append(relative)
+
+    for relative in written:
+        entry = after[relative]
+        ensure_dir(relative.rpartition("/")[0])
+        if stat.S_ISDIR(entry.mode):
+            ensure_dir(relative)
+        else:
+            os.link(tree / relative, upper / relative, follow_symlinks=False)
+    for relative in deleted:
+        ensure_dir(relative.rpartition("/")[0])
+        os.close(os.open(upper / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for relative in reversed(made_dirs):  # children first: setting times last keeps them
+        entry = after[relative]
+        path = upper / relative
+        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
+        os.chmod(path, stat.S_IMODE(entry.mode))
+        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
+    return frozenset(deleted)
+
+
+@dataclass(eq=False)
+class Root:
+    """A materialized tree, held (flock'ed) by this process; `manifest` describes `tree`."""
+
+    holder: Path  # the held dir: `tree`, plus `aside` for what a RUN moves out of the way
+    manifest: Manifest
+    chain: tuple[str, ...]  # the diff_ids the tree holds, bottom first
+    _release: contextlib.ExitStack = field(repr=False)
+
+    @property
+    def tree(self) -> Path:
+        return self.holder / "tree"
+
+    @property
+    def aside(self) -> Path:
+        return self.holder / "aside"
+
+    def discard(self) -> None:
+        self._release.close()  # removes the dir, then drops the lock
+
+
+class RootPool:
+    """Idle roots by the layers they hold: a stage's next step takes the root its previous
+    step left, so a tree is materialized once per stage rather than once per step. A root is
+    used by one step at a time; a second user of the same layers gets a root of its own."""
+
+    def __init__(self, work_dir: Path, store: LocalStore, keep: int = 4) -> None:
+        self.work_dir = work_dir
+        self.store = store
+        self.keep = keep  # idle roots kept (most recently used first)
+        self._idle: list[Root] = []
+        self._lock = threading.Lock()
+
+    def take(self, record: StepRecord) -> Root:
+        chain = tuple(layer.diff_id for layer in record.layers)
+        with self._lock:
+            for index, root in enumerate(self._idle):
+                if root.chain == chain:
+                    return self._idle.pop(index)
+        return self._materialize(record, chain)
+
+    def give(self, root: Root, record: StepRecord, manifest: Manifest | None = None) -> None:
+        """Put `root` back as the tree of `record` (after a step changed it: its new manifest)."""
+        root.chain = tuple(layer.diff_id for layer in record.layers)
+        if manifest is not None:
+            root.manifest = manifest
+        with self._lock:
+            self._idle.insert(0, root)
+            surplus = self._idle[self.keep :]
+            del self._idle[self.keep :]
+        for extra in surplus:
+            extra.discard()
+
+    def close(self) -> None:
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for root in idle:
+            root.discard()
+
+    def _materialize(self, record: StepRecord, chain: tuple[str, ...]) -> Root:
+        release = contextlib.ExitStack()
+        try:
+            holder = release.enter_context(held_dir(self.work_dir, "root-"))
+            tree = holder / "tree"
+            tree.mkdir(0o755)
+            (holder / "aside").mkdir(0o700)
+            for layer in record.layers:
+                with self.store.open_blob(layer.descriptor.digest) as blob:
+                    unpack_layer(blob, layer.descriptor.media_type, tree, whiteouts="apply")
+            return Root(holder, scan(tree), chain, release)
+        except BaseException:
+            release.close()
+            raise
+
+    @contextlib.contextmanager
+    def borrowed(self, record: StepRecord) -> Iterator[Root]:
+        """A root of `record` to read (a COPY --from source), put back unchanged after."""
+        root = self.take(record)
+        try:
+            yield root
+        except BaseException:
+            root.discard()
+            raise
+        self.give(root, record)
