@@ -395,6 +395,7 @@ def test_seed_job_builds_and_pushes_unprivileged(
     env = {"CI_REGISTRY_IMAGE": image, "CI_COMMIT_TAG": "v1"}
     done = runner.job(workspace, script=script, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "isolation: chroot (namespaces are not available (" in done.stdout + done.stderr
     for tag in ("v1", "latest"):
         versions = pull_and_run(runner.docker, f"{image}:{tag}", "sh", "-c", "wget -V; curl -V")
         assert versions.startswith("GNU Wget 1.21") and "\ncurl 7.88" in versions
@@ -426,6 +427,7 @@ def test_real_world_dockerfile_builds_unprivileged(
         )
         done = runner.job(workspace, script=script)
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "isolation: chroot (" in done.stdout + done.stderr
     assert pull_and_run(runner.docker, destination, *command) == expected
 
 
@@ -461,6 +463,7 @@ def test_kubernetes_job_runs_a_multi_target_buildfile_unprivileged(
         workspace, command=command, volumes=volumes, env=env, workdir=container["workingDir"]
     )
     assert done.returncode == 0, done.stdout + done.stderr
+    assert "isolation: chroot (" in done.stdout + done.stderr
     for name in ("api", "web"):
         ran = pull_and_run(runner.docker, f"{runner.registry.host}/acme/{name}:1")
         assert ran == f"base\n{name}\n"
