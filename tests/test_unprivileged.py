@@ -303,12 +303,14 @@ class Runner:
         volumes: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
         workdir: str = "",
+        docker_options: tuple[str, ...] = (),
     ) -> subprocess.CompletedProcess[str]:
         """One job in the executor image, a plain `docker run`: the host's network, the
         workspace, the runner's cache and CA as volumes, the CI variables. With `script`:
         GitLab's `entrypoint: [""]` and `sh -c SCRIPT`; else the image's entry point with
-        `command` as its arguments, or `command[0]` as the entry point (Kubernetes' `command`)."""
-        argv = ["run", "--rm", "--network", "host"]
+        `command` as its arguments, or `command[0]` as the entry point (Kubernetes' `command`).
+        `docker_options` only take away (--cap-drop), never add."""
+        argv = ["run", "--rm", "--network", "host", *docker_options]
         mounts = (f"{workspace}:/workspace", f"{self.cache}:/cache", f"{self.ca}:{CA_IN_CONTAINER}")
         for volume in (*mounts, *volumes):
             argv += ["-v", volume]
@@ -495,3 +497,25 @@ def top_layer_names(archive: Path) -> set[str]:
         assert layer is not None
         with tarfile.open(fileobj=io.BytesIO(layer.read())) as top:
             return set(top.getnames())
+
+
+def test_without_sys_chroot_the_executor_says_what_is_missing(
+    runner: Runner, base_image: str, host_login: Path, tmp_path: Path
+) -> None:
+    """Docker's default set less CAP_SYS_CHROOT leaves no isolation: one line naming it, exit 2,
+    at the first RUN, which does not run."""
+    workspace = tmp_path / "project"
+    workspace.mkdir()
+    (workspace / "Dockerfile").write_text(f"FROM {base_image}\nRUN echo never > /ran\n")
+    args = ("--context", "/workspace", "--no-push", "--tar-path", "/workspace/image.tar")
+    done = runner.job(
+        workspace,
+        command=args,
+        docker_options=("--cap-drop", "SYS_CHROOT"),
+        volumes=(f"{host_login}:/kaniko/.docker:ro",),
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("buildgraph: error")]
+    assert line.startswith("buildgraph: error: no isolation for RUN works here: namespaces: ")
+    assert line.endswith("(it needs CAP_SYS_CHROOT, in Docker's default set)")
+    assert not (workspace / "image.tar").exists()
