@@ -29,7 +29,6 @@ def run_step(
 
     parent = inputs[step.parent]
     _ensure_blobs(worker, parent)
-    network = worker.network if step.network == "default" else step.network
     root = roots.take(parent)
     try:
         with worker.snapshots.scratch() as scratch, contextlib.ExitStack() as borrowed:
@@ -44,7 +43,7 @@ def run_step(
                 step.env,
                 step.user,
                 step.workdir,
-                network,
+                worker.network_of(step),
                 extra_binds=binds,
                 security=step.security,
             )

@@ -78,6 +78,10 @@ class Worker:
                     self._roots = RootPool(self.snapshots.root / WORK_DIR, self.store)
         return self._chosen
 
+    def network_of(self, step: RunStep) -> str:
+        """What RUN --network=default (or none written) means in this build."""
+        return self.network if step.network == "default" else step.network
+
     def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         """Run `step` given the records of its inputs; the result is not cached here."""
         match step:
@@ -140,7 +144,6 @@ class Worker:
         parent = inputs[step.parent]
         lowers = self.lowers(parent)
         trees = {m.stage_key: self.lowers(inputs[m.stage_key]) for m in step.mounts if m.stage_key}
-        network = self.network if step.network == "default" else step.network
         with self.snapshots.scratch() as scratch:
             mounts = self.store.root / "mounts"
             binds = run_mounts(step, scratch, mounts, self.secrets, trees)
@@ -149,7 +152,7 @@ class Worker:
                 step.env,
                 step.user,
                 step.workdir,
-                network,
+                self.network_of(step),
                 extra_binds=binds,
                 security=step.security,
             )

@@ -153,10 +153,11 @@ class RootPool:
     step left, so a tree is materialized once per stage rather than once per step. A root is
     used by one step at a time; a second user of the same layers gets a root of its own."""
 
-    def __init__(self, work_dir: Path, store: LocalStore, keep: int = 4) -> None:
+    def __init__(self, work_dir: Path, store: LocalStore, keep: int = 16) -> None:
         self.work_dir = work_dir
         self.store = store
-        self.keep = keep  # idle roots kept (most recently used first)
+        self.keep = keep  # idle roots kept, most recently used first (each is a whole tree on
+        # disk; a stage forked by many (FROM base in every service) needs one per branch)
         self._idle: list[Root] = []
         self._lock = threading.Lock()
 
