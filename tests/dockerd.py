@@ -11,7 +11,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,22 +31,31 @@ class Dockerd:
             "DOCKER_CONFIG": str(self.client_config),
         }
 
-    def docker(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-        """Run `docker ARGS`; raise with its output when it fails."""
+    def docker(
+        self, *args: str, timeout: float = 300, check: bool = True, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """Run `docker ARGS`; raise with its output when it fails (unless `check` is false)."""
         done = subprocess.run(
-            [DOCKER, *args], env=self.env(), capture_output=True, text=True, timeout=timeout
+            [DOCKER, *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            input=stdin,
         )
-        if done.returncode != 0:
+        if check and done.returncode != 0:
             raise AssertionError(f"docker {' '.join(args)}: {done.returncode}\n{done.stderr}")
         return done
 
 
 @contextlib.contextmanager
-def private_dockerd(work: Path) -> Iterator[Dockerd]:
+def private_dockerd(work: Path, insecure_registries: Sequence[str] = ()) -> Iterator[Dockerd]:
+    """`insecure_registries`: hosts (127.0.0.1:PORT) pulled from without verifying TLS."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "client").mkdir(exist_ok=True)
     exec_root = Path(f"/tmp/bg-dockerd-{os.getpid()}")  # containerd's socket path must be short
-    (work / "daemon.json").write_text(json.dumps({"iptables": False, "bridge": "none"}))
+    config = {"iptables": False, "bridge": "none", "insecure-registries": list(insecure_registries)}
+    (work / "daemon.json").write_text(json.dumps(config))
     daemon = Dockerd(work / "docker.sock", work / "client")
     pidfile = work / "docker.pid"
     argv = [
