@@ -209,7 +209,8 @@ def parse_mount(text: str, where: Location, expand: Callable[[str], str] | None 
         if not identifier and not target:
             raise InputError("secret mount needs an id or a target", where)
         identifier = identifier or target.rstrip("/").rsplit("/", 1)[-1]
-        target = target or f"/run/secrets/{identifier}"
+        if not fields.get("env"):  # BuildKit: with env= and no target, no file at all
+            target = target or f"/run/secrets/{identifier}"
     elif kind == "ssh":
         identifier = identifier or "default"
     elif not target:

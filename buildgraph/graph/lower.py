@@ -351,14 +351,17 @@ class _StageWalker:
                 secret_id = mount.id or posixpath.basename(target)
                 if not secret_id:
                     raise InputError("RUN --mount=type=secret needs an id or a target", where)
+                # BuildKit: env= puts the secret in that variable; without a target, there only.
+                file_target = target or ("" if mount.env else f"/run/secrets/{secret_id}")
                 return RunMount(
                     "secret",
-                    target or f"/run/secrets/{secret_id}",
+                    file_target,
                     id=secret_id,
                     required=mount.required,
                     mode=mount.mode,
                     uid=mount.uid,
                     gid=mount.gid,
+                    env=mount.env,
                 )
             case "bind":
                 if not target:

@@ -38,6 +38,7 @@ class RunMount:
     uid: int | None = None
     gid: int | None = None
     size: int | None = None  # tmpfs bytes
+    env: str = ""  # secret: also (or, with no target, only) this environment variable
 
 
 @dataclass(frozen=True, slots=True)

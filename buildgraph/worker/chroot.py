@@ -43,6 +43,7 @@ from buildgraph.worker.sandbox import (
     Secret,
     StageBind,
     Tmpfs,
+    with_secret_env,
 )
 from buildgraph.worker.sandbox import (
     HOST_FILES as HOST_SOURCES,
@@ -87,6 +88,7 @@ def run_in_root(
     dir of ours on the same filesystem, as `cache_root` (where the RUN --mount=type=cache
     dirs live, moved in and out by rename). Returns the result and whether the tree was put
     back clean (else the caller must throw the tree away)."""
+    spec = with_secret_env(spec)
     if spec.network != "host":
         raise StepFailed(
             "RUN --network=none needs a network namespace, which the chroot isolation cannot "

@@ -12,7 +12,7 @@ import xxhash
 from buildgraph.errors import InputError, StepFailed
 from buildgraph.fs import file_lock
 from buildgraph.graph.steps import RunMount, RunStep
-from buildgraph.worker.sandbox import Bind, Secret, StageBind, Tmpfs
+from buildgraph.worker.sandbox import Bind, Secret, SecretEnv, StageBind, Tmpfs
 
 
 def run_mounts(
@@ -23,13 +23,13 @@ def run_mounts(
     trees: Mapping[str, Sequence[Path]] | None = None,
     *,
     materialized: bool = False,
-) -> tuple[Bind | StageBind | Tmpfs | Secret, ...]:
+) -> tuple[Bind | StageBind | Tmpfs | Secret | SecretEnv, ...]:
     """Binds for the sandbox; nothing here ever lands in the step's layer, and a secret is
     read into memory only: the sandbox puts it on a tmpfs of its own mount namespace. `trees`
     holds the snapshot dirs (topmost first) of each stage or image a mount names with `from=`,
     or (`materialized`, the chroot isolation) its one materialized root."""
     trees = trees or {}
-    binds: list[Bind | StageBind | Tmpfs | Secret] = []
+    binds: list[Bind | StageBind | Tmpfs | Secret | SecretEnv] = []
     for mount in step.mounts:
         match mount.type:
             case "tmpfs":
@@ -62,7 +62,13 @@ def run_mounts(
                         step.where,
                     ) from err
                 mode = mount.mode if mount.mode is not None else 0o400
-                binds.append(Secret(mount.target, content, mode, mount.uid or 0, mount.gid or 0))
+                if mount.target:
+                    binds.append(
+                        Secret(mount.target, content, mode, mount.uid or 0, mount.gid or 0)
+                    )
+                if mount.env:
+                    value = content.decode(errors="surrogateescape")
+                    binds.append(SecretEnv(mount.env, value))
             case "bind":
                 source = Path(step.context) / mount.source
                 if not mount.readonly:  # writes are allowed but thrown away, as in BuildKit

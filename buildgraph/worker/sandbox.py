@@ -20,7 +20,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from buildgraph.errors import StepFailed
@@ -74,6 +74,25 @@ class Secret:
 
 
 @dataclass(frozen=True, slots=True)
+class SecretEnv:
+    """A secret as an environment variable of the command (RUN --mount=type=secret,env=):
+    in memory only, never in a step's key."""
+
+    name: str
+    value: str = field(repr=False)
+
+
+def with_secret_env(spec: RunSpec) -> RunSpec:
+    """`spec` whose environment holds its SecretEnv mounts, and whose binds no longer do."""
+    values = {m.name: m.value for m in spec.extra_binds if isinstance(m, SecretEnv)}
+    if not values:
+        return spec
+    env = tuple((k, v) for k, v in spec.env if k not in values) + tuple(values.items())
+    binds = tuple(m for m in spec.extra_binds if not isinstance(m, SecretEnv))
+    return replace(spec, env=env, extra_binds=binds)
+
+
+@dataclass(frozen=True, slots=True)
 class RunSpec:
     argv: tuple[str, ...]  # already SHELL-wrapped: ("/bin/sh", "-c", "echo hi")
     env: tuple[tuple[str, str], ...]  # exactly the environment the command sees
@@ -81,7 +100,7 @@ class RunSpec:
     workdir: str = "/"  # created (as root) if missing
     network: str = "host"  # "host" | "none"
     hostname: str = "buildgraph"
-    extra_binds: tuple[Bind | StageBind | Tmpfs | Secret, ...] = ()  # RUN --mount
+    extra_binds: tuple[Bind | StageBind | Tmpfs | Secret | SecretEnv, ...] = ()  # RUN --mount
     timeout: float | None = None  # seconds; then the whole sandbox is killed
     security: str = "sandbox"  # "insecure": every capability, no seccomp (RUN --security)
 
@@ -108,6 +127,7 @@ def run_in_sandbox(
     A non-zero exit is a result; a sandbox that cannot start the command (bad user, failed
     mount, missing executable) raises StepFailed with a one-line reason.
     """
+    spec = with_secret_env(spec)
     _check_spec(spec, lowers, upper)
     upper = Path(upper).absolute()
     scratch = Path(tempfile.mkdtemp(prefix=".sandbox-", dir=work or upper.parent)).absolute()
