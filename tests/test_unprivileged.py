@@ -17,6 +17,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -433,6 +434,27 @@ def test_real_world_dockerfile_builds_unprivileged(
     assert pull_and_run(runner.docker, destination, *command) == expected
 
 
+def write_monorepo(workspace: Path, base_image: str) -> Path:
+    """A Buildfile of a base target and two services built FROM its tag."""
+    files = {
+        "Buildfile.yaml": BUILDFILE,
+        "base/Dockerfile": f"FROM {base_image}\nRUN echo base > /base.txt\n",
+        "api/Dockerfile": SERVICE.format(name="api"),
+        "web/Dockerfile": SERVICE.format(name="web"),
+    }
+    for relative, text in files.items():
+        (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
+        (workspace / relative).write_text(text)
+    return workspace
+
+
+def git(directory: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(directory), *args], check=True, capture_output=True, text=True
+    )
+    return done.stdout
+
+
 def test_kubernetes_job_runs_a_multi_target_buildfile_unprivileged(
     runner: Runner, base_image: str, host_login: Path, tmp_path: Path
 ) -> None:
@@ -447,16 +469,7 @@ def test_kubernetes_job_runs_a_multi_target_buildfile_unprivileged(
     def here(text: str) -> str:
         return text.replace("registry.example.com/acme", f"{runner.registry.host}/acme")
 
-    workspace = tmp_path / "monorepo"
-    files = {
-        "Buildfile.yaml": BUILDFILE,
-        "base/Dockerfile": f"FROM {base_image}\nRUN echo base > /base.txt\n",
-        "api/Dockerfile": SERVICE.format(name="api"),
-        "web/Dockerfile": SERVICE.format(name="web"),
-    }
-    for relative, text in files.items():
-        (workspace / relative).parent.mkdir(parents=True, exist_ok=True)
-        (workspace / relative).write_text(text)
+    workspace = write_monorepo(tmp_path / "monorepo", base_image)
     paths = {"workspace": workspace, "cache": tmp_path / "pvc", "registry-auth": host_login}
     volumes = tuple(f"{paths[m['name']]}:{m['mountPath']}" for m in container["volumeMounts"])
     env = {item["name"]: here(item["value"]) for item in container["env"]}
@@ -469,6 +482,44 @@ def test_kubernetes_job_runs_a_multi_target_buildfile_unprivileged(
     for name in ("api", "web"):
         ran = pull_and_run(runner.docker, f"{runner.registry.host}/acme/{name}:1")
         assert ran == f"base\n{name}\n"
+
+
+def test_gitlab_merge_request_job_builds_what_changed_unprivileged(
+    runner: Runner, base_image: str, tmp_path: Path
+) -> None:
+    """The GitLab example's build-affected job as written there (the pipeline's variables, the
+    default before_script, the job's script) on a merge request that changes api: git and
+    `buildgraph affected` in the executor image name api alone, and only it (with the base it
+    is built on, which may come from the registry cache) is built, its new steps exported."""
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    checkout = write_monorepo(tmp_path / "checkout", base_image)
+    git(checkout, "init", "-q", "-b", "main")
+    git(checkout, "add", ".")
+    identity = ("-c", "user.name=ci", "-c", "user.email=ci@example.invalid")
+    git(checkout, *identity, "commit", "-q", "-m", "main")
+    git(checkout, "remote", "add", "origin", "/origin.git")  # the path inside the container
+    git(checkout, "push", "-q", str(origin), "main")
+    git(checkout, "checkout", "-q", "-b", "feature")
+    (checkout / "api/Dockerfile").write_text(SERVICE.format(name="api-v2"))
+    git(checkout, *identity, "commit", "-q", "-am", "api: v2")
+
+    variables = [f'export {name}="{value}"' for name, value in GITLAB["variables"].items()]
+    job = GITLAB["build-affected"]
+    script = "\n".join([*variables, *GITLAB["default"]["before_script"], *job["script"]])
+    env = {
+        "CI_REGISTRY_IMAGE": f"{runner.registry.host}/acme",
+        "CI_MERGE_REQUEST_TARGET_BRANCH_NAME": "main",
+    }
+    done = runner.job(checkout, script=script, env=env, volumes=(f"{origin}:/origin.git:ro",))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "affected: api\n" in done.stdout
+    summary = [line.split() for line in done.stdout.splitlines()]
+    built = {row[0]: int(row[1]) for row in summary if row and row[0] in ("base", "api", "web")}
+    assert set(built) == {"base", "api"}, done.stdout  # web is not built, base only for api
+    assert built["api"] >= 1  # at least the changed RUN
+    assert re.search(r"^remote cache: .*, [1-9][0-9]* steps exported$", done.stdout, re.M)
+    assert "isolation: chroot (" in done.stderr
 
 
 def test_a_build_that_deletes_etc_leaves_the_executors_etc(
@@ -516,6 +567,6 @@ def test_without_sys_chroot_the_executor_says_what_is_missing(
     )
     assert done.returncode == 2, done.stdout + done.stderr
     (line,) = [line for line in done.stderr.splitlines() if line.startswith("buildgraph: error")]
-    assert line.startswith("buildgraph: error: no isolation for RUN works here: namespaces: ")
+    assert line.startswith("buildgraph: error: Dockerfile:2: no isolation for RUN works here: ")
     assert line.endswith("(it needs CAP_SYS_CHROOT, in Docker's default set)")
     assert not (workspace / "image.tar").exists()
