@@ -101,7 +101,10 @@ def confine(policy: Confinement, uid: int, gid: int, groups: list[int]) -> None:
             _CapData(mask & 0xFFFFFFFF, mask & 0xFFFFFFFF, mask & 0xFFFFFFFF),
             _CapData(mask >> 32, mask >> 32, mask >> 32),
         )
-        _check(LIBC.capset(ctypes.byref(header), data), "capset")
+        _check(
+            LIBC.capset(ctypes.byref(header), data),
+            "capset (RUN gets Docker's default capabilities: the container must have them all)",
+        )
     os.setgroups(groups)
     os.setgid(gid)
     os.setuid(uid)

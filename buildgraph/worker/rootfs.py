@@ -20,6 +20,7 @@ from pathlib import Path
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepRecord
+from buildgraph.errors import StepFailed
 from buildgraph.fs import held_dir
 from buildgraph.image.unpack import unpack_layer
 
@@ -194,9 +195,15 @@ class RootPool:
             tree = holder / "tree"
             tree.mkdir(0o755)
             (holder / "aside").mkdir(0o700)
-            for layer in record.layers:
-                with self.store.open_blob(layer.descriptor.digest) as blob:
-                    unpack_layer(blob, layer.descriptor.media_type, tree, whiteouts="apply")
+            try:
+                for layer in record.layers:
+                    with self.store.open_blob(layer.descriptor.digest) as blob:
+                        unpack_layer(blob, layer.descriptor.media_type, tree, whiteouts="apply")
+            except PermissionError as err:  # a container without CHOWN, MKNOD, FOWNER...
+                raise StepFailed(
+                    f"cannot lay out a root for the chroot isolation: {err.strerror}: "
+                    f"{err.filename or 'a layer entry'} (it needs Docker's default capabilities)"
+                ) from err
             return Root(holder, scan(tree), chain, release)
         except BaseException:
             release.close()
