@@ -28,11 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 import yaml
 from debian import debootstrap_bookworm
 from dockerd import DOCKER, Dockerd, private_dockerd
 from registry_server import RegistryServer
+from tls_registry import htpasswd_registry, make_tls_ca
 
 from buildgraph.cli import main
 
@@ -146,14 +146,7 @@ CMD ["sh", "-c", "cat /base.txt /service.txt"]
 @pytest.fixture(scope="module")
 def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(CA bundle, certificate chain, key) for a server on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1")
-    ca_path, chain_path, key_path = root / "ca.pem", root / "chain.pem", root / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    chain_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key_path))
-    return ca_path, chain_path, key_path
+    return make_tls_ca(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
@@ -162,12 +155,7 @@ def registry(
 ) -> Iterator[RegistryServer]:
     """The CI registry: htpasswd (Basic) auth over TLS on 127.0.0.1."""
     root = tmp_path_factory.mktemp("ci-registry")
-    line = subprocess.run(
-        ["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True
-    ).stdout
-    (root / "htpasswd").write_text(line)
-    auth = {"htpasswd": {"realm": "buildgraph-ci", "path": str(root / "htpasswd")}}
-    with RegistryServer(root / "registry", auth=auth, tls=tls_ca[1:]) as server:
+    with htpasswd_registry(root, USER, PASSWORD, tls_ca, "buildgraph-ci") as server:
         yield server
 
 

@@ -6,13 +6,12 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import trustme
 from registry_server import RegistryServer
+from tls_registry import htpasswd_registry, make_tls_ca
 
 from buildgraph.cli import main
 
@@ -30,14 +29,7 @@ DOCKERFILE = "FROM busybox\nRUN echo built > /built.txt\n"
 @pytest.fixture(scope="module")
 def tls_ca(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
     """(CA bundle, certificate chain, key) for a server on 127.0.0.1."""
-    root = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    leaf = ca.issue_cert("127.0.0.1")
-    ca_path, chain_path, key_path = root / "ca.pem", root / "chain.pem", root / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
-    chain_path.write_bytes(b"".join(blob.bytes() for blob in leaf.cert_chain_pems))
-    leaf.private_key_pem.write_to_path(str(key_path))
-    return ca_path, chain_path, key_path
+    return make_tls_ca(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")
@@ -46,12 +38,7 @@ def auth_registry(
 ) -> Iterator[RegistryServer]:
     """htpasswd (Basic) auth over TLS."""
     root = tmp_path_factory.mktemp("auth-registry")
-    line = subprocess.run(
-        ["htpasswd", "-Bbn", USER, PASSWORD], check=True, capture_output=True, text=True
-    ).stdout
-    (root / "htpasswd").write_text(line)
-    auth = {"htpasswd": {"realm": "buildgraph-test", "path": str(root / "htpasswd")}}
-    with RegistryServer(root / "registry", auth=auth, tls=tls_ca[1:]) as server:
+    with htpasswd_registry(root, USER, PASSWORD, tls_ca, "buildgraph-test") as server:
         yield server
 
 
