@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 from collections.abc import Iterable, Sequence
@@ -62,13 +63,15 @@ class RegistryClient:
         backoff: float = 0.5,
         silence: float | None = None,
     ) -> None:
-        self._settings = {
-            "credentials": credentials,
-            "insecure": tuple(insecure),
-            "ca_bundle": ca_bundle,
-            "total_timeout": total_timeout,
-        }
-        insecure = self._settings["insecure"]
+        insecure = tuple(insecure)
+        # another client with these settings and other retries (best_effort)
+        self._sibling = functools.partial(
+            RegistryClient,
+            credentials=credentials,
+            insecure=insecure,
+            ca_bundle=ca_bundle,
+            total_timeout=total_timeout,
+        )
         self._transport = Transport(
             credentials=credentials,
             insecure=insecure,
@@ -88,11 +91,8 @@ class RegistryClient:
         not the minutes that pulling a base image may be worth. Connection errors and 5xx are
         retried BEST_EFFORT_RETRIES times; a server silent for BEST_EFFORT_SILENCE seconds is
         not asked again; either way the registry is then down for the rest of the run."""
-        return RegistryClient(
-            **self._settings,
-            retries=BEST_EFFORT_RETRIES,
-            backoff=BEST_EFFORT_BACKOFF,
-            silence=BEST_EFFORT_SILENCE,
+        return self._sibling(
+            retries=BEST_EFFORT_RETRIES, backoff=BEST_EFFORT_BACKOFF, silence=BEST_EFFORT_SILENCE
         )
 
     def __enter__(self) -> RegistryClient:

@@ -137,11 +137,13 @@ class Transport:
                 return attempt(deadline)
             except Retry as retry:
                 reason, delay, cause = retry.reason, retry.delay, retry
+                if self._silence is not None and _timed_out(retry):  # e.g. mid-download
+                    failures = self._retries
             except RETRYABLE_ERRORS as err:
                 if _find_cause(err, ssl.SSLCertVerificationError):  # retrying will not help
                     raise RegistryError(f"registry {registry}: {short_reason(err)}") from err
                 reason, delay, cause = short_reason(err), None, err
-                if self._silence is not None and isinstance(err, requests.Timeout):
+                if self._silence is not None and _timed_out(err):
                     failures = self._retries  # silent that long: as good as down
             except requests.exceptions.InvalidHeader:  # its text would quote the header
                 raise RegistryError(f"registry {registry}: invalid request header") from None
@@ -460,6 +462,13 @@ def short_reason(err: BaseException) -> str:
     if "RemoteDisconnected" in repr(err) or "Connection aborted" in str(err):
         return "connection closed by the server"
     return type(err).__name__
+
+
+def _timed_out(err: BaseException) -> bool:
+    """A server left us waiting (requests wraps a read timeout mid-body in ConnectionError)."""
+    return isinstance(err, requests.Timeout) or bool(
+        _find_cause(err, urllib3.exceptions.TimeoutError) or _find_cause(err, TimeoutError)
+    )
 
 
 def _find_cause(

@@ -6,6 +6,8 @@ timeouts here are hang guards, far above what the run takes."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import os
 import signal
@@ -35,8 +37,10 @@ class CountingProxy:
     """Forwards 127.0.0.1:port to the registry and counts the connections made to it: after
     the registry is killed, each one is an attempt that gets nowhere."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, *, stall_after: int | None = None) -> None:
         self.target_port = target_port
+        self.stall_after = stall_after  # bytes of a response passed on before it goes silent
+        self.closed = threading.Event()
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.connections = 0
@@ -54,19 +58,28 @@ class CountingProxy:
             except OSError:
                 client.close()  # the registry is gone: as good as a refused connection
                 continue
-            for pair in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=pair, daemon=True).start()
+            for source, dest, limit in (
+                (client, upstream, None),
+                (upstream, client, self.stall_after),
+            ):
+                threading.Thread(target=self._pipe, args=(source, dest, limit), daemon=True).start()
 
-    @staticmethod
-    def _pipe(source: socket.socket, dest: socket.socket) -> None:
+    def _pipe(self, source: socket.socket, dest: socket.socket, limit: int | None) -> None:
+        sent = 0
         with contextlib.suppress(OSError):
             while data := source.recv(65536):
+                if limit is not None and sent + len(data) > limit:
+                    dest.sendall(data[: limit - sent])
+                    self.closed.wait()  # silent from here on, the connection left open
+                    break
                 dest.sendall(data)
+                sent += len(data)
         for sock in (source, dest):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
     def close(self) -> None:
+        self.closed.set()
         self.listener.close()
 
 
@@ -181,3 +194,30 @@ def test_after_one_operation_runs_out_of_retries_the_registry_is_down(
         client.get_manifest(repository)
     with pytest.raises(RegistryDown):
         client.blob_exists(repository, "sha256:" + "0" * 64)
+
+
+@pytest.mark.timeout(40)
+def test_a_download_that_goes_silent_ends_the_registry_for_the_cache(
+    fresh_registry: RegistryServer,
+) -> None:
+    """A blob download that stops mid-body: the cache's client waits 5 s of silence, does not
+    retry, and does not ask that registry again (the old client: 60 s, three times over)."""
+    repository = parse_reference(f"{fresh_registry.host}/silent/test")
+    data = os.urandom(1 << 20)
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    with RegistryClient() as client:
+        client.upload_blob(repository, digest, len(data), io.BytesIO(data))
+    stalling = CountingProxy(fresh_registry.port, stall_after=200_000)
+    try:
+        through = parse_reference(f"127.0.0.1:{stalling.port}/silent/test")
+        cache_client = RegistryClient().best_effort()
+        with pytest.raises(RegistryError) as first:
+            cache_client.fetch_blob(through, digest, io.BytesIO())
+        assert not isinstance(first.value, RegistryDown)
+        asked = stalling.connections
+        assert asked <= 2  # the TLS probe of a loopback host, then one GET: no retry
+        with pytest.raises(RegistryDown):
+            cache_client.fetch_blob(through, digest, io.BytesIO())
+        assert stalling.connections == asked  # not asked again
+    finally:
+        stalling.close()
