@@ -48,6 +48,14 @@ for dep in $(sed -n 's/^ *"\\([a-z-]*\\)": "^.*/\\1/p' package.json); do
   mkdir -p "node_modules/$dep" && echo "$dep" > "node_modules/$dep/index.js"
 done
 """
+NODE_FILES = {  # an app with two dependencies; the image lists them, then prints server.js
+    "fake-npm": FAKE_NPM,
+    "package.json": '{\n  "dependencies": {\n    "express": "^4.0.0",\n'
+    '    "left-pad": "^1.0.0"\n  }\n}\n',
+    "package-lock.json": "{}\n",
+    "server.js": "console.log('listening')\n",
+}
+NODE_OUTPUT = "express left-pad console.log('listening')\n"
 NODE_DOCKERFILE = """FROM debian:bookworm
 COPY fake-npm /usr/local/bin/npm
 WORKDIR /usr/src/app
@@ -88,14 +96,8 @@ PROJECTS = {
     ),
     "node": (
         NODE_DOCKERFILE,
-        {
-            "fake-npm": FAKE_NPM,
-            "package.json": '{\n  "dependencies": {\n    "express": "^4.0.0",\n'
-            '    "left-pad": "^1.0.0"\n  }\n}\n',
-            "package-lock.json": "{}\n",
-            "server.js": "console.log('listening')\n",
-        },
-        "express left-pad console.log('listening')\n",
+        NODE_FILES,
+        NODE_OUTPUT,
     ),
     "python": (
         PYTHON_DOCKERFILE,

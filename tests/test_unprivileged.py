@@ -32,6 +32,7 @@ import yaml
 from debian import debootstrap_bookworm
 from dockerd import DOCKER, Dockerd, private_dockerd
 from registry_server import RegistryServer
+from test_real_world import NODE_FILES, NODE_OUTPUT
 from tls_registry import htpasswd_registry, make_tls_ca
 
 from buildgraph.cli import main
@@ -52,13 +53,6 @@ LOGIN = "\n".join(GITLAB["default"]["before_script"])
 CA_IN_CONTAINER = "/etc/ssl/certs/ci-registry-ca.pem"  # the runner's CA for the CI registry
 
 HELLO_C = '#include <stdio.h>\nint main(void) { puts("hello from a static binary"); return 0; }\n'
-FAKE_NPM = """#!/bin/sh
-# A stand-in for `npm install`: one dir per dependency named in package.json.
-set -e
-for dep in $(sed -n 's/^ *"\\([a-z-]*\\)": "^.*/\\1/p' package.json); do
-  mkdir -p "node_modules/$dep" && echo "$dep" > "node_modules/$dep/index.js"
-done
-"""
 # Each project: (files, the command `docker run` gives (none: the image's own), expected stdout).
 PROJECTS: dict[str, tuple[dict[str, str], tuple[str, ...], str]] = {
     "python-venv": (
@@ -84,14 +78,10 @@ PROJECTS: dict[str, tuple[dict[str, str], tuple[str, ...], str]] = {
             "RUN npm install\n"
             "COPY . .\n"
             'CMD ["sh", "-c", "ls node_modules | tr \'\\\\n\' \' \' && cat server.js"]\n',
-            "fake-npm": FAKE_NPM,
-            "package.json": '{\n  "dependencies": {\n    "express": "^4.0.0",\n'
-            '    "left-pad": "^1.0.0"\n  }\n}\n',
-            "package-lock.json": "{}\n",
-            "server.js": "console.log('listening')\n",
+            **NODE_FILES,
         },
         (),
-        "express left-pad console.log('listening')\n",
+        NODE_OUTPUT,
     ),
     "gcc-static": (
         {

@@ -13,7 +13,7 @@ from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import StepFailed
 from buildgraph.graph.steps import CopyStep, RunStep
 from buildgraph.worker.copy_plan import CopyJob
-from buildgraph.worker.execute import HISTORY_SUFFIX
+from buildgraph.worker.execute import HISTORY_SUFFIX, run_failed
 from buildgraph.worker.rootfs import Root, RootPool, changes, scan, write_upper
 
 if TYPE_CHECKING:
@@ -59,13 +59,7 @@ def run_step(
             except StepFailed as err:
                 raise StepFailed(f"{step.title}: {err}", err.where or step.where) from err
             if result.exit_code != 0:
-                tail = result.output_tail.strip().splitlines()[-5:]
-                detail = (": " + " | ".join(tail)) if tail else ""
-                raise StepFailed(
-                    f"{step.title}: command {' '.join(step.argv)!r} exited with code "
-                    f"{result.exit_code}{detail}",
-                    step.where,
-                )
+                raise run_failed(step, result.exit_code, result.output_tail)
             if not clean:
                 raise StepFailed(f"{step.title}: the root could not be put back", step.where)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX

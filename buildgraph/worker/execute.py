@@ -32,6 +32,16 @@ def _no_output(_title: str, _data: bytes) -> None:
     pass
 
 
+def run_failed(step: RunStep, code: int, output_tail: str) -> StepFailed:
+    """A RUN whose command exited non-zero: the line, the command, the code, its last lines."""
+    tail = output_tail.strip().splitlines()[-5:]
+    detail = (": " + " | ".join(tail)) if tail else ""
+    return StepFailed(
+        f"{step.title}: command {' '.join(step.argv)!r} exited with code {code}{detail}",
+        step.where,
+    )
+
+
 @contextlib.contextmanager
 def _located(step: CopyStep) -> Iterator[None]:
     """A COPY/ADD/WORKDIR error that the copier could not place names the instruction's line."""
@@ -172,13 +182,7 @@ class Worker:
                     raise
                 raise StepFailed(f"{step.title}: {err}", step.where) from err
             if result.exit_code != 0:
-                tail = result.output_tail.strip().splitlines()[-5:]
-                detail = (": " + " | ".join(tail)) if tail else ""
-                raise StepFailed(
-                    f"{step.title}: command {' '.join(step.argv)!r} exited with code "
-                    f"{result.exit_code}{detail}",
-                    step.where,
-                )
+                raise run_failed(step, result.exit_code, result.output_tail)
             relink_copied_up(upper, lowers)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
             return self.commit(upper, parent, created_by)
