@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import stat
+import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +38,7 @@ class Entry:
     link: str  # symlink target, else ""
 
 
+KEEP_BYTES = 2 << 30  # idle roots kept on disk, in file bytes (see RootPool)
 Manifest = dict[str, Entry]  # "etc/passwd" -> its entry; the root itself is not in it
 
 
@@ -136,6 +139,7 @@ class Root:
     manifest: Manifest
     chain: tuple[str, ...]  # the diff_ids the tree holds, bottom first
     _release: contextlib.ExitStack = field(repr=False)
+    _size: tuple[Manifest, int] | None = field(default=None, init=False, repr=False)
 
     @property
     def tree(self) -> Path:
@@ -145,29 +149,75 @@ class Root:
     def aside(self) -> Path:
         return self.holder / "aside"
 
+    @property
+    def size(self) -> int:
+        """Bytes of the regular files of `tree` (what keeping it idle costs on disk)."""
+        if self._size is None or self._size[0] is not self.manifest:
+            total = sum(entry.size for entry in self.manifest.values() if stat.S_ISREG(entry.mode))
+            self._size = (self.manifest, total)
+        return self._size[1]
+
     def discard(self) -> None:
         self._release.close()  # removes the dir, then drops the lock
+
+
+@dataclass(eq=False)
+class _Template:
+    """A pristine root of one chain that roots are copied from; `ready` is held while the
+    first user unpacks it."""
+
+    ready: threading.Lock
+    root: Root | None = None
+    users: int = 0  # clones under way: eviction waits for none
 
 
 class RootPool:
     """Idle roots by the layers they hold: a stage's next step takes the root its previous
     step left, so a tree is materialized once per stage rather than once per step. A root is
-    used by one step at a time; a second user of the same layers gets a root of its own."""
+    used by one step at a time; a second user of the same layers gets a root of its own.
 
-    def __init__(self, work_dir: Path, store: LocalStore, keep: int = 16) -> None:
+    Unpacking layers costs about 15x a plain copy of the tree they make (`cp -a`: one C
+    process instead of a tar read, gunzip and safe-path walk per entry in Python). So the
+    second time a chain of layers must be laid out (FROM base in every service: the fork of
+    a monorepo), it is unpacked once more into a template that no step ever changes, and this
+    and every later root of that chain is a copy of the template."""
+
+    def __init__(
+        self,
+        work_dir: Path,
+        store: LocalStore,
+        keep_bytes: int = KEEP_BYTES,
+        templates: int = 8,
+    ) -> None:
         self.work_dir = work_dir
         self.store = store
-        self.keep = keep  # idle roots kept, most recently used first (each is a whole tree on
-        # disk; a stage forked by many (FROM base in every service) needs one per branch)
+        self.keep_bytes = keep_bytes  # idle roots kept, most recently used first, while their
+        # files add up to no more (each is a whole tree on disk; a stage forked by many, FROM
+        # base in every service, needs one per branch, and a COPY --from reads a stage's last)
+        self.keep_templates = templates  # forked chains whose pristine tree stays on disk
         self._idle: list[Root] = []
+        self._templates: dict[tuple[str, ...], _Template] = {}  # least recently used first
+        self._laid_out: set[tuple[str, ...]] = set()  # chains materialized at least once
         self._lock = threading.Lock()
+        self._copy = shutil.which("cp")  # GNU cp (coreutils): absent, every root is unpacked
 
     def take(self, record: StepRecord) -> Root:
+        """A root of `record` for one step to change."""
         chain = tuple(layer.diff_id for layer in record.layers)
         with self._lock:
-            for index, root in enumerate(self._idle):
-                if root.chain == chain:
-                    return self._idle.pop(index)
+            idle = self._take_idle(chain)
+            if idle is not None:
+                return idle
+            forked = chain in self._laid_out
+            self._laid_out.add(chain)
+        if forked and self._copy is not None:
+            template = self._template(record, chain)
+            try:
+                return self._clone(template)
+            finally:
+                with self._lock:
+                    template.users -= 1
+                self._evict()
         return self._materialize(record, chain)
 
     def give(self, root: Root, record: StepRecord, manifest: Manifest | None = None) -> None:
@@ -176,17 +226,89 @@ class RootPool:
         if manifest is not None:
             root.manifest = manifest
         with self._lock:
+            self._laid_out.add(root.chain)
             self._idle.insert(0, root)
-            surplus = self._idle[self.keep :]
-            del self._idle[self.keep :]
+            surplus = []
+            kept = 0
+            for index, idle in enumerate(self._idle):
+                kept += idle.size
+                if index > 0 and kept > self.keep_bytes:
+                    surplus = self._idle[index:]
+                    del self._idle[index:]
+                    break
         for extra in surplus:
             extra.discard()
+
+    def _take_idle(self, chain: tuple[str, ...]) -> Root | None:
+        for index, root in enumerate(self._idle):  # caller holds the lock
+            if root.chain == chain:
+                return self._idle.pop(index)
+        return None
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
+            templates, self._templates = list(self._templates.values()), {}
         for root in idle:
             root.discard()
+        for template in templates:
+            with template.ready:
+                if template.root is not None:
+                    template.root.discard()
+
+    def _template(self, record: StepRecord, chain: tuple[str, ...]) -> _Template:
+        """The template of `chain`, unpacked by the first thread that needs it (the others
+        wait for it), with one more user counted, so eviction leaves it alone meanwhile."""
+        with self._lock:
+            template = self._templates.pop(chain, None) or _Template(threading.Lock())
+            self._templates[chain] = template  # now the most recently used
+            template.users += 1
+        with template.ready:
+            if template.root is None:
+                try:
+                    template.root = self._materialize(record, chain)
+                except BaseException:
+                    with self._lock:
+                        template.users -= 1
+                        if self._templates.get(chain) is template:
+                            del self._templates[chain]
+                    raise
+        return template
+
+    def _evict(self) -> None:
+        with self._lock:
+            surplus = len(self._templates) - self.keep_templates
+            unused = [chain for chain, t in self._templates.items() if t.users == 0]
+            evicted = [self._templates.pop(chain) for chain in unused[: max(surplus, 0)]]
+        for template in evicted:
+            if template.root is not None:
+                template.root.discard()
+
+    def _clone(self, template: _Template) -> Root:
+        assert template.root is not None and self._copy is not None
+        release = contextlib.ExitStack()
+        try:
+            holder = release.enter_context(held_dir(self.work_dir, "root-"))
+            (holder / "aside").mkdir(0o700)
+            # -a keeps owners, modes, times, links (hard ones too), device nodes and xattrs;
+            # -T makes `tree` the copy itself rather than a dir in it.
+            copied = subprocess.run(
+                [self._copy, "-a", "-T", "--", str(template.root.tree), str(holder / "tree")],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                check=False,
+            )
+            if copied.returncode != 0:
+                message = copied.stderr.decode(errors="replace").strip().splitlines()
+                raise StepFailed(
+                    "cannot lay out a root for the chroot isolation: "
+                    + (message[-1] if message else f"cp exited with {copied.returncode}")
+                )
+            return Root(holder, scan(holder / "tree"), template.root.chain, release)
+        except BaseException:
+            release.close()
+            raise
 
     def _materialize(self, record: StepRecord, chain: tuple[str, ...]) -> Root:
         release = contextlib.ExitStack()
@@ -211,8 +333,26 @@ class RootPool:
 
     @contextlib.contextmanager
     def borrowed(self, record: StepRecord) -> Iterator[Root]:
-        """A root of `record` to read (a COPY --from source), put back unchanged after."""
-        root = self.take(record)
+        """A root of `record` to read (a COPY --from source), never changed: an idle root,
+        put back after; else the chain's template, which readers share; else a new root."""
+        chain = tuple(layer.diff_id for layer in record.layers)
+        with self._lock:
+            root = self._take_idle(chain)
+            template = self._templates.get(chain) if root is None else None
+            if template is not None:
+                template.users += 1
+        if template is not None:
+            try:
+                with template.ready:  # unpacked by then (or its unpacking failed)
+                    shared = template.root
+                if shared is not None:
+                    yield shared
+                    return
+            finally:
+                with self._lock:
+                    template.users -= 1
+        if root is None:
+            root = self._materialize(record, chain)
         try:
             yield root
         except BaseException:

@@ -98,3 +98,100 @@ def test_deleted_children_of_a_replaced_dir_need_no_whiteouts(tree: Path) -> Non
     (tree / "old").rmdir()
     (tree / "old").write_text("now a file")
     assert changes(before, scan(tree)) == (["old"], [])
+
+
+# --- the pool: roots of a chain copied from a template (RootPool) ------------------------
+
+
+def _store_record(tmp_path: Path, tree: Path):
+    """A LocalStore holding `tree` as one layer, and the StepRecord of an image of it."""
+    from buildgraph.cache.local import LocalStore
+    from buildgraph.cache.steps import LayerRef, StepRecord
+    from buildgraph.image.oci import Descriptor
+
+    store = LocalStore(tmp_path / "store").ensure()
+    with store.ingest() as writer:
+        blob = write_layer(tree, writer, compression="gzip", whiteouts="none")
+    descriptor = Descriptor(blob.media_type, blob.digest, blob.size)
+    return store, StepRecord((LayerRef(descriptor, blob.diff_id),), ())
+
+
+def _shape(manifest) -> dict:
+    """A manifest without inode numbers: what two copies of one tree share."""
+    return {
+        path: (e.mode, e.uid, e.gid, e.size, e.mtime_ns, e.link) for path, e in manifest.items()
+    }
+
+
+def test_a_forked_chain_is_copied_from_a_template_no_step_changes(
+    tree: Path, tmp_path: Path
+) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    os.utime(tree / "bin", ns=(1_000_000_000, 1_000_000_000))
+    store, record = _store_record(tmp_path, tree)
+    pool = RootPool(tmp_path / "work", store)
+    try:
+        first = pool.take(record)  # laid out once: unpacked, no template yet
+        second = pool.take(record)  # the fork: the template is made, and copied
+        assert len(pool._templates) == 1
+        third = pool.take(record)  # copied from the template, not unpacked again
+        assert len(pool._templates) == 1
+        for root in (second, third):
+            assert _shape(root.manifest) == _shape(first.manifest)
+            assert root.manifest == scan(root.tree)
+            stat_tool = os.stat(root.tree / "bin" / "tool")
+            assert stat_tool.st_nlink == 2  # the hard link inside the tree is kept
+            assert stat_tool.st_ino == os.stat(root.tree / "bin" / "tool-alias").st_ino
+        # A step writes in place into its root: the template and the other copies keep theirs.
+        with open(second.tree / "etc" / "passwd", "r+") as handle:
+            handle.write("changed")
+        os.chmod(second.tree / "keep", 0o600)
+        fourth = pool.take(record)
+        assert (fourth.tree / "etc" / "passwd").read_text().startswith("root:x:0:0")
+        assert _shape(fourth.manifest) == _shape(first.manifest)
+        assert (third.tree / "etc" / "passwd").read_text().startswith("root:x:0:0")
+        for root in (first, second, third, fourth):
+            root.discard()
+    finally:
+        pool.close()
+    assert list((tmp_path / "work").iterdir()) == []  # templates are removed with the pool
+
+
+def test_a_reader_shares_the_template_and_never_changes_it(tree: Path, tmp_path: Path) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    pool = RootPool(tmp_path / "work", store)
+    try:
+        taken = [pool.take(record), pool.take(record)]  # the second made the template
+        with pool.borrowed(record) as one, pool.borrowed(record) as other:
+            assert one is other  # both read the template: no copy for a COPY --from source
+            assert (one.tree / "keep").read_text() == "same"
+        assert pool._idle == []  # a template is not an idle root a step could take and change
+        for root in taken:
+            root.discard()
+    finally:
+        pool.close()
+
+
+def test_idle_roots_are_kept_up_to_a_byte_budget(tree: Path, tmp_path: Path) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    size = sum(len(p.read_bytes()) for p in tree.rglob("*") if p.is_file() and not p.is_symlink())
+    pool = RootPool(tmp_path / "work", store, keep_bytes=2 * size, templates=0)
+    try:
+        roots = [pool.take(record) for _ in range(4)]
+        assert roots[0].size == size  # every name of a file counts (a bound, not du)
+        for root in roots:
+            pool.give(root, record)
+        kept = pool._idle
+        assert kept == roots[::-1][: len(kept)]  # most recently given first
+        assert sum(root.size for root in kept) <= 2 * size + roots[0].size
+        assert 1 <= len(kept) < 4
+        for root in roots:
+            if root not in kept:
+                assert not root.holder.exists()  # evicted: removed from disk
+    finally:
+        pool.close()
