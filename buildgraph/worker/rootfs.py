@@ -249,12 +249,24 @@ class RootPool:
         with self._lock:
             idle, self._idle = self._idle, []
             templates, self._templates = list(self._templates.values()), {}
-        for root in idle:
-            root.discard()
         for template in templates:
             with template.ready:
                 if template.root is not None:
-                    template.root.discard()
+                    idle.append(template.root)
+        remover = shutil.which("rm")
+        if remover is not None and idle:
+            # One C process unlinks every tree ~4x faster than rmtree in this process, and
+            # this is on the wall time of every build (after its last step). Each dir is
+            # still held meanwhile, so no other process reclaims it under our feet.
+            subprocess.run(
+                [remover, "-rf", "--", *(str(root.tree) for root in idle)],
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                check=False,
+            )
+        for root in idle:
+            root.discard()  # what rm left (its holder dir, or everything if rm failed)
 
     def _template(self, record: StepRecord, chain: tuple[str, ...]) -> _Template:
         """The template of `chain`, unpacked by the first thread that needs it (the others
