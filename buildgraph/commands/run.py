@@ -11,6 +11,7 @@ from pathlib import Path
 
 import networkx as nx
 
+from buildgraph.cache.assemble import assemble_image
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.prune import using
@@ -24,9 +25,8 @@ from buildgraph.graph.context import StatCache
 from buildgraph.graph.explain import summarize
 from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
 from buildgraph.graph.query import chain
-from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import CopyStep, RunStep, check_entitlements
-from buildgraph.image.assemble import assemble_image
+from buildgraph.graph.urls import url_fetcher
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
 from buildgraph.registry.reference import Reference, parse_reference
 from buildgraph.solver.events import EventSink, LogEvent
@@ -399,7 +399,7 @@ def export_target(
     for output in spec.outputs:
         export_output(store, image, tuple(tags), output, client, spec.dockerfile)
     if spec.push or push_all:
-        from buildgraph.registry.transfer import push  # needs requests: only when pushing
+        from buildgraph.cache.transfer import push  # needs requests: only when pushing
 
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
@@ -438,7 +438,7 @@ def _push_mounted(
     them from the cache repository, as the cache holds them (built layers: uncompressed), and
     nothing is downloaded; a layer it will not mount is downloaded and uploaded. A local tag
     must name blobs the store has, so the image is tagged locally only if all ended up here."""
-    from buildgraph.registry.transfer import push  # needs requests: only when pushing
+    from buildgraph.cache.transfer import push  # needs requests: only when pushing
 
     layers = {layer.descriptor.digest: layer for layer in record.layers}
 

@@ -263,3 +263,19 @@ def _mount_int(value: str | None, base: int, where: Location) -> int | None:
         return int(value, base)
     except ValueError:
         raise InputError(f"invalid number {value!r} in --mount", where) from None
+
+
+def parse_chmod(text: str) -> int | None:
+    """The --chmod mode, or None to keep modes. BuildKit's check and message."""
+    if not text:
+        return None
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise InputError(
+            f"invalid chmod parameter: '{shorten(text)}'. "
+            "it should be octal string and between 0 and 07777"
+        )
+    return mode

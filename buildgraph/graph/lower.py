@@ -14,6 +14,7 @@ from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend import instructions as ins
 from buildgraph.frontend.dockerfile import Dockerfile, Stage, parse_dockerfile
 from buildgraph.frontend.expand import ExpansionBudget
+from buildgraph.frontend.flags import parse_chmod
 from buildgraph.frontend.ignore import IgnoreMatcher
 from buildgraph.frontend.scope import (
     GlobalScope,
@@ -24,7 +25,6 @@ from buildgraph.frontend.scope import (
 )
 from buildgraph.graph.context import StatCache, context_digest, select_sources
 from buildgraph.graph.keys import step_key
-from buildgraph.graph.remote import UrlFetcher
 from buildgraph.graph.steps import (
     ConfigStep,
     CopySource,
@@ -34,10 +34,10 @@ from buildgraph.graph.steps import (
     SourceStep,
     Step,
 )
+from buildgraph.graph.urls import UrlFetcher
 from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from buildgraph.image.oci import Platform, parse_platform
 from buildgraph.registry.reference import parse_reference
-from buildgraph.worker.copy_plan import parse_chmod
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
