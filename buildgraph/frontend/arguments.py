@@ -62,50 +62,54 @@ def parse_words(rest: str, escape: str) -> list[str]:
     pos, size = 0, len(rest)
     while pos < size:
         if quote:
-            if run := quoted[quote].match(rest, pos):
-                word.append(run[0])
-                pos = run.end()
-                continue
-        elif in_word and (run := plain.match(rest, pos)):
+            pos, quote = _quoted_piece(rest, pos, quote, escape, quoted[quote], word)
+            continue
+        if in_word and (run := plain.match(rest, pos)):
             word.append(run[0])
             pos = run.end()
             continue
         ch = rest[pos]
-        if not in_word and not quote:
-            if ch.isspace():
-                pos += 1
-                continue
-            in_word = True
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == escape and quote != "'":
-                if pos + 1 == size:
-                    pos += 1
-                    continue
-                word.append(ch)
-                pos += 1
-                ch = rest[pos]
-            word.append(ch)
-        elif ch.isspace():
-            if blank_ok or word:
+        if ch.isspace():
+            if in_word and (blank_ok or word):
                 words.append("".join(word))
             word, blank_ok, in_word = [], False, False
-        else:
-            if ch in "'\"":
-                quote, blank_ok = ch, True
-            if ch == escape:
-                if pos + 1 == size:
-                    pos += 1
-                    continue
-                word.append(ch)
-                pos += 1
-                ch = rest[pos]
-            word.append(ch)
+            pos += 1
+            continue
+        in_word = True
+        if ch == escape:
+            pos = _escaped(rest, pos, word)
+            continue
+        if ch in "'\"":
+            quote, blank_ok = ch, True
+        word.append(ch)
         pos += 1
     if in_word and (blank_ok or word):
         words.append("".join(word))
     return words
+
+
+def _quoted_piece(
+    rest: str, pos: int, quote: str, escape: str, run: re.Pattern[str], word: list[str]
+) -> tuple[int, str]:
+    """One step inside quotes: a run of plain characters, an escape (not in '...'), or the
+    closing quote. Returns the next position and the quote still open ("" once closed)."""
+    if found := run.match(rest, pos):
+        word.append(found[0])
+        return found.end(), quote
+    ch = rest[pos]
+    if ch == escape and quote != "'":
+        return _escaped(rest, pos, word), quote
+    word.append(ch)
+    return pos + 1, "" if ch == quote else quote
+
+
+def _escaped(rest: str, pos: int, word: list[str]) -> int:
+    """At an escape character: keep it with the character it escapes (expansion reads both
+    later); a trailing escape is dropped. Returns the position after them."""
+    if pos + 1 == len(rest):
+        return pos + 1
+    word.append(rest[pos : pos + 2])
+    return pos + 2
 
 
 def parse_heredoc_word(word: str) -> ins.Heredoc | None:
