@@ -18,8 +18,7 @@ MAX_LINES = 420
 SIZED = ("graph", "frontend", "image", "registry", "cache", "worker", "fs.py", "errors.py")
 SIZE_EXCEPTIONS = {
     "worker/chroot.py",  # lead's perf work: being tuned concurrently; split it once that lands
-    "graph/lower.py",  # issue 13: being split on this branch
-    "worker/nsinit.py",
+    "worker/nsinit.py",  # issue 13: still to split (this branch)
     "registry/transport.py",
     "image/layer.py",
     "worker/copy_tree.py",
