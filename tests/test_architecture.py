@@ -18,11 +18,7 @@ MAX_LINES = 420
 SIZED = ("graph", "frontend", "image", "registry", "cache", "worker", "fs.py", "errors.py")
 SIZE_EXCEPTIONS = {
     "worker/chroot.py",  # lead's perf work: being tuned concurrently; split it once that lands
-    "worker/nsinit.py",  # issue 13: still to split (this branch)
-    "registry/transport.py",
-    "image/layer.py",
-    "worker/copy_tree.py",
-    "frontend/arguments.py",
+    "worker/copy_tree.py",  # issue 13: split next (this branch)
 }
 
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from buildgraph.errors import InputError, Location
 from buildgraph.frontend import instructions as ins
-from buildgraph.frontend.arguments import build_instruction, can_have_heredocs, heredoc_openers
+from buildgraph.frontend.arguments import build_instruction
+from buildgraph.frontend.words import can_have_heredocs, heredoc_openers
 
 _DIRECTIVE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _KNOWN_DIRECTIVES = ("syntax", "escape", "check")
