@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import xxhash
 
 from buildgraph.fs import atomic_write
-from buildgraph.graph.explain import Summary
+
+# graph.explain.Summary: what a step read, by name. Only stored here as JSON, so the store
+# needs the shape, not the graph layer above it.
+Summary = dict[str, Any]
 
 
 class BuildRecords:

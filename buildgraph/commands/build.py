@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildgraph.cache.assemble import assemble_image
+from buildgraph.cache.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex
@@ -16,10 +18,8 @@ from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, StagePlan, lower_dockerfile
-from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import check_entitlements, inputs_of
-from buildgraph.image.assemble import assemble_image
-from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
+from buildgraph.graph.urls import url_fetcher
 from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
@@ -99,7 +99,7 @@ def base_resolver(
                 None if always_pull else (store.resolve(ref.familiar) or store.resolve(str(ref)))
             )
             if image is None:
-                from buildgraph.registry.transfer import pull  # needs requests: only here
+                from buildgraph.cache.transfer import pull  # needs requests: only here
 
                 image = pull(client(), store.ensure(), ref, platform=platform)
             config = store.read_config(store.read_manifest(image.descriptor))
@@ -164,7 +164,7 @@ def _build(
         export_output(store, image, tags, spec, client, dockerfile_path)
     pushed = {}
     if request.push:
-        from buildgraph.registry.transfer import push
+        from buildgraph.cache.transfer import push
 
         for tag in tags:
             stored = store.resolve(tag)
@@ -308,7 +308,7 @@ def export_output(
     elif spec.type == "local":
         export_local(store, stored, Path(spec.dest))
     elif spec.type in ("registry", "image"):
-        from buildgraph.registry.transfer import push
+        from buildgraph.cache.transfer import push
 
         if not name:
             raise InputError(

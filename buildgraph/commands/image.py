@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from buildgraph.cache.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import InputError, NotFound
 from buildgraph.image.config import HistoryEntry, ImageConfig
-from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.layer import layer_from_tar, write_layer
 from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.reference import Reference, parse_reference
@@ -109,7 +109,7 @@ def pull_image(
     platform: Platform,
     progress: Callable[[str], None],
 ) -> StoredImage:
-    from buildgraph.registry.transfer import pull
+    from buildgraph.cache.transfer import pull
 
     ref = parse_reference(text)
     image = pull(client, store.ensure(), ref, platform=platform, progress=progress)
@@ -128,6 +128,6 @@ def push_image(
 ) -> tuple[Reference, str]:
     image = find_image(store, source)
     ref = parse_reference(destination or image.full_name)
-    from buildgraph.registry.transfer import push
+    from buildgraph.cache.transfer import push
 
     return ref, push(client, store, image, ref, progress=progress, manifest_format=manifest_format)

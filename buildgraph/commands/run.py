@@ -5,29 +5,29 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import networkx as nx
 
+from buildgraph.cache.assemble import assemble_image
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
-from buildgraph.errors import BuildgraphError, CacheError, InputError, StepFailed
-from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
-from buildgraph.frontend.dockerfile import parse_dockerfile
-from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
+from buildgraph.errors import BuildgraphError, CacheError, StepFailed
+from buildgraph.frontend.buildfile import Project, TargetSpec
+from buildgraph.graph.compile import Compiled, gather_and_compile
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.explain import summarize
-from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
+from buildgraph.graph.facts import LiveFacts
+from buildgraph.graph.plans import BuildPlan
 from buildgraph.graph.query import chain
-from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import CopyStep, RunStep, check_entitlements
-from buildgraph.image.assemble import assemble_image
-from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
+from buildgraph.graph.urls import url_fetcher
+from buildgraph.image.oci import Descriptor
 from buildgraph.registry.reference import Reference, parse_reference
 from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.remote import RemoteSession, remote_session
@@ -73,61 +73,6 @@ class RunResult:
     exported: int = 0  # steps exported to the remote cache
 
 
-@dataclass
-class Compiled:
-    plans: dict[str, BuildPlan]  # target name -> its plan
-    ignores: dict[str, IgnoreMatcher] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    stat_cache: StatCache = field(default_factory=StatCache)  # one hash per file per run
-
-
-class _TargetContexts(Mapping[str, NamedContext]):
-    """A target's named contexts; tags of other targets resolve to those targets, lowered on
-    first use, so `FROM <another target's tag>` never pulls a stale registry copy."""
-
-    def __init__(self, compile_target, spec: TargetSpec, tag_owners: Mapping[str, str]) -> None:
-        self._compile_target = compile_target
-        self._spec = spec.name
-        self._tag_owners = tag_owners  # every spelling of every target's tags -> that target
-        self._explicit: dict[str, NamedContext | str] = {}
-        for name, ref in spec.contexts:
-            if ref.kind == "target":
-                self._explicit[name] = ref.value
-            elif ref.kind == "image":
-                self._explicit[name] = NamedContext(image=ref.value)
-            else:
-                self._explicit[name] = NamedContext(directory=ref.value)
-
-    def _lookup(self, name: str) -> NamedContext | str | None:
-        if name in self._explicit:
-            return self._explicit[name]
-        owner = self._tag_owners.get(name)
-        return owner if owner is not None and owner != self._spec else None
-
-    def __getitem__(self, name: str) -> NamedContext:
-        value = self._lookup(name)
-        if value is None:
-            raise KeyError(name)
-        if isinstance(value, str):  # a target: lower it now (cycles are caught there)
-            return NamedContext(stage=self._compile_target(value).target)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        keys = set(self._explicit) | {k for k, v in self._tag_owners.items() if v != self._spec}
-        return iter(sorted(keys))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def _forms(tag: str) -> set[str]:
-    try:
-        ref = parse_reference(tag)
-    except InputError:
-        return {tag}
-    return {tag, str(ref), ref.familiar}
-
-
 def compile_project(
     project: Project,
     names: Sequence[str],
@@ -136,60 +81,13 @@ def compile_project(
     client: ClientFactory,
     always_pull: bool = False,
 ) -> Compiled:
-    """Lower every requested target (and what it needs) into plans sharing one key space."""
-    compiled = Compiled({}, stat_cache=StatCache.load(store.root / STAT_CACHE))
-    stat_cache = compiled.stat_cache  # a context shared by several targets is hashed once
-    fetch = url_fetcher(store.root / "downloads")
-    resolvers: dict[Platform, object] = {}
-    in_progress: list[str] = []
-    tag_owners = {
-        form: name for name, spec in project.targets for tag in spec.tags for form in _forms(tag)
-    }
-
-    def compile_target(name: str) -> BuildPlan:
-        if name in compiled.plans:
-            return compiled.plans[name]
-        spec = project.target(name)
-        if name in in_progress:
-            cycle = " -> ".join([*in_progress[in_progress.index(name) :], name])
-            raise InputError(f"targets depend on each other in a cycle: {cycle}", spec.where)
-        in_progress.append(name)
-        try:
-            for dependency in spec.depends_on:
-                compile_target(dependency)
-            platform = parse_platform(spec.platform) if spec.platform else default_platform()
-            if platform not in resolvers:
-                resolvers[platform] = base_resolver(
-                    store, client, platform, always_pull=always_pull
-                )
-            ignore = compiled.ignores.setdefault(
-                str(spec.context), load_dockerignore(spec.context, spec.dockerfile)
-            )
-            if not spec.dockerfile.is_file():
-                raise InputError(
-                    f"target {name}: Dockerfile {spec.dockerfile} not found", spec.where
-                )
-            plan = lower_dockerfile(
-                parse_dockerfile(spec.dockerfile),
-                target=spec.target,
-                build_args=dict(spec.args),
-                context=spec.context,
-                ignore=ignore,
-                resolve_base=resolvers[platform],  # type: ignore[arg-type]
-                stat_cache=stat_cache,
-                platform=platform,
-                fetch_url=fetch,
-                named=_TargetContexts(compile_target, spec, tag_owners),
-            )
-        finally:
-            in_progress.remove(name)
-        compiled.plans[name] = plan
-        compiled.warnings.extend(f"{name}: {warning}" for warning in plan.warnings)
-        return plan
-
-    for name in select_targets(project, names):
-        compile_target(name)
-    return compiled
+    """Gather the facts (Dockerfiles, base images, ADD URLs, context files) and compile."""
+    live = LiveFacts(
+        resolver_for=functools.partial(base_resolver, store, client, always_pull=always_pull),
+        fetch_url=url_fetcher(store.root / "downloads"),
+        stat_cache=StatCache.load(store.root / STAT_CACHE),  # each file hashed once per run
+    )
+    return gather_and_compile(project, names, live)[1]
 
 
 def _run_project(
@@ -399,7 +297,7 @@ def export_target(
     for output in spec.outputs:
         export_output(store, image, tuple(tags), output, client, spec.dockerfile)
     if spec.push or push_all:
-        from buildgraph.registry.transfer import push  # needs requests: only when pushing
+        from buildgraph.cache.transfer import push  # needs requests: only when pushing
 
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
@@ -438,7 +336,7 @@ def _push_mounted(
     them from the cache repository, as the cache holds them (built layers: uncompressed), and
     nothing is downloaded; a layer it will not mount is downloaded and uploaded. A local tag
     must name blobs the store has, so the image is tagged locally only if all ended up here."""
-    from buildgraph.registry.transfer import push  # needs requests: only when pushing
+    from buildgraph.cache.transfer import push  # needs requests: only when pushing
 
     layers = {layer.descriptor.digest: layer for layer in record.layers}
 

@@ -2,150 +2,27 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from buildgraph.errors import InputError, Location, shorten
 from buildgraph.frontend import instructions as ins
-from buildgraph.frontend.expand import expand_words, split_raw_words
 from buildgraph.frontend.flags import (
     FlagValues,
     parse_duration,
     parse_flags,
     parse_mount,
-    split_flags,
+)
+from buildgraph.frontend.words import (
+    WHITESPACE,
+    parse_heredoc_word,
+    parse_json_array,
+    parse_words,
+    split_command,
 )
 
-_WHITESPACE = re.compile(r"[\t\v\f\r ]+")
-_HEREDOC = re.compile(r"^(\d{0,9})<<(-?)([^<]*)$")
 _STAGE_NAME = re.compile(r"^[a-z][a-z0-9-_.]*$")
-_NOT_STRINGS = "when using JSON array syntax, arrays must be comprised of strings only"
-
-
-def split_command(line: str) -> tuple[str, list[str], str]:
-    """(KEYWORD, flags, arguments) of one logical line (buildkit splitCommand)."""
-    parts = _WHITESPACE.split(line.strip(), maxsplit=1)
-    keyword = parts[0].upper()
-    if len(parts) < 2:
-        return keyword, [], ""
-    flags, rest = split_flags(parts[1])
-    return keyword, flags, rest.strip()
-
-
-def parse_json_array(rest: str, where: Location) -> list[str] | None:
-    """The strings of a JSON array, or None when `rest` is not one (then it is shell form)."""
-    rest = rest.lstrip()
-    if not rest.startswith("["):
-        return None
-    try:  # like Go's json.Decoder, anything after the array is ignored
-        value, _ = json.JSONDecoder().raw_decode(rest)
-    except ValueError:
-        return None
-    if not all(isinstance(item, str) for item in value):
-        raise InputError(_NOT_STRINGS, where)
-    return value
-
-
-def parse_words(rest: str, escape: str) -> list[str]:
-    """Whitespace-split words, quotes and escapes kept for expansion later (parseWords).
-
-    Linear in the line: runs of ordinary characters are taken in one step, and a word is a list
-    of pieces joined once (a 1 MiB ENV value is one step, not a million string copies)."""
-    specials = re.escape("'\"" + escape)
-    plain = re.compile(f"[^\\s{specials}]+")
-    quoted = {q: re.compile(f"[^{re.escape(q + escape)}]+") for q in "'\""}
-    words: list[str] = []
-    word: list[str] = []
-    quote, blank_ok, in_word = "", False, False
-    pos, size = 0, len(rest)
-    while pos < size:
-        if quote:
-            if run := quoted[quote].match(rest, pos):
-                word.append(run[0])
-                pos = run.end()
-                continue
-        elif in_word and (run := plain.match(rest, pos)):
-            word.append(run[0])
-            pos = run.end()
-            continue
-        ch = rest[pos]
-        if not in_word and not quote:
-            if ch.isspace():
-                pos += 1
-                continue
-            in_word = True
-        if quote:
-            if ch == quote:
-                quote = ""
-            elif ch == escape and quote != "'":
-                if pos + 1 == size:
-                    pos += 1
-                    continue
-                word.append(ch)
-                pos += 1
-                ch = rest[pos]
-            word.append(ch)
-        elif ch.isspace():
-            if blank_ok or word:
-                words.append("".join(word))
-            word, blank_ok, in_word = [], False, False
-        else:
-            if ch in "'\"":
-                quote, blank_ok = ch, True
-            if ch == escape:
-                if pos + 1 == size:
-                    pos += 1
-                    continue
-                word.append(ch)
-                pos += 1
-                ch = rest[pos]
-            word.append(ch)
-        pos += 1
-    if in_word and (blank_ok or word):
-        words.append("".join(word))
-    return words
-
-
-def parse_heredoc_word(word: str) -> ins.Heredoc | None:
-    """A heredoc opener such as `<<EOF`, `<<-"EOF"` or `3<<EOF` (content filled in later)."""
-    match = _HEREDOC.match(word)
-    if not match or not match[3]:
-        return None
-    try:
-        words = expand_words(match[3], {})
-    except InputError:
-        return None
-    if len(words) != 1:
-        return None
-    # A quoted delimiter turns expansion off; compare quote counts with and without quotes.
-    raw = split_raw_words(match[3])
-    quotes = sum(raw[0].count(q) for q in "'\"") if raw else 0
-    expand = quotes == sum(words[0].count(q) for q in "'\"")
-    return ins.Heredoc(
-        name=words[0],
-        content="",
-        expand=expand,
-        chomp=match[2] == "-",
-        fd=int(match[1]) if match[1] else None,
-    )
-
-
-def heredoc_openers(line: str) -> list[ins.Heredoc]:
-    if "<<" not in line:  # the common case: no word to split
-        return []
-    return [doc for word in split_raw_words(line) if (doc := parse_heredoc_word(word))]
-
-
-def can_have_heredocs(line: str, where: Location) -> bool:
-    """RUN, COPY and ADD (also behind ONBUILD) in shell form may carry heredocs."""
-    keyword, _, rest = split_command(line)
-    if keyword == "ONBUILD":
-        keyword, _, rest = split_command(rest)
-    if keyword not in ("RUN", "COPY", "ADD"):
-        return False
-    return parse_json_array(rest, where) is None
 
 
 def build_instruction(
@@ -187,7 +64,7 @@ class _Request:
 def _from(req: _Request) -> ins.From:
     req.need()
     flags = req.parsed_flags()
-    args = _WHITESPACE.split(req.rest)
+    args = WHITESPACE.split(req.rest)
     name = None
     if len(args) == 3 and args[1].lower() == "as":
         name = args[2].lower()
@@ -231,7 +108,7 @@ def _run(req: _Request) -> ins.Run:
 def _sources(req: _Request) -> tuple[tuple[str, ...], str, tuple[ins.Heredoc, ...]]:
     args = parse_json_array(req.rest, req.where)
     if args is None:
-        args = _WHITESPACE.split(req.rest) if req.rest else []
+        args = WHITESPACE.split(req.rest) if req.rest else []
     if len(args) < 2:
         raise req.fail(f"{req.keyword} requires at least two arguments: source(s) and destination")
     if parse_heredoc_word(args[-1]):
@@ -289,7 +166,7 @@ def _name_values(req: _Request) -> tuple[tuple[str, str], ...]:
     if not words:
         raise req.fail(f"{req.keyword} requires at least one argument")
     if "=" not in words[0]:
-        parts = _WHITESPACE.split(req.rest, maxsplit=1)
+        parts = WHITESPACE.split(req.rest, maxsplit=1)
         if len(parts) < 2:
             raise req.fail(f"{req.keyword} must have two arguments")
         return ((parts[0], parts[1]),)
@@ -328,7 +205,7 @@ def _single(req: _Request) -> str:
 
 def _healthcheck(req: _Request) -> ins.Healthcheck:
     req.need()
-    kind, rest = [*_WHITESPACE.split(req.rest, maxsplit=1), ""][:2]
+    kind, rest = [*WHITESPACE.split(req.rest, maxsplit=1), ""][:2]
     kind = kind.upper()
     if kind == "NONE":
         if rest or req.flags:
@@ -391,7 +268,7 @@ def _list(req: _Request, *, json_form: bool = True) -> tuple[str, ...]:
     req.parsed_flags()
     req.need()
     argv = parse_json_array(req.rest, req.where) if json_form else None
-    items = tuple(argv) if argv is not None else tuple(_WHITESPACE.split(req.rest))
+    items = tuple(argv) if argv is not None else tuple(WHITESPACE.split(req.rest))
     if not items or any(not item.strip() for item in items):
         raise req.fail(f"{req.keyword} specified can not be an empty string")
     return items

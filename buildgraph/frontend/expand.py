@@ -310,6 +310,10 @@ class _Lexer:
             return value or ""
         if ch == "/":
             return self.replace(name)
+        return self.modified(name, ch)
+
+    def modified(self, name: str, ch: str) -> str:
+        """`${name<modifier>word}` after `${name`: -, +, ?, #, % (with : for empty = unset)."""
         modifier = ch
         null_is_unset = ch == ":"
         if null_is_unset:

@@ -189,6 +189,11 @@ def parse_mount(text: str, where: Location, expand: Callable[[str], str] | None 
             id=fields.get("id", ""),
             spec=text,
         )
+    return _mount_of(fields, text, where)
+
+
+def _mount_of(fields: dict[str, str], text: str, where: Location) -> Mount:
+    """The mount the (expanded) fields of `--mount=text` describe, with Docker's defaults."""
     written = fields.pop("type", "bind")
     kind = written.lower()
     if kind not in _MOUNT_TYPES:
@@ -201,22 +206,7 @@ def parse_mount(text: str, where: Location, expand: Callable[[str], str] | None 
     sharing = fields.pop("sharing", "shared").lower()
     if sharing not in ("shared", "private", "locked"):
         raise InputError(f"unsupported sharing value {sharing!r}", where)
-    target = fields.pop("target", "")
-    identifier = fields.pop("id", "")
-    if kind == "secret":
-        if fields.get("from_"):
-            raise InputError("secret mount should not have a from", where)
-        if not identifier and not target:
-            raise InputError("secret mount needs an id or a target", where)
-        identifier = identifier or target.rstrip("/").rsplit("/", 1)[-1]
-        if not fields.get("env"):  # BuildKit: with env= and no target, no file at all
-            target = target or f"/run/secrets/{identifier}"
-    elif kind == "ssh":
-        identifier = identifier or "default"
-    elif not target:
-        raise InputError(f"{kind} mount needs a target", where)
-    if kind == "cache":
-        identifier = identifier or target
+    target, identifier = _mount_target_and_id(kind, fields, where)
     return Mount(
         type=kind,
         target=target,
@@ -233,6 +223,27 @@ def parse_mount(text: str, where: Location, expand: Callable[[str], str] | None 
         env=fields.pop("env", ""),
         spec=text,
     )
+
+
+def _mount_target_and_id(kind: str, fields: dict[str, str], where: Location) -> tuple[str, str]:
+    """Where the mount appears and its id, defaulted per type as BuildKit does."""
+    target = fields.pop("target", "")
+    identifier = fields.pop("id", "")
+    if kind == "secret":
+        if fields.get("from_"):
+            raise InputError("secret mount should not have a from", where)
+        if not identifier and not target:
+            raise InputError("secret mount needs an id or a target", where)
+        identifier = identifier or target.rstrip("/").rsplit("/", 1)[-1]
+        if not fields.get("env"):  # BuildKit: with env= and no target, no file at all
+            target = target or f"/run/secrets/{identifier}"
+    elif kind == "ssh":
+        identifier = identifier or "default"
+    elif not target:
+        raise InputError(f"{kind} mount needs a target", where)
+    if kind == "cache":
+        identifier = identifier or target
+    return target, identifier
 
 
 def _split_csv(text: str) -> list[str]:
@@ -263,3 +274,19 @@ def _mount_int(value: str | None, base: int, where: Location) -> int | None:
         return int(value, base)
     except ValueError:
         raise InputError(f"invalid number {value!r} in --mount", where) from None
+
+
+def parse_chmod(text: str) -> int | None:
+    """The --chmod mode, or None to keep modes. BuildKit's check and message."""
+    if not text:
+        return None
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise InputError(
+            f"invalid chmod parameter: '{shorten(text)}'. "
+            "it should be octal string and between 0 and 07777"
+        )
+    return mode

@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
-from dataclasses import asdict
+from collections.abc import Mapping
 
 import xxhash
 
-from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, Step
+from buildgraph.graph.steps import (
+    ConfigStep,
+    CopySource,
+    CopyStep,
+    RunMount,
+    RunStep,
+    SourceStep,
+    Step,
+)
+from buildgraph.image.config import Healthcheck, RuntimeConfig
 
 KEY_VERSION = 1  # bump when the meaning of a key changes; old cache entries then miss
 
@@ -23,7 +33,7 @@ RUN_KEY_FIELDS = (
     "mounts",
     "security",
 )
-# The context path is not in the key: its content digest is, so a moved checkout still hits.
+# The source is keyed by COPY_SOURCE_KEY_FIELDS, under the name "source".
 COPY_KEY_FIELDS = (
     "parent",
     "patterns",
@@ -35,36 +45,102 @@ COPY_KEY_FIELDS = (
     "unknown_owner_is_root",
 )
 CONFIG_KEY_FIELDS = ("parent", "instruction", "config", "author")
+# Name in the key → field of CopySource. The context path is not in the key: its content
+# digest is, so a moved checkout still hits.
+COPY_SOURCE_KEY_FIELDS = {"stage": "stage_key", "paths": "paths", "digest": "digest"}
+RUN_MOUNT_KEY_FIELDS = (
+    "type",
+    "target",
+    "id",
+    "source",
+    "digest",
+    "stage_key",
+    "readonly",
+    "required",
+    "mode",
+    "uid",
+    "gid",
+    "size",
+    "env",
+)
+RUNTIME_CONFIG_KEY_FIELDS = (
+    "user",
+    "env",
+    "entrypoint",
+    "cmd",
+    "working_dir",
+    "labels",
+    "exposed_ports",
+    "volumes",
+    "stop_signal",
+    "healthcheck",
+    "on_build",
+    "shell",
+    "args_escaped",
+)
+HEALTHCHECK_KEY_FIELDS = (
+    "test",
+    "interval",
+    "timeout",
+    "start_period",
+    "start_interval",
+    "retries",
+)
+
+# Every dataclass that reaches a key, with the fields that count (by their name in the key).
+KEY_FIELDS: Mapping[type, Mapping[str, str]] = {
+    SourceStep: {name: name for name in SOURCE_KEY_FIELDS},
+    RunStep: {name: name for name in RUN_KEY_FIELDS},
+    CopyStep: {name: name for name in COPY_KEY_FIELDS},
+    ConfigStep: {name: name for name in CONFIG_KEY_FIELDS},
+    CopySource: COPY_SOURCE_KEY_FIELDS,
+    RunMount: {name: name for name in RUN_MOUNT_KEY_FIELDS},
+    RuntimeConfig: {name: name for name in RUNTIME_CONFIG_KEY_FIELDS},
+    Healthcheck: {name: name for name in HEALTHCHECK_KEY_FIELDS},
+}
+# The fields that do not count, and why; with KEY_FIELDS they name every field (tested).
+NOT_KEYED: Mapping[type, tuple[str, ...]] = {
+    SourceStep: ("title", "where"),  # for messages only
+    RunStep: ("context", "title", "where"),  # bind mounts from the context key their digest
+    CopyStep: ("source", "title", "where"),  # `source` is keyed by COPY_SOURCE_KEY_FIELDS
+    ConfigStep: ("title", "where"),
+    CopySource: ("context",),  # its content digest counts, not where the checkout is
+    RunMount: (),
+    RuntimeConfig: (),
+    Healthcheck: (),
+}
 
 
 def step_key(step: Step) -> str:
     match step:
         case SourceStep():
-            return _digest("source", step, SOURCE_KEY_FIELDS)
+            return _digest("source", step)
         case RunStep():
-            return _digest("run", step, RUN_KEY_FIELDS)
+            return _digest("run", step)
         case CopyStep():
-            source = {
-                "stage": step.source.stage_key,
-                "paths": step.source.paths,
-                "digest": step.source.digest,
-            }
-            return _digest("copy", step, COPY_KEY_FIELDS, source=source)
+            return _digest("copy", step, source=key_fields(step.source))
         case ConfigStep():
-            return _digest("config", step, CONFIG_KEY_FIELDS)
+            return _digest("config", step)
     raise TypeError(f"not a step: {step!r}")
 
 
-def _digest(kind: str, step: Step, names: tuple[str, ...], **extra: object) -> str:
-    fields = {name: _plain(getattr(step, name)) for name in names}
-    doc = {"kind": f"buildgraph.{kind}.v{KEY_VERSION}", **fields, **extra}
+def key_fields(value: object) -> dict[str, object]:
+    """The listed fields of a step (or of a dataclass inside one), by their name in the key,
+    as JSON-able values."""
+    names = KEY_FIELDS[type(value)]
+    return {name: _plain(getattr(value, attribute)) for name, attribute in names.items()}
+
+
+def _digest(kind: str, step: Step, **extra: object) -> str:
+    doc = {"kind": f"buildgraph.{kind}.v{KEY_VERSION}", **key_fields(step), **extra}
     text = json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return xxhash.xxh3_128_hexdigest(text.encode())
 
 
 def _plain(value: object) -> object:
-    if hasattr(value, "__dataclass_fields__"):
-        return asdict(value)  # type: ignore[call-overload]
+    if dataclasses.is_dataclass(value):
+        # A dataclass without a field list would count every field unnamed: refuse it.
+        return key_fields(value)
     if isinstance(value, tuple):
         return [_plain(item) for item in value]
     return value

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import bz2
 import hashlib
-import io
 import lzma
 import os
 import stat
@@ -12,20 +10,20 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO
 
 import zstandard
 from zlib_ng import gzip_ng, zlib_ng
 
 from buildgraph.errors import InputError, UnsafeArchiveError
-from buildgraph.image.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, compression_of
+from buildgraph.image.codec import CHUNK, compressor, decompressed
+from buildgraph.image.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 MEDIA_TYPES = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
 OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 PAX_XATTR_PREFIX = "SCHILY.xattr."
-CHUNK = 1 << 20
 
 # What a damaged or truncated archive raises on the way in; it becomes an InputError.
 ARCHIVE_ERRORS = (
@@ -102,18 +100,6 @@ def compress_tar(
     return sink.finish(MEDIA_TYPES[compression])
 
 
-def open_layer(blob: BinaryIO, media_type: str) -> BinaryIO:
-    """A readable stream of the uncompressed tar inside a layer blob."""
-    match compression_of(media_type):
-        case "gzip":
-            return gzip_ng.GzipNGFile(fileobj=blob, mode="rb")
-        case "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(blob, read_across_frames=True)
-            return io.BufferedReader(reader, CHUNK)
-        case _:
-            return blob
-
-
 def normalize_name(name: str, entry: str | None = None) -> str:
     """`./a//b/` -> `a/b`; "" for the root entry; refuses `..` components.
 
@@ -138,29 +124,6 @@ def pax_xattrs(info: tarfile.TarInfo) -> dict[str, bytes]:
 # --- packing -------------------------------------------------------------------------------
 
 
-class _Compressor(Protocol):
-    def compress(self, data: bytes, /) -> bytes: ...
-    def flush(self) -> bytes: ...
-
-
-class _Identity:
-    def compress(self, data: bytes) -> bytes:
-        return data
-
-    def flush(self) -> bytes:
-        return b""
-
-
-def _compressor(compression: str, level: int | None) -> _Compressor:
-    if compression == "gzip":
-        # wbits 31: a gzip wrapper with mtime 0 and no file name, so the header is reproducible.
-        gzip_level = zlib_ng.Z_DEFAULT_COMPRESSION if level is None else level
-        return zlib_ng.compressobj(gzip_level, zlib_ng.DEFLATED, 31)
-    if compression == "zstd":
-        return zstandard.ZstdCompressor(level=3 if level is None else level).compressobj()
-    return _Identity()
-
-
 class _BlobSink:
     """Takes tar bytes, writes compressed bytes to `out`, and hashes both sides on the way.
     Uncompressed, the blob is the tar itself: one hash serves as digest and diff_id."""
@@ -168,7 +131,7 @@ class _BlobSink:
     def __init__(self, out: BinaryIO, compression: str, level: int | None) -> None:
         self._out = out
         self._plain = compression == "none"
-        self._compressor = _compressor(compression, level)
+        self._compressor = compressor(compression, level)
         self._diff = hashlib.sha256()
         self._blob = self._diff if self._plain else hashlib.sha256()
         self._offset = 0
@@ -391,59 +354,3 @@ def _imported_entries(tar: tarfile.TarFile, epoch: int | None) -> Entries:
             yield info, tar.extractfile(member)
         else:
             yield info, None
-
-
-_MAGIC = (
-    (b"\x1f\x8b", "gzip"),
-    (b"\x28\xb5\x2f\xfd", "zstd"),
-    (b"BZh", "bzip2"),
-    (b"\xfd7zXZ\x00", "xz"),
-)
-
-
-def decompressed(source: BinaryIO) -> BinaryIO:
-    """Decompress `source` (gzip, zstd, bzip2, xz or none), sniffing the compression from the
-    magic bytes without needing a seekable source."""
-    head = _read_exactly(source, 6)
-    stream = io.BufferedReader(_Prefixed(head, source), CHUNK)
-    kind = next((kind for magic, kind in _MAGIC if head.startswith(magic)), "none")
-    match kind:
-        case "gzip":
-            return gzip_ng.GzipNGFile(fileobj=stream, mode="rb")
-        case "zstd":
-            reader = zstandard.ZstdDecompressor().stream_reader(stream, read_across_frames=True)
-            return io.BufferedReader(reader, CHUNK)
-        case "bzip2":
-            return bz2.BZ2File(stream)  # type: ignore[return-value]
-        case "xz":
-            return lzma.LZMAFile(stream)  # type: ignore[return-value]
-        case _:
-            return stream
-
-
-def _read_exactly(source: BinaryIO, count: int) -> bytes:
-    data = b""
-    while len(data) < count and (chunk := source.read(count - len(data))):
-        data += chunk
-    return data
-
-
-class _Prefixed(io.RawIOBase):
-    """`prefix` followed by the rest of `source`: puts sniffed bytes back in front."""
-
-    def __init__(self, prefix: bytes, source: BinaryIO) -> None:
-        self._prefix = prefix
-        self._source = source
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        if self._prefix:
-            count = min(len(buffer), len(self._prefix))
-            buffer[:count] = self._prefix[:count]
-            self._prefix = self._prefix[count:]
-            return count
-        data = self._source.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)

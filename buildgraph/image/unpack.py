@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import BinaryIO
 
 from buildgraph.errors import InputError, UnsafeArchiveError
+from buildgraph.image.codec import CHUNK, open_layer
 from buildgraph.image.layer import (
     ARCHIVE_ERRORS,
-    CHUNK,
     OPAQUE_MARKER,
     OVERLAY_XATTR_PREFIXES,
     WHITEOUT_PREFIX,
     normalize_name,
-    open_layer,
     pax_xattrs,
 )
 

@@ -17,14 +17,8 @@ from buildgraph.errors import DigestMismatch, InputError, NotFound, RegistryErro
 from buildgraph.image.mediatypes import ALL_MANIFESTS
 from buildgraph.registry.auth import CredentialStore, repository_scope
 from buildgraph.registry.reference import Reference
-from buildgraph.registry.transport import (
-    RETRYABLE_ERRORS,
-    Deadline,
-    Retry,
-    Transport,
-    raise_for_status,
-    short_reason,
-)
+from buildgraph.registry.responses import raise_for_status, short_reason
+from buildgraph.registry.transport import RETRYABLE_ERRORS, Deadline, Retry, Transport
 from buildgraph.registry.upload import (
     cancel_upload,
     location_of,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import os
-import socket
 import ssl
 import threading
 import time
@@ -15,27 +14,27 @@ from typing import Any, TypeVar
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
-from requests.utils import DEFAULT_CA_BUNDLE_PATH, extract_zipped_paths
-from urllib3.util.ssl_ import create_urllib3_context
 
 from buildgraph import __version__
 from buildgraph.errors import (
-    AuthError,
-    DigestMismatch,
-    InputError,
-    NotFound,
     RegistryDown,
     RegistryError,
 )
-from buildgraph.registry.auth import Authenticator, CredentialStore, describe_scopes
+from buildgraph.registry.auth import Authenticator, CredentialStore
 from buildgraph.registry.reference import DEFAULT_DOMAIN, DOCKER_HUB_API_HOST
+from buildgraph.registry.responses import (
+    error_code,
+    find_cause,
+    retry_after,
+    short_reason,
+    timed_out,
+)
+from buildgraph.registry.tls import Adapter, hostname_of, is_loopback, tls_handshake
 
 T = TypeVar("T")
 _CONNECT_TIMEOUT = 15.0  # seconds; never more than what is left of the total
 _READ_TIMEOUT = 60.0  # seconds of silence from the server while reading
 _PROBE_TIMEOUT = 5.0
-_LOOPBACK = (ipaddress.ip_network("127.0.0.0/8"), ipaddress.ip_network("::1/128"))
 RETRYABLE_ERRORS = (
     requests.ConnectionError,
     requests.Timeout,
@@ -70,9 +69,6 @@ def api_host(registry: str) -> str:
     return DOCKER_HUB_API_HOST if registry == DEFAULT_DOMAIN else registry
 
 
-UPLOAD_BLOCK = 1 << 20  # bytes per read of a request body
-
-
 class Transport:
     """One requests.Session shared by all threads; tokens and schemes cached under locks."""
 
@@ -101,7 +97,7 @@ class Transport:
         # requests' verify=: a CA bundle or the default store
         self._trust: bool | str = ca_bundle or default_bundle or True
         self.session.verify = self._trust  # for token servers too
-        adapter = _Adapter(pool_connections=8, pool_maxsize=32, max_retries=0)
+        adapter = Adapter(pool_connections=8, pool_maxsize=32, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self._auth = Authenticator(self.session, credentials)
@@ -137,13 +133,13 @@ class Transport:
                 return attempt(deadline)
             except Retry as retry:
                 reason, delay, cause = retry.reason, retry.delay, retry
-                if self._silence is not None and _timed_out(retry):  # e.g. mid-download
+                if self._silence is not None and timed_out(retry):  # e.g. mid-download
                     failures = self._retries
             except RETRYABLE_ERRORS as err:
-                if _find_cause(err, ssl.SSLCertVerificationError):  # retrying will not help
+                if find_cause(err, ssl.SSLCertVerificationError):  # retrying will not help
                     raise RegistryError(f"registry {registry}: {short_reason(err)}") from err
                 reason, delay, cause = short_reason(err), None, err
-                if self._silence is not None and _timed_out(err):
+                if self._silence is not None and timed_out(err):
                     failures = self._retries  # silent that long: as good as down
             except requests.exceptions.InvalidHeader:  # its text would quote the header
                 raise RegistryError(f"registry {registry}: invalid request header") from None
@@ -211,7 +207,7 @@ class Transport:
         if response.status_code == 429 or response.status_code >= 500:
             reason = f"HTTP {response.status_code} {response.reason}".rstrip()
             code = error_code(response)[0]
-            delay = _retry_after(response)
+            delay = retry_after(response)
             response.close()
             raise Retry(f"{reason} ({code})" if code else reason, delay)
         return response
@@ -254,7 +250,7 @@ class Transport:
 
     def _scheme(self, host: str, deadline: Deadline) -> str:
         """https, except that local and insecure hosts fall back to http when TLS is absent."""
-        if not (self._listed_insecure(host) or _is_loopback(host)):
+        if not (self._listed_insecure(host) or is_loopback(host)):
             return "https"
         with self._lock:
             known = self._schemes.get(host)
@@ -281,7 +277,7 @@ class Transport:
             if proxies := self._proxies(probe):  # ask the way the requests will go
                 self.session.get(probe, timeout=timeout, verify=False, proxies=proxies).close()
             else:
-                _tls_handshake(host, timeout)
+                tls_handshake(host, timeout)
             scheme = "https"
         except (requests.exceptions.SSLError, ssl.SSLError):
             scheme = "http"  # a plain-HTTP server answered our TLS handshake with garbage
@@ -294,7 +290,7 @@ class Transport:
         return scheme
 
     def _listed_insecure(self, host: str) -> bool:
-        hostname = _hostname(host)
+        hostname = hostname_of(host)
         if host in self._insecure or hostname in self._insecure:
             return True
         try:
@@ -306,184 +302,3 @@ class Transport:
                 if "/" in entry and address in ipaddress.ip_network(entry, strict=False):
                     return True
         return False
-
-
-class _Adapter(HTTPAdapter):
-    """Request bodies (blob uploads) are read and sent 1 MiB at a time, not 16 KiB: a 50 MB
-    export is then 50 Python-level reads and sends instead of 3,000.
-
-    Verified TLS connections share one SSLContext per CA bundle, loaded on first use: given a
-    bundle's path, urllib3 would load it again for every new connection (~20 ms of CPU each,
-    so eight parallel downloads from an HTTPS registry paid for eight loads)."""
-
-    def __init__(self, **options: Any) -> None:
-        self._contexts: dict[str, ssl.SSLContext] = {}
-        self._contexts_lock = threading.Lock()
-        super().__init__(**options)
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, blocksize=UPLOAD_BLOCK, **kwargs)
-
-    def build_connection_pool_key_attributes(
-        self, request: requests.PreparedRequest, verify: bool | str, cert: Any = None
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
-        host_params, pool_kwargs = super().build_connection_pool_key_attributes(
-            request, verify, cert
-        )
-        if _verified_tls(host_params["scheme"], verify, cert):
-            pool_kwargs.pop("ca_certs", None)
-            pool_kwargs.pop("ca_cert_dir", None)
-            pool_kwargs["ssl_context"] = self._trusting(_bundle(verify))
-        return host_params, pool_kwargs
-
-    def cert_verify(self, conn: Any, url: str, verify: bool | str, cert: Any) -> None:
-        super().cert_verify(conn, url, verify, cert)
-        if _verified_tls(url.split(":", 1)[0].lower(), verify, cert):
-            conn.ca_certs = conn.ca_cert_dir = None  # the pool's shared context holds them
-
-    def _trusting(self, bundle: str) -> ssl.SSLContext:
-        with self._contexts_lock:
-            context = self._contexts.get(bundle)
-            if context is None:
-                context = create_urllib3_context(cert_reqs=ssl.CERT_REQUIRED)
-                try:
-                    if os.path.isdir(bundle):
-                        context.load_verify_locations(capath=bundle)
-                    else:
-                        context.load_verify_locations(cafile=bundle)
-                except (OSError, ssl.SSLError) as err:
-                    reason = err.strerror or type(err).__name__
-                    raise InputError(f"TLS CA bundle {bundle}: {reason}") from None
-                self._contexts[bundle] = context
-        return context
-
-
-def _verified_tls(scheme: str, verify: bool | str, cert: Any) -> bool:
-    """A connection the shared contexts serve: https, verified, no client certificate."""
-    return scheme == "https" and verify is not False and cert is None
-
-
-def _bundle(verify: bool | str) -> str:
-    """The CA bundle requests would load for `verify`: certifi's for True, else the path."""
-    return extract_zipped_paths(DEFAULT_CA_BUNDLE_PATH) if verify is True else str(verify)
-
-
-def _tls_handshake(host: str, timeout: float) -> None:
-    """Connect to "host[:port]" and complete a TLS handshake, checking nothing else; raises
-    ssl.SSLError when the server does not speak TLS, OSError when it cannot be reached."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # only "is it TLS?" is asked here
-    hostname = _hostname(host)
-    with (
-        socket.create_connection((hostname, _port(host)), timeout=timeout) as sock,
-        context.wrap_socket(sock, server_hostname=hostname),
-    ):
-        pass
-
-
-def _port(host: str) -> int:
-    """The port of "host:port" or "[v6]:port"; 443 (https) when none is given."""
-    rest = host.rsplit("]", 1)[1] if host.startswith("[") else host
-    return int(rest.rsplit(":", 1)[1]) if rest.count(":") == 1 else 443
-
-
-def _hostname(host: str) -> str:
-    """The host of "host:port" or "[v6]:port"."""
-    if host.startswith("["):
-        return host[1:].split("]", 1)[0]
-    return host.rsplit(":", 1)[0] if host.count(":") == 1 else host
-
-
-def _is_loopback(host: str) -> bool:
-    hostname = _hostname(host)
-    if hostname == "localhost":
-        return True
-    try:
-        address = ipaddress.ip_address(hostname)
-    except ValueError:
-        return False
-    return any(address in network for network in _LOOPBACK)
-
-
-def _retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After", "")
-    try:
-        return max(float(value), 0.0)
-    except ValueError:
-        return None  # an HTTP date, or nothing: use our own backoff
-
-
-def error_code(response: requests.Response) -> tuple[str, str]:
-    """The first (code, message) of a registry's {"errors": [...]} body, or ("", "")."""
-    try:
-        errors = response.json().get("errors") or []
-        first = errors[0]
-        return str(first.get("code", "")), " ".join(str(first.get("message", "")).split())[:200]
-    except (ValueError, AttributeError, IndexError, TypeError, requests.RequestException):
-        return "", ""
-
-
-def raise_for_status(
-    response: requests.Response, registry: str, scopes: Sequence[str], subject: str
-) -> None:
-    """Translate a non-2xx answer; `subject` names what was asked for, e.g. "manifest x:1"."""
-    status = response.status_code
-    if status < 300:
-        return
-    code, message = error_code(response)
-    response.close()
-    if status == 401:
-        raise AuthError(describe_scopes(registry, scopes))
-    if status == 403:
-        raise AuthError(f"{describe_scopes(registry, scopes)}: access denied")
-    if code in ("DIGEST_INVALID", "SIZE_INVALID"):
-        raise DigestMismatch(f"registry {registry} rejected {subject}: {code}: {message}")
-    detail = f"{code}: {message}" if code else f"HTTP {status} {response.reason}".rstrip()
-    if status == 404:
-        raise NotFound(f"{subject} not found on {registry} ({detail})")
-    raise RegistryError(f"registry {registry} refused {subject}: {detail}")
-
-
-def short_reason(err: BaseException) -> str:
-    """One line about a connection failure, without URLs, headers or traceback text."""
-    if isinstance(err, requests.Timeout):
-        return "timed out"
-    verify = _find_cause(err, ssl.SSLCertVerificationError)
-    if verify is not None:
-        return f"TLS certificate not trusted ({verify.verify_message})"
-    if isinstance(err, requests.exceptions.SSLError):
-        return "TLS handshake failed"
-    if isinstance(err, requests.exceptions.ChunkedEncodingError):
-        return "connection broken while reading the response"
-    os_error = _find_cause(err, OSError, lambda found: bool(found.strerror))
-    if os_error is not None:
-        return os_error.strerror.lower()
-    if "RemoteDisconnected" in repr(err) or "Connection aborted" in str(err):
-        return "connection closed by the server"
-    return type(err).__name__
-
-
-def _timed_out(err: BaseException) -> bool:
-    """A server left us waiting (requests wraps a read timeout mid-body in ConnectionError)."""
-    return isinstance(err, requests.Timeout) or bool(
-        _find_cause(err, urllib3.exceptions.TimeoutError) or _find_cause(err, TimeoutError)
-    )
-
-
-def _find_cause(
-    err: BaseException, kind: type[BaseException], accept: Callable[[Any], bool] = bool
-) -> Any:
-    """The first exception of `kind` in err's cause/context/args chain (urllib3 nests them)."""
-    seen: set[int] = set()
-    stack: list[object] = [err]
-    while stack:
-        item = stack.pop()
-        if not isinstance(item, BaseException) or id(item) in seen:
-            continue
-        seen.add(id(item))
-        if isinstance(item, kind) and item is not err and accept(item):
-            return item
-        stack.extend([item.__cause__, item.__context__, getattr(item, "reason", None)])
-        stack.extend(item.args)
-    return None

@@ -11,14 +11,8 @@ import requests
 
 from buildgraph.errors import InputError, RegistryError
 from buildgraph.registry.reference import Reference
-from buildgraph.registry.transport import (
-    RETRYABLE_ERRORS,
-    Deadline,
-    Retry,
-    Transport,
-    raise_for_status,
-    short_reason,
-)
+from buildgraph.registry.responses import raise_for_status, short_reason
+from buildgraph.registry.transport import RETRYABLE_ERRORS, Deadline, Retry, Transport
 
 _OCTET_STREAM = "application/octet-stream"
 _CANCEL_TIMEOUT = 10.0

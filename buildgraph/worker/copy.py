@@ -23,7 +23,8 @@ from buildgraph.errors import InputError, StepFailed, UnsafeArchiveError
 from buildgraph.frontend.ignore import IgnoreMatcher
 from buildgraph.worker import nsinit
 from buildgraph.worker.copy_plan import CopyJob, check_job
-from buildgraph.worker.copy_tree import DIR_FLAGS, Copier
+from buildgraph.worker.copy_tree import Copier
+from buildgraph.worker.rootfd import DIR_FLAGS
 from buildgraph.worker.sandbox import MAX_LOWERS
 
 __all__ = ["CopyJob", "copy_in_overlay", "copy_in_root"]

@@ -10,7 +10,8 @@ import fnmatch
 import posixpath
 from dataclasses import dataclass
 
-from buildgraph.errors import InputError, StepFailed, shorten
+from buildgraph.errors import InputError, StepFailed
+from buildgraph.frontend.flags import parse_chmod
 
 GLOB_CHARS = frozenset("*?[")
 MULTI_SOURCE_ERROR = (
@@ -29,22 +30,6 @@ class CopyJob:
     add: bool = False  # ADD: a context file that is a (compressed) tar is extracted into dest
     patterns_from_stage: bool = False  # sources are patterns to expand in the source view
     unknown_owner_is_root: bool = False  # WORKDIR: a --chown name /etc/passwd lacks is root
-
-
-def parse_chmod(text: str) -> int | None:
-    """The --chmod mode, or None to keep modes. BuildKit's check and message."""
-    if not text:
-        return None
-    try:
-        mode = int(text, 8)
-    except ValueError:
-        mode = -1
-    if not 0 <= mode <= 0o7777:
-        raise InputError(
-            f"invalid chmod parameter: '{shorten(text)}'. "
-            "it should be octal string and between 0 and 07777"
-        )
-    return mode
 
 
 def applied_mode(source_mode: int, chmod: int | None) -> int:

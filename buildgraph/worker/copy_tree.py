@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import posixpath
 import stat
@@ -11,7 +10,8 @@ from collections.abc import Callable
 
 from buildgraph.errors import InputError, StepFailed
 from buildgraph.frontend.ignore import IgnoreMatcher
-from buildgraph.image.layer import ARCHIVE_ERRORS, OVERLAY_XATTR_PREFIXES, decompressed
+from buildgraph.image.codec import decompressed
+from buildgraph.image.layer import ARCHIVE_ERRORS
 from buildgraph.image.unpack import Extractor
 from buildgraph.worker import nsinit
 from buildgraph.worker.copy_plan import (
@@ -23,11 +23,17 @@ from buildgraph.worker.copy_plan import (
     resolve_owner,
     split_pattern,
 )
-
-DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC  # a FIFO must not block
-MAX_SYMLINK_HOPS = 40
-SKIPPED_XATTRS = ("security.selinux", *OVERLAY_XATTR_PREFIXES)  # host labels, overlay internals
+from buildgraph.worker.rootfd import (
+    DIR_FLAGS,
+    FILE_FLAGS,
+    copy_data,
+    copy_xattrs,
+    is_whiteout,
+    lstat_or_none,
+    open_dir,
+    resolve_in_root,
+    stat_or_none,
+)
 
 
 class Copier:
@@ -61,7 +67,7 @@ class Copier:
         if self.job.sources and not sources and not self.job.inline:
             return  # only wildcards that matched nothing: BuildKit copies nothing, makes no dir
         dest = self.job.dest
-        found = _stat(dest)
+        found = stat_or_none(dest)
         is_dir = found is not None and stat.S_ISDIR(found.st_mode)
         check_source_count(len(sources) + len(self.job.inline), dest, is_dir)
         # fsutil: make the parent (dest itself with a trailing "/"), then resolve dest in the image
@@ -81,7 +87,7 @@ class Copier:
             # As written: a copied symlink is named after its own path, not its target's.
             matches = [clean_parts(source)]
         else:
-            matches = [_resolve(self.source_fd, literal)]
+            matches = [resolve_in_root(self.source_fd, literal)]
             for part in pattern:  # like filepath.Walk + Match: real dirs only, sorted
                 matches = [
                     [*match, name]
@@ -89,8 +95,8 @@ class Copier:
                     for name in sorted(self._names(match))
                     if name_matches(name, part)
                 ]
-        found = [(match, _resolve(self.source_fd, match)) for match in matches]
-        found = [(match, parts) for match, parts in found if self._lstat(parts) is not None]
+        found = [(match, resolve_in_root(self.source_fd, match)) for match in matches]
+        found = [(match, parts) for match, parts in found if self.lstat_or_none(parts) is not None]
         if not found and pattern and not self.from_context:
             return []  # BuildKit allows a wildcard that matches nothing (AllowEmptyWildcard)
         if not found:
@@ -100,7 +106,7 @@ class Copier:
 
     def _names(self, parts: list[str]) -> list[str]:
         try:
-            fd = _open_dir(self.source_fd, parts)
+            fd = open_dir(self.source_fd, parts)
         except OSError:
             return []
         try:
@@ -108,11 +114,11 @@ class Copier:
         finally:
             os.close(fd)
 
-    def _lstat(self, parts: list[str]) -> os.stat_result | None:
+    def lstat_or_none(self, parts: list[str]) -> os.stat_result | None:
         if not parts:
             return os.fstat(self.source_fd)
         try:
-            fd = _open_dir(self.source_fd, parts[:-1])
+            fd = open_dir(self.source_fd, parts[:-1])
         except OSError:
             return None
         try:
@@ -125,7 +131,7 @@ class Copier:
     # --- copying ---------------------------------------------------------------------------
 
     def _copy_source(self, written: list[str], parts: list[str], real: str) -> None:
-        parent_fd = _open_dir(self.source_fd, parts[:-1])
+        parent_fd = open_dir(self.source_fd, parts[:-1])
         try:
             name = parts[-1] if parts else ""
             info = os.stat(name, dir_fd=parent_fd, follow_symlinks=False) if name else None
@@ -136,7 +142,7 @@ class Copier:
             if archive and self._extract(parent_fd, name, real):
                 return
             # fsutil prepareTargetDir: a file goes into an existing dir, a dir's contents merge
-            existing = _stat(real)
+            existing = stat_or_none(real)
             target = real
             if stat.S_ISDIR(info.st_mode):
                 if existing is None:
@@ -162,7 +168,7 @@ class Copier:
             return
         if self.from_context and not (stat.S_ISREG(mode) or stat.S_ISLNK(mode)):
             return  # like walk_selection: the context's key covers files and symlinks only
-        existing = _lstat(target)
+        existing = lstat_or_none(target)
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             raise StepFailed(f"cannot replace to directory {target} with file")
         if existing is not None:
@@ -195,7 +201,7 @@ class Copier:
                 return
             if make_parent is not None:
                 make_parent()
-            existing = _lstat(target)
+            existing = lstat_or_none(target)
             if existing is None:
                 os.mkdir(target, 0o700)
                 created = True
@@ -213,7 +219,7 @@ class Copier:
                 child_info = entry.stat(follow_symlinks=False)
             except FileNotFoundError:  # a whiteout listed in a dir of one overlay layer only
                 continue
-            if _is_whiteout(child_info) and not self.from_context:
+            if is_whiteout(child_info) and not self.from_context:
                 continue
             child_target = posixpath.join(target, entry.name)
             if self.from_context and self.ignore.matches(child_rel):
@@ -244,7 +250,7 @@ class Copier:
                 raise StepFailed(f"source {name!r} changed while being copied")
             out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             try:
-                _copy_data(source, out)
+                copy_data(source, out)
                 self._set_info(target, info, out, source)
             finally:
                 os.close(out)
@@ -255,10 +261,10 @@ class Copier:
 
     def _copy_inline(self, name: str, data: bytes, real: str) -> None:
         """A heredoc file: BuildKit makes it 0644 root:root in scratch, then copies it."""
-        existing = _stat(real)
+        existing = stat_or_none(real)
         target = posixpath.join(real, name) if existing and stat.S_ISDIR(existing.st_mode) else real
         self._make_dirs(posixpath.dirname(target))
-        found = _lstat(target)
+        found = lstat_or_none(target)
         if found is not None and stat.S_ISDIR(found.st_mode):
             raise StepFailed(f"cannot replace to directory {target} with file")
         if found is not None:
@@ -287,7 +293,7 @@ class Copier:
         if not stat.S_ISLNK(info.st_mode):
             os.chmod(where, applied_mode(info.st_mode, self.chmod))
         if fd is not None and source_fd is not None:
-            _copy_xattrs(source_fd, fd)
+            copy_xattrs(source_fd, fd)
         times = (info.st_atime_ns, info.st_mtime_ns)
         os.utime(where, ns=times, follow_symlinks=fd is not None)
 
@@ -299,7 +305,7 @@ class Copier:
         as BuildKit's fs.RootPath resolves it."""
         wanted = posixpath.normpath(path)
         path = os.path.realpath(wanted)
-        found = _stat(path)
+        found = stat_or_none(path)
         if found is not None:
             if stat.S_ISDIR(found.st_mode):
                 return
@@ -347,94 +353,3 @@ def _is_archive(handle: object) -> bool:
             return tar.next() is not None
     except (*ARCHIVE_ERRORS, OSError, ValueError):
         return False
-
-
-def _resolve(root_fd: int, parts: list[str]) -> list[str]:
-    """Follow symlinks in `parts` as if `root_fd` were "/" (continuity's fs.RootPath): an
-    absolute target restarts at the root and ".." stops there. A missing part ends it."""
-    pending = list(parts)
-    walked: list[str] = []
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part == "..":
-            if walked:
-                walked.pop()
-            continue
-        try:
-            fd = _open_dir(root_fd, walked)
-        except OSError:
-            return [*walked, part, *pending]
-        try:
-            info = os.stat(part, dir_fd=fd, follow_symlinks=False)
-            target = os.readlink(part, dir_fd=fd) if stat.S_ISLNK(info.st_mode) else None
-        except OSError:
-            return [*walked, part, *pending]
-        finally:
-            os.close(fd)
-        if target is None:
-            walked.append(part)
-            continue
-        hops += 1
-        if hops > MAX_SYMLINK_HOPS:
-            return [*walked, part, *pending]  # stays a symlink: the caller reports the loop
-        if target.startswith("/"):
-            walked = []
-        pending[:0] = [p for p in target.split("/") if p not in ("", ".")]
-    return walked
-
-
-def _open_dir(root_fd: int, parts: list[str]) -> int:
-    fd = os.dup(root_fd)
-    try:
-        for part in parts:
-            next_fd = os.open(part, DIR_FLAGS, dir_fd=fd)
-            os.close(fd)
-            fd = next_fd
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
-
-
-def _copy_data(source: int, out: int) -> None:
-    while True:
-        try:
-            if os.sendfile(out, source, None, 1 << 30) == 0:
-                return
-        except OSError:  # a filesystem without sendfile support: copy through userspace
-            while chunk := os.read(source, 1 << 20):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(out, view) :]
-            return
-
-
-def _copy_xattrs(source_fd: int, fd: int) -> None:
-    try:
-        names = os.listxattr(source_fd)
-    except OSError:
-        return
-    for key in names:
-        if key.startswith(SKIPPED_XATTRS):
-            continue
-        with contextlib.suppress(OSError):  # like BuildKit: log-and-skip what cannot be stored
-            os.setxattr(fd, key, os.getxattr(source_fd, key))
-
-
-def _is_whiteout(info: os.stat_result) -> bool:
-    return stat.S_ISCHR(info.st_mode) and info.st_rdev == 0
-
-
-def _stat(path: str) -> os.stat_result | None:
-    try:
-        return os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return None
-
-
-def _lstat(path: str) -> os.stat_result | None:
-    try:
-        return os.lstat(path)
-    except FileNotFoundError:
-        return None

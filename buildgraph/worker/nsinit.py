@@ -17,89 +17,66 @@ import ctypes
 import errno
 import fcntl
 import os
-import platform
-import select
 import signal
 import socket
 import stat
 import struct
 from dataclasses import dataclass, field, replace
 
-from buildgraph.worker.confine import ConfineError, Confinement, confine
+from buildgraph.worker.confine import Confinement, confine
 
-CLONE_NEWNS = 0x00020000
-CLONE_NEWUTS = 0x04000000
-CLONE_NEWIPC = 0x08000000
-CLONE_NEWPID = 0x20000000
-CLONE_NEWNET = 0x40000000
-
-MS_RDONLY = 1
-MS_NOSUID = 2
-MS_NODEV = 4
-MS_NOEXEC = 8
-MS_REMOUNT = 32
-MS_BIND = 4096
-MS_REC = 16384
-MS_PRIVATE = 1 << 18
-MS_STRICTATIME = 1 << 24
-
-MNT_DETACH = 2
-SYS_PIVOT_ROOT = 155 if platform.machine() == "x86_64" else 41  # 41: asm-generic (aarch64)
-
-PR_SET_PDEATHSIG = 1
-SYS_OPENAT2 = 437  # one number on every architecture (asm-generic table, Linux 5.6)
-RESOLVE_NO_MAGICLINKS = 0x02
-RESOLVE_IN_ROOT = 0x10
-SIOCGIFFLAGS = 0x8913
-SIOCSIFFLAGS = 0x8914
-IFF_UP = 0x1
-
-STUB_FD = 3  # the message pipe to buildgraph: "stub\t...", "error\t..." lines; close-on-exec
-SETUP_FAILED = 125  # keeper/init exit code when the message pipe carries the reason
-
-LIBC = ctypes.CDLL(None, use_errno=True)  # mount, unshare, prctl, sethostname; errno kept
-LIBC.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong]
-LIBC.mount.argtypes += [ctypes.c_void_p]
-LIBC.unshare.argtypes = [ctypes.c_int]
-LIBC.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-LIBC.prctl.argtypes += [ctypes.c_ulong]
-LIBC.sethostname.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
-LIBC.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
-LIBC.syscall.restype = ctypes.c_long  # variadic: every call passes typed ctypes arguments
-
-
-class _OpenHow(ctypes.Structure):  # struct open_how, for openat2
-    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
-
-
-DEVICES = (  # name, major, minor: what docker puts in a container's /dev
-    ("null", 1, 3),
-    ("zero", 1, 5),
-    ("full", 1, 7),
-    ("random", 1, 8),
-    ("urandom", 1, 9),
-    ("tty", 5, 0),
+# Other worker modules use some of these as nsinit.NAME (worker/chroot.py, isolation.py):
+# they moved to devices, kernel and users, and stay importable from here.
+from buildgraph.worker.devices import (  # noqa: F401
+    DEV_LINKS,
+    DEVICES,
+    populate_dev,
+    protect_kernel_files,
 )
-READONLY_PATHS = ("/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger")
-MASKED_PATHS = (  # what runc hides from a container: host state and ways to write to the host
-    "/proc/acpi",
-    "/proc/asound",
-    "/proc/kcore",
-    "/proc/keys",
-    "/proc/latency_stats",
-    "/proc/sched_debug",
-    "/proc/scsi",
-    "/proc/timer_list",
-    "/proc/timer_stats",
-    "/sys/devices/virtual/powercap",
-    "/sys/firmware",
+from buildgraph.worker.kernel import (  # noqa: F401
+    CLONE_NEWIPC,
+    CLONE_NEWNET,
+    CLONE_NEWNS,
+    CLONE_NEWPID,
+    CLONE_NEWUTS,
+    IFF_UP,
+    LIBC,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+    PR_SET_PDEATHSIG,
+    RESOLVE_IN_ROOT,
+    RESOLVE_NO_MAGICLINKS,
+    SETUP_FAILED,
+    SIOCGIFFLAGS,
+    SIOCSIFFLAGS,
+    STUB_FD,
+    SYS_OPENAT2,
+    SYS_PIVOT_ROOT,
+    OpenHow,
+    SetupError,
+    arrange_fds,
+    check,
+    describe,
+    die_with_parent,
+    link_names,
+    mount_overlay,
+    mount_scratch,
+    open_in_root,
+    report,
 )
-DEV_LINKS = (
-    ("fd", "/proc/self/fd"),
-    ("stdin", "/proc/self/fd/0"),
-    ("stdout", "/proc/self/fd/1"),
-    ("stderr", "/proc/self/fd/2"),
-    ("ptmx", "pts/ptmx"),
+from buildgraph.worker.kernel import mount_or_fail as _mount
+from buildgraph.worker.users import (
+    home_of,
+    read_db,  # noqa: F401
+    resolve_user,
 )
 
 
@@ -136,10 +113,6 @@ class ChildPlan:
     hostname: str
     new_net: bool
     confinement: Confinement  # see confine; INSECURE for RUN --security=insecure
-
-
-class SetupError(Exception):
-    """A one-line reason the sandbox could not start the command."""
 
 
 SECRETS_DIR = "secrets"  # a tmpfs in the scratch dir: secret files exist in this mount ns only
@@ -199,7 +172,7 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         for fd in sources.values():
             os.close(fd)
         if plan.confinement.capabilities is not None:  # not --security=insecure
-            _protect_kernel_files()
+            protect_kernel_files()
         uid, gid, groups = resolve_user(plan.user)
         if not os.path.isdir(plan.workdir):
             _make_workdir(plan.workdir)
@@ -218,26 +191,6 @@ def _init_main(plan: ChildPlan, alive_fd: int) -> None:
         report(f"error\t{describe(err)}")
     finally:
         os._exit(SETUP_FAILED)
-
-
-def _protect_kernel_files() -> None:
-    """As runc does: /proc/sys and friends read-only (root in the initial user namespace
-    could otherwise write e.g. kernel.core_pattern, and run a program of its choice as the
-    host's root), host-wide files masked. Paths the kernel lacks are skipped."""
-    hidden = MS_NOSUID | MS_NODEV | MS_NOEXEC
-    for path in READONLY_PATHS:
-        if os.path.lexists(path) and not os.path.islink(path):
-            target = path.encode()
-            _mount(target, target, None, MS_BIND | MS_REC, "", f"bind {path}")
-            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | hidden
-            _mount(None, target, None, flags, "", f"read-only {path}")
-    for path in MASKED_PATHS:
-        if os.path.islink(path):
-            continue  # not the kernel's (e.g. /sys of the image, where sysfs was not mounted)
-        if os.path.isdir(path):
-            _mount(b"tmpfs", path.encode(), b"tmpfs", MS_RDONLY | hidden, "size=0", f"mask {path}")
-        elif os.path.lexists(path):
-            _mount(b"/dev/null", path.encode(), None, MS_BIND, "", f"mask {path}")
 
 
 def _pivot(host_root: int) -> None:
@@ -345,80 +298,6 @@ def _open_tree(index: int, op: MountOp, sources: dict[int, int]) -> MountOp:
     return replace(op, tree=None, directory=stat.S_ISDIR(os.fstat(fd).st_mode))
 
 
-def open_in_root(root_fd: int, path: str) -> int:
-    """An O_PATH fd of `path` below `root_fd`, resolved as if `root_fd` were "/": absolute
-    links and ".." stay inside it (openat2 with RESOLVE_IN_ROOT)."""
-    how = _OpenHow(os.O_PATH | os.O_CLOEXEC, 0, RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
-    fd = LIBC.syscall(
-        ctypes.c_long(SYS_OPENAT2),
-        ctypes.c_int(root_fd),
-        ctypes.c_char_p(path.encode()),
-        ctypes.byref(how),
-        ctypes.c_size_t(ctypes.sizeof(how)),
-    )
-    if fd < 0:
-        number = ctypes.get_errno()
-        raise OSError(number, os.strerror(number), path)
-    return fd
-
-
-def mount_scratch() -> None:
-    """A small tmpfs over /dev (this mount namespace only) and chdir into it: room for short
-    names and mount points. Call after making / private in a new mount namespace."""
-    _mount(
-        b"tmpfs",
-        b"/dev",
-        b"tmpfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "mode=700,size=1m",
-        "mount scratch",
-    )
-    os.chdir("/dev")
-
-
-def link_names(paths: tuple[str, ...] | list[str], prefix: str) -> list[str]:
-    """Short symlinks in the cwd (`prefix`0, `prefix`1, ...) to `paths`, for mount options."""
-    names = [f"{prefix}{index}" for index in range(len(paths))]
-    for name, path in zip(names, paths, strict=True):
-        os.symlink(path, name)
-    return names
-
-
-def mount_overlay(target: str, lowers: list[str], upper: str = "", work: str = "") -> None:
-    """Overlay `lowers` (topmost first, names relative to the cwd) on `target`; read-only
-    without `upper`. Lowers may not be empty: the kernel needs at least one."""
-    # redirect_dir/metacopy/index off: the upper dir must be a plain diff the layer code reads.
-    # volatile: no fsync into the upper dir; a crashed step is thrown away anyway.
-    options = f"lowerdir={':'.join(lowers)},redirect_dir=off,metacopy=off,index=off"
-    if upper:
-        options = f"lowerdir={':'.join(lowers)},upperdir={upper},workdir={work}"
-        options += ",redirect_dir=off,metacopy=off,index=off,volatile"
-    flags = 0 if upper else MS_RDONLY
-    _mount(b"overlay", target.encode(), b"overlay", flags, options, f"mount overlay on {target}")
-
-
-def arrange_fds(stdout_fd: int, message_fd: int) -> None:
-    """stdin from /dev/null, stdout and stderr to `stdout_fd`, the message pipe on STUB_FD;
-    every other fd is closed."""
-    null = os.open("/dev/null", os.O_RDONLY)
-    os.dup2(null, 0)
-    os.dup2(stdout_fd, 1)
-    os.dup2(stdout_fd, 2)
-    os.dup2(message_fd, STUB_FD)
-    os.set_inheritable(STUB_FD, False)
-    os.closerange(STUB_FD + 1, 1 << 20)  # other threads' pipes must not stay open in here
-
-
-def die_with_parent(parent_pid: int, alive_fd: int | None = None) -> None:
-    """Arm SIGKILL-on-parent-death, then make sure the parent did not die before that."""
-    check(LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
-    if alive_fd is None:  # the keeper: its parent is buildgraph
-        if os.getppid() != parent_pid:
-            os._exit(SETUP_FAILED)
-    elif select.select([alive_fd], [], [], 0)[0]:  # init: getppid() is 0 across the pid ns
-        os._exit(SETUP_FAILED)  # EOF: the keeper is gone
-
-
 def _apply(op: MountOp, source_fd: int | None) -> None:
     if not _mount_point(op):
         return
@@ -438,7 +317,7 @@ def _apply(op: MountOp, source_fd: int | None) -> None:
     what = f"mount {op.fstype} on {op.target}"
     _mount(op.fstype.encode(), target, op.fstype.encode(), op.flags, op.data, what)
     if op.target == "/dev":
-        _populate_dev()
+        populate_dev()
 
 
 def _mount_point(op: MountOp) -> bool:
@@ -476,86 +355,11 @@ def _make_stub(path: str, directory: bool) -> None:
     report(f"stub\t{created}\t{path}")
 
 
-def _populate_dev() -> None:
-    for name, major, minor in DEVICES:
-        os.mknod(f"/dev/{name}", stat.S_IFCHR | 0o666, os.makedev(major, minor))
-    for name, target in DEV_LINKS:
-        os.symlink(target, f"/dev/{name}")
-    os.mkdir("/dev/pts", 0o755)
-    os.mkdir("/dev/shm", 0o1777)
-    _mount(
-        b"devpts",
-        b"/dev/pts",
-        b"devpts",
-        MS_NOSUID | MS_NOEXEC,
-        "newinstance,ptmxmode=0666,mode=0620",
-        "mount devpts",
-    )
-    _mount(
-        b"shm",
-        b"/dev/shm",
-        b"tmpfs",
-        MS_NOSUID | MS_NODEV | MS_NOEXEC,
-        "mode=1777,size=65536k",
-        "mount /dev/shm",
-    )
-
-
 def _make_workdir(workdir: str) -> None:
     try:
         os.makedirs(workdir, 0o755, exist_ok=True)
     except OSError as err:
         raise SetupError(f"cannot create workdir {workdir}: {err.strerror}") from err
-
-
-def resolve_user(user: str) -> tuple[int, int, list[int]]:
-    """uid, gid and supplementary groups of `user` from the root's /etc/passwd and /etc/group."""
-    name, _, group = user.partition(":")
-    passwd = read_db("/etc/passwd")
-    if not name or name.isdigit():
-        uid = int(name or 0)
-        entry = next((e for e in passwd if e[2] == str(uid)), None)
-    else:
-        entry = next((e for e in passwd if e[0] == name), None)
-        if entry is None:
-            raise SetupError(f"unable to find user {name}: no matching entries in passwd file")
-        uid = _number(entry[2], "uid", name)
-    gid = _number(entry[3], "gid", name) if entry else 0
-    login = entry[0] if entry else None
-    groups_db = read_db("/etc/group")
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            found = next((e for e in groups_db if e[0] == group), None)
-            if found is None:
-                raise SetupError(f"unable to find group {group}: no matching entries in group file")
-            gid = _number(found[2], "gid", group)
-        return uid, gid, [gid]
-    extra = [int(e[2]) for e in groups_db if login and login in e[3].split(",") and e[2].isdigit()]
-    return uid, gid, list(dict.fromkeys([gid, *extra]))
-
-
-def home_of(uid: int) -> str:
-    entry = next((e for e in read_db("/etc/passwd") if len(e) > 5 and e[2] == str(uid)), None)
-    return entry[5] if entry and entry[5] else "/"
-
-
-def read_db(path: str) -> list[list[str]]:
-    """The rows of a passwd/group style file (at least 4 fields each); [] if unreadable."""
-    try:
-        with open(path, encoding="utf-8", errors="replace") as handle:
-            lines = handle.read().splitlines()
-    except OSError:
-        return []
-    rows = [line.split(":") for line in lines if line and not line.startswith("#")]
-    return [(row + [""] * 4)[: max(4, len(row))] for row in rows if len(row) >= 3]
-
-
-def _number(text: str, what: str, name: str) -> int:
-    if not text.isdigit() or int(text) >= 2**32 - 1:
-        raise SetupError(f"invalid {what} {text!r} for {name}")
-    return int(text)
 
 
 def _loopback_up() -> None:
@@ -579,30 +383,3 @@ def _exec_error(program: str, err: OSError) -> str:
     if err.errno == errno.ENOENT and "/" not in program:
         return f'exec: "{program}": executable file not found in $PATH'
     return f'exec: "{program}": {os.strerror(err.errno or 0).lower()}'
-
-
-def _mount(
-    source: bytes | None, target: bytes, fstype: bytes | None, flags: int, data: str, what: str
-) -> None:
-    check(LIBC.mount(source, target, fstype, flags, data.encode() or None), what)
-
-
-def check(result: int, what: str) -> None:
-    """Raise SetupError naming `what` and errno if a libc call returned nonzero."""
-    if result != 0:
-        number = ctypes.get_errno()
-        raise SetupError(f"{what}: {os.strerror(number)}")
-
-
-def report(line: str) -> None:
-    """Write one line to the message pipe on STUB_FD (best effort: the reader may be gone)."""
-    data = (line.replace("\n", " ") + "\n").encode(errors="replace")
-    with contextlib.suppress(OSError):
-        os.write(STUB_FD, data)
-
-
-def describe(err: BaseException) -> str:
-    """A one-line reason for `err`: a SetupError as is, anything else with its type name."""
-    if isinstance(err, SetupError | ConfineError):
-        return str(err)
-    return f"{type(err).__name__}: {err}"

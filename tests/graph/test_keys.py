@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import typing
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from key_cases import (
+    CHANGED,
+    CONFIG,
+    COPY,
+    HEALTHCHECK_CHANGED,
+    MOUNT_CHANGED,
+    NESTED,
+    RUN,
+    RUNTIME_CONFIG_CHANGED,
+    SOURCE,
+    SOURCE_CHANGED,
+)
 
 from buildgraph.errors import Location
 from buildgraph.frontend.dockerfile import parse_dockerfile
@@ -18,6 +32,8 @@ from buildgraph.graph.context import KEEP_DAYS, StatCache
 from buildgraph.graph.keys import (
     CONFIG_KEY_FIELDS,
     COPY_KEY_FIELDS,
+    KEY_FIELDS,
+    NOT_KEYED,
     RUN_KEY_FIELDS,
     SOURCE_KEY_FIELDS,
     step_key,
@@ -31,38 +47,9 @@ from buildgraph.graph.steps import (
     RunStep,
     SourceStep,
 )
-from buildgraph.image.config import ImageConfig, RuntimeConfig
+from buildgraph.image.config import Healthcheck, ImageConfig, RuntimeConfig
 from buildgraph.image.oci import Platform
 
-RUN = RunStep("p" * 32, ("/bin/sh", "-c", "true"), (("A", "1"),), "root", "/", "host")
-COPY = CopyStep("p" * 32, CopySource("", "/ctx", ("a",), "d" * 32), ("a",), "/a")
-CONFIG = ConfigStep("p" * 32, "ENV A=1", RuntimeConfig(env=("A=1",)))
-SOURCE = SourceStep("docker.io/library/busybox:latest", "sha256:" + "0" * 64, "linux/amd64")
-
-CHANGED = {
-    "parent": "q" * 32,
-    "argv": ("/bin/sh", "-c", "false"),
-    "env": (("A", "2"),),
-    "user": "app",
-    "workdir": "/srv",
-    "network": "none",
-    "files": (("/x", "y"),),
-    "mounts": (RunMount("cache", "/var/cache", id="/var/cache"),),
-    "unknown_owner_is_root": True,
-    "security": "insecure",
-    "patterns": ("b",),
-    "dest": "/b",
-    "inline": (("f", "x"),),
-    "chown": "app",
-    "chmod": "755",
-    "add": True,
-    "instruction": "ENV A=2",
-    "config": RuntimeConfig(env=("A=2",)),
-    "author": "me",
-    "image": "docker.io/library/alpine:latest",
-    "digest": "sha256:" + "1" * 64,
-    "platform": "linux/arm64",
-}
 CASES = [
     *((RUN, name) for name in RUN_KEY_FIELDS),
     *((COPY, name) for name in COPY_KEY_FIELDS),
@@ -74,6 +61,66 @@ CASES = [
 @pytest.mark.parametrize(("step", "name"), CASES, ids=[f"{type(s).__name__}.{n}" for s, n in CASES])
 def test_each_listed_field_changes_the_key(step, name: str) -> None:
     assert step_key(replace(step, **{name: CHANGED[name]})) != step_key(step)
+
+
+@pytest.mark.parametrize(("step", "change", "field"), NESTED, ids=[case[2] for case in NESTED])
+def test_each_listed_nested_field_changes_the_key(step, change, field: str) -> None:
+    assert step_key(change(field.split(".")[1])) != step_key(step)
+
+
+def _dataclasses_in(hint: object) -> set[type]:
+    """Dataclasses a field's type can hold (through tuples, unions and Optional)."""
+    if dataclasses.is_dataclass(hint) and isinstance(hint, type):
+        return {hint}
+    found: set[type] = set()
+    for argument in typing.get_args(hint):
+        found |= _dataclasses_in(argument)
+    return found
+
+
+def _reachable_dataclasses() -> set[type]:
+    seen: set[type] = set()
+    todo = [SourceStep, RunStep, CopyStep, ConfigStep]
+    while todo:
+        kind = todo.pop()
+        if kind in seen:
+            continue
+        seen.add(kind)
+        for hint in typing.get_type_hints(kind).values():
+            todo.extend(_dataclasses_in(hint) - {Location})
+    return seen
+
+
+def test_every_dataclass_in_a_step_has_a_key_field_list() -> None:
+    assert _reachable_dataclasses() == set(KEY_FIELDS)
+    assert set(NOT_KEYED) == set(KEY_FIELDS)
+
+
+@pytest.mark.parametrize("kind", list(KEY_FIELDS), ids=lambda kind: kind.__name__)
+def test_every_field_is_keyed_or_excluded_by_name(kind: type) -> None:
+    keyed = set(KEY_FIELDS[kind].values())
+    excluded = set(NOT_KEYED[kind])
+    assert not keyed & excluded
+    assert keyed | excluded == {field.name for field in dataclasses.fields(kind)}
+
+
+def test_every_listed_field_has_a_change_test() -> None:
+    tested = {
+        RunStep: set(RUN_KEY_FIELDS),
+        CopyStep: set(COPY_KEY_FIELDS),
+        ConfigStep: set(CONFIG_KEY_FIELDS),
+        SourceStep: set(SOURCE_KEY_FIELDS),
+        RunMount: set(MOUNT_CHANGED),
+        RuntimeConfig: set(RUNTIME_CONFIG_CHANGED),
+        Healthcheck: set(HEALTHCHECK_CHANGED),
+        CopySource: set(SOURCE_CHANGED),
+    }
+    assert tested == {kind: set(names.values()) for kind, names in KEY_FIELDS.items()}
+    assert all(
+        name in CHANGED
+        for kind in (RunStep, CopyStep, ConfigStep, SourceStep)
+        for name in tested[kind]
+    )
 
 
 @pytest.mark.parametrize("step", [RUN, COPY, CONFIG, SOURCE])

@@ -20,7 +20,8 @@ import pytest
 import zstandard
 
 from buildgraph.errors import UnsafeArchiveError
-from buildgraph.image.layer import LayerBlob, layer_from_tar, open_layer, write_layer
+from buildgraph.image.codec import open_layer
+from buildgraph.image.layer import LayerBlob, layer_from_tar, write_layer
 from buildgraph.image.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD
 
 LONG_NAME = "deep/" + "x" * 60 + "/" + "y" * 80 + ".txt"  # > 100 bytes: needs PAX

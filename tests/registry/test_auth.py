@@ -26,10 +26,10 @@ from registry_server import RegistryServer
 from token_issuer import TokenIssuer
 
 from buildgraph.cache.local import LocalStore
+from buildgraph.cache.transfer import push
 from buildgraph.errors import AuthError, InputError, RegistryError
 from buildgraph.registry.auth import Credentials, CredentialStore, parse_challenges
 from buildgraph.registry.client import RegistryClient
-from buildgraph.registry.transfer import push
 
 
 def _b64(text: str) -> str:

@@ -9,11 +9,11 @@ from registry_helpers import Blob, push_blob, unique_repo
 from registry_server import RegistryServer
 
 from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.transfer import push
 from buildgraph.errors import CacheError
 from buildgraph.image import mediatypes as mt
 from buildgraph.image.oci import Descriptor, Manifest
 from buildgraph.registry.client import RegistryClient
-from buildgraph.registry.transfer import push
 
 CONFIG = Blob(b'{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]}}')
 HERE = Blob(b"a layer the store has")  # typed as gzip: sent as it is, nothing to compress

@@ -15,7 +15,8 @@ from registry_server import RegistryServer, free_port
 
 from buildgraph.errors import InputError
 from buildgraph.registry.client import RegistryClient
-from buildgraph.registry.transport import Deadline, Transport, _port
+from buildgraph.registry.tls import port_of
+from buildgraph.registry.transport import Deadline, Transport
 
 
 def _transport() -> Transport:
@@ -92,4 +93,4 @@ def test_an_unreachable_host_is_probed_again_later(registry: RegistryServer) -> 
     [("127.0.0.1:5000", 5000), ("reg.example", 443), ("[::1]:5001", 5001), ("[::1]", 443)],
 )
 def test_port_of_a_registry_host(host: str, port: int) -> None:
-    assert _port(host) == port
+    assert port_of(host) == port

@@ -3,16 +3,28 @@
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepRecord
-from buildgraph.graph.lower import StagePlan
-from buildgraph.image.config import ImageConfig
-from buildgraph.image.oci import Descriptor
+from buildgraph.image.config import ImageConfig, RuntimeConfig
+from buildgraph.image.oci import Descriptor, Platform
+
+
+class ImagePlan(Protocol):
+    """What assembling reads of a lowered stage (graph.lower.StagePlan); a protocol, so the
+    store does not depend on the graph layer above it."""
+
+    @property
+    def platform(self) -> Platform: ...
+    @property
+    def config(self) -> RuntimeConfig: ...
+    @property
+    def author(self) -> str: ...
 
 
 def assemble_image(
-    store: LocalStore, plan: StagePlan, record: StepRecord, *, epoch: int | None
+    store: LocalStore, plan: ImagePlan, record: StepRecord, *, epoch: int | None
 ) -> Descriptor:
     """Store the image's config and manifest; equal inputs give the same digest, so a fully
     cached rebuild reproduces the image (its time is the newest history entry's)."""

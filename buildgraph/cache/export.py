@@ -16,7 +16,7 @@ from pathlib import Path
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import CacheError, InputError
 from buildgraph.fs import atomic_file
-from buildgraph.image.layer import open_layer
+from buildgraph.image.codec import open_layer
 from buildgraph.image.unpack import unpack_layer
 
 OUTPUT_TYPES = ("oci", "docker", "local", "registry", "image")

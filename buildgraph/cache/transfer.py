@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import CacheError, InputError
-from buildgraph.image.compress import for_registry
+from buildgraph.cache.compress import for_registry
 from buildgraph.image.oci import (
     Descriptor,
     Index,
