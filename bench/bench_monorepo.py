@@ -316,8 +316,10 @@ def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: st
     from buildgraph.commands.run import compile_project
     from buildgraph.frontend.buildfile import load_project
     from buildgraph.solver.events import CollectingSink
-    from buildgraph.solver.scheduler import run as schedule
+    from buildgraph.solver.facts import gather_and_plan
+    from buildgraph.solver.scheduler import execute
     from buildgraph.worker.execute import Worker
+    from buildgraph.worker.local_executor import LocalExecutor
     from buildgraph.worker.snapshot import SnapshotStore
 
     project = load_project(repo.buildfile, env=os.environ, overrides=())
@@ -328,10 +330,12 @@ def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: st
         compiled = compile_project(project, (), store=store, client=_no_registry)
         graph = union_graph(compiled)
         compiled_at = time.perf_counter()
-        outcome = schedule(
-            graph,
-            worker=Worker(store, SnapshotStore(cache / "snapshots")),  # nothing will run
-            index=StepIndex(cache / "steps"),
+        index = StepIndex(cache / "steps")
+        plan, local = gather_and_plan(graph, index=index, store=store, remote=None, no_cache=False)
+        worker = Worker(store, SnapshotStore(cache / "snapshots"))  # nothing will run
+        outcome = execute(
+            plan,
+            executor=LocalExecutor(worker, index, None, local.records),
             sink=CollectingSink(),
             jobs=os.cpu_count() or 2,
         )

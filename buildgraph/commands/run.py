@@ -9,13 +9,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import networkx as nx
-
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
+from buildgraph.commands.build import ClientFactory, base_resolver, export_output
 from buildgraph.errors import BuildgraphError, CacheError, InputError, StepFailed
 from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
 from buildgraph.frontend.dockerfile import parse_dockerfile
@@ -23,16 +21,19 @@ from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
 from buildgraph.graph.explain import summarize
 from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
-from buildgraph.graph.query import chain
+from buildgraph.graph.model import BuildGraph, Target, build_graph
 from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import CopyStep, RunStep, check_entitlements
 from buildgraph.image.assemble import assemble_image
 from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
 from buildgraph.registry.reference import Reference, parse_reference
 from buildgraph.solver.events import EventSink, LogEvent
+from buildgraph.solver.facts import gather_and_plan
+from buildgraph.solver.outcome import Outcome
 from buildgraph.solver.remote import RemoteSession, remote_session
-from buildgraph.solver.scheduler import Outcome, add_export, run
+from buildgraph.solver.scheduler import execute
 from buildgraph.worker.execute import Worker
+from buildgraph.worker.local_executor import LocalExecutor
 from buildgraph.worker.snapshot import SnapshotStore
 
 STAT_CACHE = "statcache.json"  # in the cache dir
@@ -66,7 +67,7 @@ class Exported:
 class RunResult:
     targets: tuple[TargetResult, ...]
     outcome: Outcome
-    graph: nx.DiGraph
+    graph: BuildGraph
     seconds: float
     warnings: tuple[str, ...] = ()
     downloaded: int = 0  # bytes of layers fetched from the remote cache
@@ -221,9 +222,7 @@ def _run_project(
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
     for plan in compiled.plans.values():
         check_entitlements(plan.steps.values(), allow)
-    graph = compile_graph(*compiled.plans.values())
-    for name, plan in compiled.plans.items():
-        add_export(graph, name, plan.target.key)
+    steps = build_graph(plan.steps for plan in compiled.plans.values())
     secrets = {
         secret_id: Path(source)
         for name in compiled.plans
@@ -237,14 +236,23 @@ def _run_project(
         target=cache_to if cache_to is not None else project.cache.remote,
         warn=warn,
         required=cache_required,
-        export_only=None if project.cache.mode == "max" else _image_entries(graph, finals),
-        layers_early=None if project.cache.mode == "max" else _image_steps(graph, finals),
+        export_only=None if project.cache.mode == "max" else _image_entries(steps, finals),
+        layers_early=None if project.cache.mode == "max" else _image_steps(steps, finals),
     )
     # An export that pushes by mounting from the remote cache needs no layers here: the
-    # scheduler then does not fetch the layers of its last step for it.
-    for name in compiled.plans:
-        lazy = _mount_cache(project.target(name), push_all, remote) is not None
-        graph.nodes[f"export:{name}"]["needs_files"] = not lazy
+    # plan then does not fetch the layers of its last step for it.
+    graph = steps.with_targets(
+        Target(
+            name,
+            plan.target.key,
+            mounts_from_cache=_mount_cache(project.target(name), push_all, remote) is not None,
+        )
+        for name, plan in compiled.plans.items()
+    )
+    index = StepIndex(store.root / "steps")
+    planned, local = gather_and_plan(
+        graph, index=index, store=store, remote=remote, no_cache=no_cache
+    )
     worker = Worker(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
@@ -257,34 +265,32 @@ def _run_project(
         isolation=isolation,
     )
     if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
-        sink.targets.update(step_targets(compiled, graph))  # type: ignore[attr-defined]
-    try:
-        outcome = run(
-            graph,
-            worker=worker,
-            index=StepIndex(store.root / "steps"),
-            sink=sink,
-            jobs=jobs,
-            no_cache=no_cache,
-            keep_going=keep_going,
+        sink.targets.update(step_targets(graph))  # type: ignore[attr-defined]
+    exports = {
+        name: functools.partial(
+            export_target,
+            project.target(name),
+            plan,
+            store=store,
+            client=client,
+            epoch=epoch,
+            push_all=push_all,
             remote=remote,
-            exports={
-                f"export:{name}": functools.partial(
-                    export_target,
-                    project.target(name),
-                    plan,
-                    store=store,
-                    client=client,
-                    epoch=epoch,
-                    push_all=push_all,
-                    remote=remote,
-                )
-                for name, plan in compiled.plans.items()
-            },
         )
+        for name, plan in compiled.plans.items()
+    }
+    executor = LocalExecutor(
+        worker,
+        index,
+        remote,
+        local.records,
+        exporter=lambda target, record: exports[target.name](record),
+    )
+    try:
+        outcome = execute(planned, executor=executor, sink=sink, jobs=jobs, keep_going=keep_going)
     finally:
         worker.close()  # the chroot isolation's roots
-    built = {key for key in graph if key in outcome.records} - outcome.cached
+    built = set(outcome.records) - outcome.cached
     if export_cached and remote is not None:
         index = StepIndex(store.root / "steps")
         remote.export_cached(_cached_records(graph, outcome, index, built))
@@ -308,13 +314,13 @@ def _run_project(
 
 
 def _cached_records(
-    graph: nx.DiGraph, outcome: Outcome, index: StepIndex, built: set[str]
+    graph: BuildGraph, outcome: Outcome, index: StepIndex, built: set[str]
 ) -> dict[str, StepRecord]:
     """The records of the graph's steps this run did not build: those it used, and those
     below a cached step that the local store still holds."""
     records = {}
-    for key, data in graph.nodes(data=True):
-        if "step" not in data or key in built:
+    for key in graph.steps:
+        if key in built:
             continue
         record = outcome.records.get(key)
         if record is None:
@@ -327,21 +333,21 @@ def _cached_records(
     return records
 
 
-def _image_entries(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:
+def _image_entries(graph: BuildGraph, finals: Sequence[str]) -> set[str]:
     """Mode min's entries, what BuildKit's min mode keeps: each target's last step, and each
     step on the targets' own lines that adds a layer (RUN, COPY, ADD), so that a change near
     the end of a Dockerfile still finds the layers below it."""
     layered = {
         key
         for key in _image_steps(graph, finals)
-        if isinstance(graph.nodes[key]["step"], RunStep | CopyStep)
+        if isinstance(graph.steps[key], RunStep | CopyStep)
     }
     return layered | set(finals)
 
 
-def _image_steps(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:
+def _image_steps(graph: BuildGraph, finals: Sequence[str]) -> set[str]:
     """The steps whose layers the targets' images hold: each target's own line of steps."""
-    return {key for final in finals for key in chain(graph, final)}
+    return {key for final in finals for key in graph.chain(final)}
 
 
 def run_project(project: Project, names: Sequence[str], **options) -> RunResult:
@@ -351,17 +357,15 @@ def run_project(project: Project, names: Sequence[str], **options) -> RunResult:
 
 
 def record_builds(
-    compiled: Compiled, graph: nx.DiGraph, store: LocalStore, names: Sequence[str]
+    compiled: Compiled, graph: BuildGraph, store: LocalStore, names: Sequence[str]
 ) -> None:
     """After a run: remember what each finished target's steps read."""
     records = BuildRecords(store.root / "targets")
     for name in names:
-        keys = chain(graph, compiled.plans[name].target.key)
+        keys = graph.chain(compiled.plans[name].target.key)
         if records.keys(name) == keys:
             continue  # the record already describes these steps: no context walk again
-        summaries = [
-            summarize(graph.nodes[k]["step"], compiled.ignores, compiled.stat_cache) for k in keys
-        ]
+        summaries = [summarize(graph.steps[k], compiled.ignores, compiled.stat_cache) for k in keys]
         records.save(name, keys, summaries)
 
 
@@ -463,14 +467,14 @@ def _push_mounted(
 
 
 def _target_result(
-    name: str, plan: BuildPlan, graph: nx.DiGraph, outcome: Outcome, built: set[str], start: float
+    name: str, plan: BuildPlan, graph: BuildGraph, outcome: Outcome, built: set[str], start: float
 ) -> TargetResult:
     key = plan.target.key
-    steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
+    steps = tuple(sorted(graph.needed_by(key)))
     ran = sum(1 for step in steps if step in built)
-    done = outcome.exported.get(f"export:{name}")
+    done = outcome.exported.get(name)
     if done is None:
-        keys = (*steps, f"export:{name}")
+        keys = (*steps, name)  # a failed export is recorded under the target's name
         failed = [outcome.failures[k] for k in keys if k in outcome.failures]
         error = str(failed[0]) if failed else "skipped: a step it needs failed"
         return TargetResult(name, key, steps, ran, 0, None, (), error)
@@ -488,20 +492,19 @@ def raise_for_failures(result: RunResult) -> None:
     if not failures:
         return
     key, first = next(iter(failures.items()))
-    broken = [t.name for t in result.targets if key in t.steps]
+    broken = [t.name for t in result.targets if key in t.steps or key == t.name]
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     message = f"target {', '.join(broken) or '?'}: {first.args[0]}{more}"
     error = type(first)(message, first.where) if isinstance(first, BuildgraphError) else None
     raise error if error is not None else StepFailed(message)
 
 
-def step_targets(compiled: Compiled, graph: nx.DiGraph) -> dict[str, list[str]]:
+def step_targets(graph: BuildGraph) -> dict[str, list[str]]:
     """Step key -> every target it serves (for progress events)."""
     served: dict[str, list[str]] = {}
-    for name, plan in compiled.plans.items():
-        for key in nx.ancestors(graph, plan.target.key) | {plan.target.key}:
-            served.setdefault(key, []).append(name)
-        served[f"export:{name}"] = [name]  # the target's tag, output or push
+    for target in graph.targets:
+        for key in graph.needed_by(target.key):
+            served.setdefault(key, []).append(target.name)
     return served
 
 

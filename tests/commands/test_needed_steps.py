@@ -3,11 +3,11 @@ cached step turns out unusable, and then exactly the inputs it needs are built o
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from cli_runs import run_json, started, step_keys, write_repo
 from registry_server import RegistryServer
 
 from buildgraph.cache.steps import StepIndex
@@ -37,35 +37,11 @@ def make_repo(root: Path, busybox_cache: Path, remote: str = "") -> Path:
         "app/Dockerfile": DOCKERFILE,
         "app/main.txt": "v1\n",
     }
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
-    return root
+    return write_repo(root, files, busybox_cache)
 
 
 def run(root: Path, capsys, *argv: str) -> tuple[int, list[dict], str]:
-    """Exit code, progress events and stderr of `buildgraph run` in ROOT."""
-    capsys.readouterr()
-    code = main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
-    out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
-
-
-def started(events: list[dict]) -> list[str]:
-    return [
-        e["instruction"]
-        for e in events
-        if e["state"] == "started" and not e["key"].startswith("export:")
-    ]
-
-
-def step_keys(root: Path, capsys) -> dict[str, str]:
-    """Title -> key of every step of the repo's graph."""
-    capsys.readouterr()
-    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
-    nodes = json.loads(capsys.readouterr().out)["nodes"]
-    return {node["title"]: node["key"] for node in nodes if not node["key"].startswith("export:")}
+    return run_json(root, capsys, *argv)
 
 
 def exported_file(root: Path, tmp_path: Path) -> str:
