@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping, Set
 from dataclasses import dataclass
 
 from buildgraph.cache.local import LocalStore
@@ -62,15 +62,26 @@ def _first_missing(record: StepRecord, store: LocalStore, present: dict[str, boo
     return None
 
 
-def look_up_remote(graph: BuildGraph, local: set[str], remote: RemoteSession) -> set[str]:
+Lookup = Callable[[Iterable[str]], Set[str]]  # keys -> the ones the remote cache holds
+
+
+def look_up_remote(graph: BuildGraph, local: Set[str], lookup: Lookup) -> set[str]:
     """The remote hits among the steps a result may need, found in two rounds of parallel
     manifest GETs: first the results missing here (when they hit, nothing below them is
     needed: a fully cached graph costs one GET per target), then every step that the misses
     among them may need."""
-    remote.lookup(key for key in graph.results() if key not in local)
-    needed = needed_steps(graph, local | set(remote.hits))
-    remote.lookup(key for key in graph.steps if key in needed and key not in local)
-    return set(remote.hits)
+    hits = set(lookup(key for key in graph.results() if key not in local))
+    needed = needed_steps(graph, local | hits)
+    hits |= lookup(key for key in graph.steps if key in needed and key not in local)
+    return hits
+
+
+def _session_lookup(remote: RemoteSession) -> Lookup:
+    def lookup(keys: Iterable[str]) -> Set[str]:
+        remote.lookup(keys)
+        return set(remote.hits)
+
+    return lookup
 
 
 def gather_and_plan(
@@ -87,6 +98,9 @@ def gather_and_plan(
         graph, index=index, store=store, layers_elsewhere=layers_elsewhere, no_cache=no_cache
     )
     local = set(entries.records)
-    hits = set() if remote is None or no_cache else look_up_remote(graph, local, remote)
+    hits: set[str] = set()
+    if remote is not None and not no_cache:
+        found = look_up_remote(graph, local, _session_lookup(remote))
+        hits = found & set(remote.hits)  # a registry that failed meanwhile took its hits along
     planned = plan(graph, local=local, remote=hits, no_cache=no_cache, unusable=entries.unusable)
     return planned, entries
