@@ -312,8 +312,7 @@ def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: st
     """In-process: compile the built tree, then time the scheduler over its all-cached graph."""
     from buildgraph.cache.local import LocalStore
     from buildgraph.cache.steps import StepIndex
-    from buildgraph.commands.plan import union_graph
-    from buildgraph.commands.run import compile_project
+    from buildgraph.commands.compile import compile_project, project_graph
     from buildgraph.frontend.buildfile import load_project
     from buildgraph.solver.events import CollectingSink
     from buildgraph.solver.facts import gather_and_plan
@@ -328,7 +327,7 @@ def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: st
     for _ in range(repeat):
         started = time.perf_counter()
         compiled = compile_project(project, (), store=store, client=_no_registry)
-        graph = union_graph(compiled)
+        graph = project_graph(compiled)
         compiled_at = time.perf_counter()
         index = StepIndex(cache / "steps")
         plan, local = gather_and_plan(graph, index=index, store=store, remote=None, no_cache=False)

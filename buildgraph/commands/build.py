@@ -3,24 +3,24 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.local import LocalStore
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.errors import BuildgraphError, InputError, Location, StepFailed
+from buildgraph.commands.compile import ClientFactory, base_resolver, relocate
+from buildgraph.commands.export import export_output
+from buildgraph.errors import InputError, StepFailed
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
-from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, StagePlan, lower_dockerfile
+from buildgraph.graph.lower import BuildPlan, StagePlan, lower_dockerfile
 from buildgraph.graph.model import build_graph
 from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import check_entitlements
 from buildgraph.image.assemble import assemble_image
-from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
 from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
@@ -28,11 +28,6 @@ from buildgraph.solver.facts import gather_and_plan
 from buildgraph.solver.outcome import Outcome
 from buildgraph.solver.plan import Action, Plan
 from buildgraph.solver.remote import RemoteSession, remote_session
-
-if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
-    from buildgraph.registry.client import RegistryClient
-
-ClientFactory = Callable[[], "RegistryClient"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,40 +72,6 @@ def parse_secret(text: str) -> tuple[str, Path]:
     if not path.is_file():
         raise InputError(f"--secret {secret_id}: no such file {source}")
     return secret_id, path
-
-
-def relocate(err: BuildgraphError, where: Location | None) -> BuildgraphError:
-    """The same error, naming the Dockerfile line it came from (if it named none)."""
-    if err.where is None and where is not None:
-        err.where = where
-    return err
-
-
-def base_resolver(
-    store: LocalStore, client: ClientFactory, platform: Platform, *, always_pull: bool
-) -> BaseResolver:
-    """FROM name looks in the local store first, then asks the registry (once per run)."""
-    seen: dict[str, BaseImage] = {}
-
-    def resolve(text: str, where: Location | None) -> BaseImage:
-        if text in seen:
-            return seen[text]
-        try:
-            ref = parse_reference(text)
-            image = (
-                None if always_pull else (store.resolve(ref.familiar) or store.resolve(str(ref)))
-            )
-            if image is None:
-                from buildgraph.registry.transfer import pull  # needs requests: only here
-
-                image = pull(client(), store.ensure(), ref, platform=platform)
-            config = store.read_config(store.read_manifest(image.descriptor))
-        except BuildgraphError as err:
-            raise relocate(err, where) from err.__cause__
-        seen[text] = BaseImage(str(ref), image.descriptor.digest, config)
-        return seen[text]
-
-    return resolve
 
 
 def _build(
@@ -274,30 +235,3 @@ def _tag(store: LocalStore, image: Descriptor, tags: Sequence[str]) -> tuple[str
         store.tag(ref.familiar, str(ref), image)
         names.append(ref.familiar)
     return tuple(names)
-
-
-def export_output(
-    store: LocalStore,
-    image: Descriptor,
-    tags: tuple[str, ...],
-    text: str,
-    client: ClientFactory,
-    dockerfile: Path,
-) -> None:
-    spec = parse_output(text)
-    name = spec.attr("name") or (tags[0] if tags else "")
-    stored = StoredImage(name or "image", name or "image", image)
-    if spec.type == "oci":
-        export_oci(store, stored, Path(spec.dest), name or "latest")
-    elif spec.type == "docker":
-        export_docker_archive(store, stored, Path(spec.dest), [name] if name else [])
-    elif spec.type == "local":
-        export_local(store, stored, Path(spec.dest))
-    elif spec.type in ("registry", "image"):
-        from buildgraph.registry.transfer import push
-
-        if not name:
-            raise InputError(
-                "--output type=registry needs a name= or a -t tag", Location(dockerfile)
-            )
-        push(client(), store, stored, parse_reference(name))

@@ -9,11 +9,10 @@ from dataclasses import dataclass
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepIndex
-from buildgraph.commands.build import ClientFactory
-from buildgraph.commands.run import Compiled, compile_project
+from buildgraph.commands.compile import ClientFactory, Compiled, compile_project, project_graph
 from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import reason, summarize
-from buildgraph.graph.model import BuildGraph, Target, build_graph
+from buildgraph.graph.model import BuildGraph, Target
 from buildgraph.solver.events import StepState
 from buildgraph.solver.facts import gather_and_plan
 from buildgraph.solver.plan import Action, Plan
@@ -32,14 +31,6 @@ class PlannedStep:
 class TargetPlan:
     name: str
     steps: tuple[PlannedStep, ...]  # every step the target needs, inputs first
-
-
-def union_graph(compiled: Compiled) -> BuildGraph:
-    """One graph of every compiled target, with the targets."""
-    return build_graph(
-        (plan.steps for plan in compiled.plans.values()),
-        (Target(name, plan.target.key) for name, plan in compiled.plans.items()),
-    )
 
 
 def plan_project(
@@ -62,7 +53,7 @@ def plan_project(
         required=False,
         export_only=None,
     )
-    graph = union_graph(compiled)
+    graph = project_graph(compiled)
     index = StepIndex(store.root / "steps")
     planned, _ = gather_and_plan(graph, index=index, store=store, remote=remote, no_cache=False)
     records = BuildRecords(store.root / "targets")

@@ -5,38 +5,31 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph.cache.builds import BuildRecords
-from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.local import LocalStore
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.commands.build import ClientFactory, base_resolver, export_output
-from buildgraph.errors import BuildgraphError, CacheError, InputError, StepFailed
-from buildgraph.frontend.buildfile import Project, TargetSpec, select_targets
-from buildgraph.frontend.dockerfile import parse_dockerfile
-from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
-from buildgraph.graph.context import StatCache
+from buildgraph.commands.compile import STAT_CACHE, ClientFactory, Compiled, compile_project
+from buildgraph.commands.export import Exported, export_target, mount_cache
+from buildgraph.errors import BuildgraphError, CacheError, StepFailed
+from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import summarize
-from buildgraph.graph.lower import BuildPlan, NamedContext, lower_dockerfile
+from buildgraph.graph.lower import BuildPlan
 from buildgraph.graph.model import BuildGraph, Target, build_graph
-from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import CopyStep, RunStep, check_entitlements
-from buildgraph.image.assemble import assemble_image
-from buildgraph.image.oci import Descriptor, Platform, default_platform, parse_platform
-from buildgraph.registry.reference import Reference, parse_reference
+from buildgraph.image.oci import Descriptor
 from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.facts import gather_and_plan
 from buildgraph.solver.outcome import Outcome
-from buildgraph.solver.remote import RemoteSession, remote_session
+from buildgraph.solver.remote import remote_session
 from buildgraph.solver.scheduler import execute
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.local_executor import LocalExecutor
 from buildgraph.worker.snapshot import SnapshotStore
-
-STAT_CACHE = "statcache.json"  # in the cache dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,16 +47,6 @@ class TargetResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Exported:
-    """What a target's export node did."""
-
-    image: Descriptor
-    tags: tuple[str, ...]  # the local tags; the pushed references when not tagged locally
-    finished: float  # time.monotonic()
-    note: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class RunResult:
     targets: tuple[TargetResult, ...]
     outcome: Outcome
@@ -72,125 +55,6 @@ class RunResult:
     warnings: tuple[str, ...] = ()
     downloaded: int = 0  # bytes of layers fetched from the remote cache
     exported: int = 0  # steps exported to the remote cache
-
-
-@dataclass
-class Compiled:
-    plans: dict[str, BuildPlan]  # target name -> its plan
-    ignores: dict[str, IgnoreMatcher] = field(default_factory=dict)
-    warnings: list[str] = field(default_factory=list)
-    stat_cache: StatCache = field(default_factory=StatCache)  # one hash per file per run
-
-
-class _TargetContexts(Mapping[str, NamedContext]):
-    """A target's named contexts; tags of other targets resolve to those targets, lowered on
-    first use, so `FROM <another target's tag>` never pulls a stale registry copy."""
-
-    def __init__(self, compile_target, spec: TargetSpec, tag_owners: Mapping[str, str]) -> None:
-        self._compile_target = compile_target
-        self._spec = spec.name
-        self._tag_owners = tag_owners  # every spelling of every target's tags -> that target
-        self._explicit: dict[str, NamedContext | str] = {}
-        for name, ref in spec.contexts:
-            if ref.kind == "target":
-                self._explicit[name] = ref.value
-            elif ref.kind == "image":
-                self._explicit[name] = NamedContext(image=ref.value)
-            else:
-                self._explicit[name] = NamedContext(directory=ref.value)
-
-    def _lookup(self, name: str) -> NamedContext | str | None:
-        if name in self._explicit:
-            return self._explicit[name]
-        owner = self._tag_owners.get(name)
-        return owner if owner is not None and owner != self._spec else None
-
-    def __getitem__(self, name: str) -> NamedContext:
-        value = self._lookup(name)
-        if value is None:
-            raise KeyError(name)
-        if isinstance(value, str):  # a target: lower it now (cycles are caught there)
-            return NamedContext(stage=self._compile_target(value).target)
-        return value
-
-    def __iter__(self) -> Iterator[str]:
-        keys = set(self._explicit) | {k for k, v in self._tag_owners.items() if v != self._spec}
-        return iter(sorted(keys))
-
-    def __len__(self) -> int:
-        return sum(1 for _ in self)
-
-
-def _forms(tag: str) -> set[str]:
-    try:
-        ref = parse_reference(tag)
-    except InputError:
-        return {tag}
-    return {tag, str(ref), ref.familiar}
-
-
-def compile_project(
-    project: Project,
-    names: Sequence[str],
-    *,
-    store: LocalStore,
-    client: ClientFactory,
-    always_pull: bool = False,
-) -> Compiled:
-    """Lower every requested target (and what it needs) into plans sharing one key space."""
-    compiled = Compiled({}, stat_cache=StatCache.load(store.root / STAT_CACHE))
-    stat_cache = compiled.stat_cache  # a context shared by several targets is hashed once
-    fetch = url_fetcher(store.root / "downloads")
-    resolvers: dict[Platform, object] = {}
-    in_progress: list[str] = []
-    tag_owners = {
-        form: name for name, spec in project.targets for tag in spec.tags for form in _forms(tag)
-    }
-
-    def compile_target(name: str) -> BuildPlan:
-        if name in compiled.plans:
-            return compiled.plans[name]
-        spec = project.target(name)
-        if name in in_progress:
-            cycle = " -> ".join([*in_progress[in_progress.index(name) :], name])
-            raise InputError(f"targets depend on each other in a cycle: {cycle}", spec.where)
-        in_progress.append(name)
-        try:
-            for dependency in spec.depends_on:
-                compile_target(dependency)
-            platform = parse_platform(spec.platform) if spec.platform else default_platform()
-            if platform not in resolvers:
-                resolvers[platform] = base_resolver(
-                    store, client, platform, always_pull=always_pull
-                )
-            ignore = compiled.ignores.setdefault(
-                str(spec.context), load_dockerignore(spec.context, spec.dockerfile)
-            )
-            if not spec.dockerfile.is_file():
-                raise InputError(
-                    f"target {name}: Dockerfile {spec.dockerfile} not found", spec.where
-                )
-            plan = lower_dockerfile(
-                parse_dockerfile(spec.dockerfile),
-                target=spec.target,
-                build_args=dict(spec.args),
-                context=spec.context,
-                ignore=ignore,
-                resolve_base=resolvers[platform],  # type: ignore[arg-type]
-                stat_cache=stat_cache,
-                platform=platform,
-                fetch_url=fetch,
-                named=_TargetContexts(compile_target, spec, tag_owners),
-            )
-        finally:
-            in_progress.remove(name)
-        compiled.plans[name] = plan
-        compiled.warnings.extend(f"{name}: {warning}" for warning in plan.warnings)
-        return plan
-
-    for name in select_targets(project, names):
-        compile_target(name)
-    return compiled
 
 
 def _run_project(
@@ -215,20 +79,17 @@ def _run_project(
     isolation: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
-    """`export_cached` (warm --build): also export the steps this run did not build, where the
-    export repository lacks them."""
+    """Gather facts and compile → plan → execute (each target exported as soon as it is done)
+    → report. `export_cached` (warm --build): also export the steps this run did not build,
+    where the export repository lacks them."""
     start = time.monotonic()
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
-    for plan in compiled.plans.values():
-        check_entitlements(plan.steps.values(), allow)
-    steps = build_graph(plan.steps for plan in compiled.plans.values())
-    secrets = {
-        secret_id: Path(source)
-        for name in compiled.plans
-        for secret_id, source in project.target(name).secrets
-    }
-    finals = [plan.target.key for plan in compiled.plans.values()]
+    for lowered in compiled.plans.values():
+        check_entitlements(lowered.steps.values(), allow)
+    steps = build_graph(lowered.steps for lowered in compiled.plans.values())
+    finals = [lowered.target.key for lowered in compiled.plans.values()]
+    min_mode = project.cache.mode != "max"
     remote = remote_session(
         store,
         client,
@@ -236,18 +97,18 @@ def _run_project(
         target=cache_to if cache_to is not None else project.cache.remote,
         warn=warn,
         required=cache_required,
-        export_only=None if project.cache.mode == "max" else _image_entries(steps, finals),
-        layers_early=None if project.cache.mode == "max" else _image_steps(steps, finals),
+        export_only=_image_entries(steps, finals) if min_mode else None,
+        layers_early=_image_steps(steps, finals) if min_mode else None,
     )
     # An export that pushes by mounting from the remote cache needs no layers here: the
     # plan then does not fetch the layers of its last step for it.
     graph = steps.with_targets(
         Target(
             name,
-            plan.target.key,
-            mounts_from_cache=_mount_cache(project.target(name), push_all, remote) is not None,
+            lowered.target.key,
+            mount_cache(project.target(name), push_all, remote) is not None,
         )
-        for name, plan in compiled.plans.items()
+        for name, lowered in compiled.plans.items()
     )
     index = StepIndex(store.root / "steps")
     planned, local = gather_and_plan(
@@ -260,46 +121,42 @@ def _run_project(
         epoch=epoch,
         output=lambda title, data: sink.emit(LogEvent(title, data)),
         network=network,
-        secrets=secrets,
+        secrets=_secrets(project, compiled),
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=isolation,
     )
-    if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
-        sink.targets.update(step_targets(graph))  # type: ignore[attr-defined]
     exports = {
         name: functools.partial(
             export_target,
             project.target(name),
-            plan,
+            lowered,
             store=store,
             client=client,
             epoch=epoch,
             push_all=push_all,
             remote=remote,
         )
-        for name, plan in compiled.plans.items()
+        for name, lowered in compiled.plans.items()
     }
     executor = LocalExecutor(
-        worker,
-        index,
-        remote,
-        local.records,
-        exporter=lambda target, record: exports[target.name](record),
+        worker, index, remote, local.records, lambda target, record: exports[target.name](record)
     )
+    if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
+        sink.targets.update(step_targets(graph))  # type: ignore[attr-defined]
     try:
         outcome = execute(planned, executor=executor, sink=sink, jobs=jobs, keep_going=keep_going)
     finally:
         worker.close()  # the chroot isolation's roots
     built = set(outcome.records) - outcome.cached
     if export_cached and remote is not None:
-        index = StepIndex(store.root / "steps")
         remote.export_cached(_cached_records(graph, outcome, index, built))
-    results = []
     finished = [n for n, p in compiled.plans.items() if p.target.key in outcome.records]
     record_builds(compiled, graph, store, finished)
     compiled.stat_cache.save(store.root / STAT_CACHE)
-    for name, plan in compiled.plans.items():
-        results.append(_target_result(name, plan, graph, outcome, built, start))
+    results = [
+        _target_result(name, lowered, graph, outcome, built, start)
+        for name, lowered in compiled.plans.items()
+    ]
     if remote is not None:
         remote.finish()
     return RunResult(
@@ -311,6 +168,15 @@ def _run_project(
         remote.downloaded if remote else 0,
         len(remote.exported) if remote else 0,
     )
+
+
+def _secrets(project: Project, compiled: Compiled) -> dict[str, Path]:
+    """Secret id -> host file, for every target of the run (`RUN --mount=type=secret`)."""
+    return {
+        secret_id: Path(source)
+        for name in compiled.plans
+        for secret_id, source in project.target(name).secrets
+    }
 
 
 def _cached_records(
@@ -367,103 +233,6 @@ def record_builds(
             continue  # the record already describes these steps: no context walk again
         summaries = [summarize(graph.steps[k], compiled.ignores, compiled.stat_cache) for k in keys]
         records.save(name, keys, summaries)
-
-
-def export_target(
-    spec: TargetSpec,
-    plan: BuildPlan,
-    record: StepRecord,
-    *,
-    store: LocalStore,
-    client: ClientFactory,
-    epoch: int | None,
-    push_all: bool,
-    remote: RemoteSession | None,
-) -> Exported:
-    """The work of a target's export node: image, local tags, outputs, pushes."""
-    cache = _mount_cache(spec, push_all, remote)
-    if cache is not None and remote is not None and record.missing_layers(store):
-        return _push_mounted(
-            spec, plan, record, cache, remote, store=store, client=client, epoch=epoch
-        )
-    if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
-        remote.ensure_layers(record)
-    if missing := record.missing_layers(store):
-        raise CacheError(
-            f"target {spec.name}: {len(missing)} layers (first {missing[0].digest}) are in "
-            "neither the local store nor a reachable remote cache; run with its remote cache "
-            "or --no-cache"
-        )
-    image = assemble_image(store, plan.target, record, epoch=epoch)
-    tags = []
-    for tag in spec.tags:
-        ref = parse_reference(tag)
-        store.tag(ref.familiar, str(ref), image)
-        tags.append(ref.familiar)
-    for output in spec.outputs:
-        export_output(store, image, tuple(tags), output, client, spec.dockerfile)
-    if spec.push or push_all:
-        from buildgraph.registry.transfer import push  # needs requests: only when pushing
-
-        for tag in spec.tags:
-            stored = StoredImage(tag, str(parse_reference(tag)), image)
-            push(client(), store, stored, parse_reference(tag))
-    return Exported(image, tuple(tags), time.monotonic())
-
-
-def _mount_cache(
-    spec: TargetSpec, push_all: bool, remote: RemoteSession | None
-) -> Reference | None:
-    """The remote cache repository a target's push can mount layers from instead of
-    downloading them: when it is only pushed (no local outputs) and only to the cache's
-    registry. None when its export needs the files here."""
-    if remote is None or remote.source is None or spec.outputs or not spec.tags:
-        return None
-    cache = remote.source.repository
-    if not (spec.push or push_all) or any(
-        parse_reference(tag).registry != cache.registry for tag in spec.tags
-    ):
-        return None
-    return cache
-
-
-def _push_mounted(
-    spec: TargetSpec,
-    plan: BuildPlan,
-    record: StepRecord,
-    cache: Reference,
-    remote: RemoteSession,
-    *,
-    store: LocalStore,
-    client: ClientFactory,
-    epoch: int | None,
-) -> Exported:
-    """Push an image whose layers are (partly) only in the remote cache: the registry mounts
-    them from the cache repository, as the cache holds them (built layers: uncompressed), and
-    nothing is downloaded; a layer it will not mount is downloaded and uploaded. A local tag
-    must name blobs the store has, so the image is tagged locally only if all ended up here."""
-    from buildgraph.registry.transfer import push  # needs requests: only when pushing
-
-    layers = {layer.descriptor.digest: layer for layer in record.layers}
-
-    def fetch(blob: Descriptor) -> None:  # a refused mount: just this layer comes through here
-        remote.ensure_layers(StepRecord((layers[blob.digest],), ()))
-
-    image = assemble_image(store, plan.target, record, epoch=epoch)  # config + manifest only
-    refs = [parse_reference(tag) for tag in spec.tags]
-    for ref in refs:
-        stored = StoredImage(ref.familiar, str(ref), image)
-        push(client(), store, stored, ref, mount_from=(cache,), fetch=fetch)
-    if not (missing := record.missing_layers(store)):
-        for ref in refs:
-            store.tag(ref.familiar, str(ref), image)
-        return Exported(image, tuple(ref.familiar for ref in refs), time.monotonic())
-    layers_word = "layer" if len(missing) == 1 else "layers"
-    note = (
-        f"pushed without downloading: {len(missing)} {layers_word} mounted from {cache}; "
-        "not tagged locally"
-    )
-    return Exported(image, tuple(str(ref) for ref in refs), time.monotonic(), note)
 
 
 def _target_result(

@@ -9,9 +9,7 @@ from dataclasses import dataclass
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.remote import RemoteCache, RemoteEntry
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.commands.build import ClientFactory
-from buildgraph.commands.plan import union_graph
-from buildgraph.commands.run import compile_project
+from buildgraph.commands.compile import ClientFactory, compile_project, project_graph
 from buildgraph.errors import AuthError, InputError
 from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.model import Target
@@ -77,7 +75,7 @@ def warm_project(
     compiled = compile_project(project, names, store=store, client=client)
     # Warm brings every entry any later run may start from (a change anywhere then builds
     # only from there, offline): the plan of a graph in which every step is a result.
-    compiled_graph = union_graph(compiled)
+    compiled_graph = project_graph(compiled)
     graph = compiled_graph.with_targets(Target(key, key) for key in compiled_graph.steps)
     index = StepIndex(store.root / "steps")
     try:
