@@ -248,14 +248,14 @@ def timed(engine: Engine, repo: Monorepo, log: Path, cold: bool) -> float | None
 
 def started_steps(log: Path) -> list[dict]:
     """The steps a `buildgraph run --progress json` started, from its log (a target's
-    export node, which tags the image, is not a step)."""
+    export, which tags the image, is an event without a step key)."""
     steps = []
     for line in log.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             event = json.loads(line)
             if not isinstance(event, dict) or event.get("state") != "started":
                 continue
-            if not str(event.get("key", "")).startswith("export:"):
+            if "key" in event:
                 steps.append(event)
     return steps
 

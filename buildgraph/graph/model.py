@@ -29,7 +29,7 @@ class BuildGraph:
     inputs: Mapping[str, tuple[str, ...]]  # key -> the keys it needs finished first
     consumers: Mapping[str, tuple[str, ...]]  # key -> the keys that read it
     targets: tuple[Target, ...] = ()
-    _finals: frozenset[str] = field(default=frozenset(), repr=False)
+    _position: Mapping[str, int] = field(default_factory=dict, repr=False)  # key -> its index
 
     def __len__(self) -> int:
         return len(self.steps)
@@ -66,7 +66,7 @@ class BuildGraph:
     def needed_by(self, key: str) -> tuple[str, ...]:
         """`key` and every step it needs, inputs first."""
         wanted = self.ancestors(key) | {key}
-        return tuple(k for k in self.steps if k in wanted)
+        return tuple(sorted(wanted, key=self._position.__getitem__))
 
     def chain(self, key: str) -> list[str]:
         """The line of steps ending at `key`, base first (COPY --from sources not included)."""
@@ -75,13 +75,9 @@ class BuildGraph:
             keys.append(step.parent)
         return keys[::-1]
 
-    def is_final(self, key: str) -> bool:
-        return key in self._finals
-
     def with_targets(self, targets: Iterable[Target]) -> BuildGraph:
-        targets = tuple(targets)
-        finals = frozenset(target.key for target in targets)
-        return BuildGraph(self.steps, self.inputs, self.consumers, targets, finals)
+        """The same steps, read by these targets."""
+        return BuildGraph(self.steps, self.inputs, self.consumers, tuple(targets), self._position)
 
     def title(self, key: str) -> str:
         return self.steps[key].title or key[:12]
@@ -104,6 +100,7 @@ def build_graph(plans: Iterable[Mapping[str, Step]], targets: Iterable[Target] =
         MappingProxyType(steps),
         MappingProxyType(inputs),
         MappingProxyType({key: tuple(readers) for key, readers in consumers.items()}),
+        _position=MappingProxyType({key: index for index, key in enumerate(steps)}),
     ).with_targets(targets)
 
 

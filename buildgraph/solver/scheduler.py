@@ -56,6 +56,9 @@ class _Execution:
         self.ready: list[tuple[int, str]] = []
         self.running: dict[Future, _Job] = {}
         self.built_any = False
+        self.exports: dict[str, list[Target]] = {}  # last step -> the targets it makes
+        for target in plan.graph.targets:
+            self.exports.setdefault(target.key, []).append(target)
 
     def run(self, jobs: int) -> Outcome:
         self.executor.start(self.plan)
@@ -102,11 +105,10 @@ class _Execution:
                     heapq.heappush(self.ready, (-self.priority[child], child))
         if self.failures and not self.keep_going:
             return
-        for target in self.graph.targets:
-            if target.key == key:  # tag, output or push it, in parallel with other steps
-                self.sink.emit(ExportEvent(target.name, StepState.RUNNING))
-                export = self.executor.export
-                self._submit(self.pool, _Job(target=target), _timed, export, target, record)
+        for target in self.exports.get(key, ()):  # tag, output or push it, in parallel
+            self.sink.emit(ExportEvent(target.name, StepState.RUNNING))
+            export = self.executor.export
+            self._submit(self.pool, _Job(target=target), _timed, export, target, record)
 
     def _start_ready(self) -> None:
         while self.ready and not (self.failures and not self.keep_going):
