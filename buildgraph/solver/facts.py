@@ -30,7 +30,9 @@ def read_local(
 ) -> LocalEntries:
     """Read the local record of every step that has one. A corrupt record is unusable; so is
     one whose layers are not in the local store, unless `layers_elsewhere` (a remote cache
-    that can still provide them when something reads them)."""
+    that can still provide them when something reads them). Read here, before planning, so
+    that the plan never counts on an entry the run would find unusable; each record is read
+    once (the executor takes them from here)."""
     records: dict[str, StepRecord] = {}
     unusable: dict[str, str] = {}
     present: dict[str, bool] = {}  # blob digest -> in the store: a base's layers are shared

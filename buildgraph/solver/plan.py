@@ -100,7 +100,7 @@ def plan(
     read_here = _read_here(graph, build, files_here)
     steps = {}
     for key in graph.steps:
-        if key in facts.local:
+        if key in facts.local:  # even below a cached step: its record is read already
             steps[key] = StepPlan(key, Action.USE_LOCAL)
         elif key not in needed:
             steps[key] = StepPlan(key, Action.NOT_NEEDED, BELOW_CACHED)

@@ -8,10 +8,11 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 
+import pytest
 from lowered import service_graph, titled
 
 from buildgraph.cache.steps import LayerRef, StepRecord
-from buildgraph.errors import StepFailed
+from buildgraph.errors import AuthError, StepFailed
 from buildgraph.graph.model import BuildGraph, Target
 from buildgraph.graph.steps import Step
 from buildgraph.image.oci import Descriptor
@@ -169,3 +170,36 @@ def test_a_failed_step_skips_what_needs_it_and_its_target(tmp_path: Path) -> Non
     ]
     assert sink.exports(StepState.SKIPPED) == ["a"] and sink.exports(StepState.DONE) == ["b"]
     assert set(outcome.skipped) == skipped
+
+
+def test_without_keep_going_nothing_starts_after_a_failure(tmp_path: Path) -> None:
+    """Once a's COPY fails, no step is started any more (what was started finishes), so b's
+    last step is never built and no target is exported; with keep_going, b is."""
+    graph = graph_of(tmp_path, "a", "b")
+    planned = plan(graph, local=set(), remote=set())
+    a_last = graph.targets[0].key
+    (failing,) = [k for k in graph.needed_by(a_last) if graph.steps[k].title.endswith("./")]
+    for keep_going, exported in ((False, []), (True, ["b"])):
+        counting = CountingExecutor(failing={failing})
+        sink = CollectingSink()
+        outcome = execute(planned, executor=counting, sink=sink, jobs=1, keep_going=keep_going)
+        assert list(outcome.failures) == [failing]
+        assert sink.exports(StepState.DONE) == exported
+        assert (graph.targets[1].key in methods(counting, "build")) is keep_going
+
+
+def test_a_refusal_before_the_first_build_ends_the_run(tmp_path: Path) -> None:
+    """`before_build` is where refused push credentials stop a run before anything is built."""
+
+    class Refusing(CountingExecutor):
+        def before_build(self) -> None:
+            super().before_build()
+            raise AuthError("push to the remote cache refused")
+
+    graph = graph_of(tmp_path, "a")
+    counting = Refusing()
+    with pytest.raises(AuthError):
+        execute(
+            plan(graph, local=set(), remote=set()), executor=counting, sink=CollectingSink(), jobs=1
+        )
+    assert methods(counting, "build") == set()
