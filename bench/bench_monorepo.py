@@ -248,14 +248,14 @@ def timed(engine: Engine, repo: Monorepo, log: Path, cold: bool) -> float | None
 
 def started_steps(log: Path) -> list[dict]:
     """The steps a `buildgraph run --progress json` started, from its log (a target's
-    export node, which tags the image, is not a step)."""
+    export, which tags the image, is an event without a step key)."""
     steps = []
     for line in log.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             event = json.loads(line)
             if not isinstance(event, dict) or event.get("state") != "started":
                 continue
-            if not str(event.get("key", "")).startswith("export:"):
+            if "key" in event:
                 steps.append(event)
     return steps
 
@@ -312,12 +312,13 @@ def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: st
     """In-process: compile the built tree, then time the scheduler over its all-cached graph."""
     from buildgraph.cache.local import LocalStore
     from buildgraph.cache.steps import StepIndex
-    from buildgraph.commands.plan import union_graph
-    from buildgraph.commands.run import compile_project
+    from buildgraph.commands.compile import compile_project, project_graph
     from buildgraph.frontend.buildfile import load_project
     from buildgraph.solver.events import CollectingSink
-    from buildgraph.solver.scheduler import run as schedule
+    from buildgraph.solver.facts import gather_and_plan
+    from buildgraph.solver.scheduler import execute
     from buildgraph.worker.execute import Worker
+    from buildgraph.worker.local_executor import LocalExecutor
     from buildgraph.worker.snapshot import SnapshotStore
 
     project = load_project(repo.buildfile, env=os.environ, overrides=())
@@ -326,12 +327,14 @@ def scheduler_per_cached_step(repo: Monorepo, cache: Path, repeat: int, size: st
     for _ in range(repeat):
         started = time.perf_counter()
         compiled = compile_project(project, (), store=store, client=_no_registry)
-        graph = union_graph(compiled)
+        graph = project_graph(compiled)
         compiled_at = time.perf_counter()
-        outcome = schedule(
-            graph,
-            worker=Worker(store, SnapshotStore(cache / "snapshots")),  # nothing will run
-            index=StepIndex(cache / "steps"),
+        index = StepIndex(cache / "steps")
+        plan, local = gather_and_plan(graph, index=index, store=store, remote=None, no_cache=False)
+        worker = Worker(store, SnapshotStore(cache / "snapshots"))  # nothing will run
+        outcome = execute(
+            plan,
+            executor=LocalExecutor(worker, index, None, local.records),
             sink=CollectingSink(),
             jobs=os.cpu_count() or 2,
         )

@@ -3,34 +3,31 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from buildgraph.cache.assemble import assemble_image
-from buildgraph.cache.export import export_docker_archive, export_local, export_oci, parse_output
-from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.local import LocalStore
 from buildgraph.cache.prune import using
-from buildgraph.cache.steps import StepIndex
-from buildgraph.errors import BuildgraphError, CacheError, InputError, Location, StepFailed
+from buildgraph.cache.steps import StepIndex, StepRecord
+from buildgraph.commands.compile import ClientFactory, base_resolver, relocate
+from buildgraph.commands.export import export_output
+from buildgraph.errors import InputError, StepFailed
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
 from buildgraph.graph.context import StatCache
-from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, StagePlan, lower_dockerfile
-from buildgraph.graph.steps import check_entitlements, inputs_of
+from buildgraph.graph.lower import BuildPlan, StagePlan, lower_dockerfile
+from buildgraph.graph.model import build_graph
+from buildgraph.graph.steps import check_entitlements
 from buildgraph.graph.urls import url_fetcher
 from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
+from buildgraph.solver.facts import gather_and_plan
 from buildgraph.solver.outcome import Outcome
-
-if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
-    import networkx as nx
-
-    from buildgraph.registry.client import RegistryClient
-
-ClientFactory = Callable[[], "RegistryClient"]
+from buildgraph.solver.plan import Action, Plan
+from buildgraph.solver.remote import RemoteSession, remote_session
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,40 +74,6 @@ def parse_secret(text: str) -> tuple[str, Path]:
     return secret_id, path
 
 
-def relocate(err: BuildgraphError, where: Location | None) -> BuildgraphError:
-    """The same error, naming the Dockerfile line it came from (if it named none)."""
-    if err.where is None and where is not None:
-        err.where = where
-    return err
-
-
-def base_resolver(
-    store: LocalStore, client: ClientFactory, platform: Platform, *, always_pull: bool
-) -> BaseResolver:
-    """FROM name looks in the local store first, then asks the registry (once per run)."""
-    seen: dict[str, BaseImage] = {}
-
-    def resolve(text: str, where: Location | None) -> BaseImage:
-        if text in seen:
-            return seen[text]
-        try:
-            ref = parse_reference(text)
-            image = (
-                None if always_pull else (store.resolve(ref.familiar) or store.resolve(str(ref)))
-            )
-            if image is None:
-                from buildgraph.cache.transfer import pull  # needs requests: only here
-
-                image = pull(client(), store.ensure(), ref, platform=platform)
-            config = store.read_config(store.read_manifest(image.descriptor))
-        except BuildgraphError as err:
-            raise relocate(err, where) from err.__cause__
-        seen[text] = BaseImage(str(ref), image.descriptor.digest, config)
-        return seen[text]
-
-    return resolve
-
-
 def _build(
     request: BuildRequest,
     *,
@@ -142,18 +105,35 @@ def _build(
     stat_cache.save(store.root / "statcache.json")
     check_entitlements(plan.steps.values(), request.allow)
     index = StepIndex(store.root / "steps")
-    outcome = None if request.no_cache else _already_built(plan, store, index, sink)
-    if outcome is None:
+    remote = remote_session(
+        store,
+        client,
+        source=request.cache_from,
+        target=request.cache_to,
+        warn=lambda text: sink.emit(LogEvent("remote cache", f"warning: {text}\n".encode())),
+        required=False,
+        export_only=None,
+    )
+    graph = build_graph([plan.steps])  # no targets: its last step's image is tagged below
+    planned, local = gather_and_plan(
+        graph, index=index, store=store, remote=remote, no_cache=request.no_cache
+    )
+    if planned.nothing_to_do():
+        outcome = _already_built(planned, local.records, index, sink)
+    else:
         outcome = _run_steps(
             request,
-            plan,
+            planned,
+            local.records,
             store=store,
-            client=client,
+            remote=remote,
             sink=sink,
             epoch=epoch,
             index=index,
             ignores={str(context): ignore},
         )
+    if remote is not None:
+        remote.finish()
     if outcome.failures:
         first = next(iter(outcome.failures.values()))
         raise first if isinstance(first, StepFailed) else relocate(first, None)
@@ -185,52 +165,39 @@ def _labelled(target: StagePlan, labels: Mapping[str, str]) -> StagePlan:
 
 
 def _already_built(
-    plan: BuildPlan, store: LocalStore, index: StepIndex, sink: EventSink
-) -> Outcome | None:
-    """The outcome of a build whose last step is cached here with all its layers: nothing
-    else is read, no graph is built and the scheduler and worker are never imported (a no-op
-    rebuild is then mostly interpreter start-up). None when anything has to run or be fetched."""
-    try:
-        record = index.get(plan.target.key)
-    except CacheError:
-        return None  # corrupt: the scheduler rebuilds it
-    if record is None or record.missing_layers(store):
-        return None
-    cached = frozenset(key for key in plan.steps if index.has(key))
-    for key, step in plan.steps.items():  # what the scheduler would report: the local hits
-        if key in cached:
-            index.touch(key)
-            sink.emit(StepEvent(key, StepState.CACHED, step.title or key[:12]))
-    unneeded = frozenset(plan.steps) - cached
-    return Outcome({plan.target.key: record}, {}, (), cached, unneeded=unneeded)
+    plan: Plan, records: Mapping[str, StepRecord], index: StepIndex, sink: EventSink
+) -> Outcome:
+    """The outcome of a build whose plan has nothing to do: every step it needs is cached here
+    with its layers, so the scheduler and worker are never imported (a no-op rebuild is then
+    mostly interpreter start-up)."""
+    cached = plan.keys(Action.USE_LOCAL)
+    for key in cached:  # what the scheduler would report: the local hits
+        index.touch(key)
+        sink.emit(StepEvent(key, StepState.CACHED, plan.graph.title(key)))
+    unneeded = frozenset(plan.keys(Action.NOT_NEEDED))
+    return Outcome(
+        {key: records[key] for key in cached}, {}, (), frozenset(cached), unneeded=unneeded
+    )
 
 
 def _run_steps(
     request: BuildRequest,
-    plan: BuildPlan,
+    plan: Plan,
+    records: Mapping[str, StepRecord],
     *,
     store: LocalStore,
-    client: ClientFactory,
+    remote: RemoteSession | None,
     sink: EventSink,
     epoch: int | None,
     index: StepIndex,
     ignores: dict[str, IgnoreMatcher],
 ) -> Outcome:
-    """Schedule the plan's steps (cache, remote cache, worker) and wait for the outcome."""
-    from buildgraph.solver.remote import remote_session
-    from buildgraph.solver.scheduler import run
+    """Execute the plan's steps (cache, remote cache, worker) and wait for the outcome."""
+    from buildgraph.solver.scheduler import execute
     from buildgraph.worker.execute import Worker
+    from buildgraph.worker.local_executor import LocalExecutor
     from buildgraph.worker.snapshot import SnapshotStore
 
-    remote = remote_session(
-        store,
-        client,
-        source=request.cache_from,
-        target=request.cache_to,
-        warn=lambda text: sink.emit(LogEvent("remote cache", f"warning: {text}\n".encode())),
-        required=False,
-        export_only=None,
-    )
     worker = Worker(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
@@ -242,23 +209,16 @@ def _run_steps(
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=request.isolation,
     )
+    executor = LocalExecutor(worker, index, remote, records)
     try:
-        outcome = run(
-            compile_graph(plan),
-            worker=worker,
-            index=index,
-            sink=sink,
-            jobs=request.jobs,
-            no_cache=request.no_cache,
-            remote=remote,
-        )
+        outcome = execute(plan, executor=executor, sink=sink, jobs=request.jobs)
     finally:
         worker.close()  # the chroot isolation's roots
     if remote is not None:
-        record = outcome.records.get(plan.target.key)
+        (last,) = plan.graph.results()
+        record = outcome.records.get(last)
         if record is not None:  # the image is tagged here: its layers must be here
             remote.ensure_layers(record)
-        remote.finish()
     return outcome
 
 
@@ -268,19 +228,6 @@ def build(request: BuildRequest, **options) -> BuildResult:
         return _build(request, **options)
 
 
-def compile_graph(*plans: BuildPlan) -> nx.DiGraph:
-    """One graph of every plan's steps; equal keys from different plans are one node."""
-    import networkx as nx
-
-    from buildgraph.solver.scheduler import add_step
-
-    graph = nx.DiGraph()
-    for plan in plans:
-        for key, step in plan.steps.items():
-            add_step(graph, key, step, inputs_of(step))
-    return graph
-
-
 def _tag(store: LocalStore, image: Descriptor, tags: Sequence[str]) -> tuple[str, ...]:
     names = []
     for tag in tags:
@@ -288,30 +235,3 @@ def _tag(store: LocalStore, image: Descriptor, tags: Sequence[str]) -> tuple[str
         store.tag(ref.familiar, str(ref), image)
         names.append(ref.familiar)
     return tuple(names)
-
-
-def export_output(
-    store: LocalStore,
-    image: Descriptor,
-    tags: tuple[str, ...],
-    text: str,
-    client: ClientFactory,
-    dockerfile: Path,
-) -> None:
-    spec = parse_output(text)
-    name = spec.attr("name") or (tags[0] if tags else "")
-    stored = StoredImage(name or "image", name or "image", image)
-    if spec.type == "oci":
-        export_oci(store, stored, Path(spec.dest), name or "latest")
-    elif spec.type == "docker":
-        export_docker_archive(store, stored, Path(spec.dest), [name] if name else [])
-    elif spec.type == "local":
-        export_local(store, stored, Path(spec.dest))
-    elif spec.type in ("registry", "image"):
-        from buildgraph.cache.transfer import push
-
-        if not name:
-            raise InputError(
-                "--output type=registry needs a name= or a -t tag", Location(dockerfile)
-            )
-        push(client(), store, stored, parse_reference(name))

@@ -6,41 +6,31 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-import networkx as nx
-
 from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepIndex
-from buildgraph.commands.build import ClientFactory, compile_graph
-from buildgraph.commands.run import Compiled, compile_project
+from buildgraph.commands.compile import ClientFactory, Compiled, compile_project, project_graph
 from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import reason, summarize
-from buildgraph.graph.query import chain
+from buildgraph.graph.model import BuildGraph, Target
 from buildgraph.solver.events import StepState
+from buildgraph.solver.facts import gather_and_plan
+from buildgraph.solver.plan import Action, Plan
 from buildgraph.solver.remote import remote_session
-from buildgraph.solver.scheduler import add_export, not_needed
 
 
 @dataclass(frozen=True, slots=True)
 class PlannedStep:
     key: str
     title: str
-    state: StepState  # CACHED or TO_BUILD
+    state: StepState  # CACHED, REMOTE, TO_BUILD or NOT_NEEDED
     reason: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class TargetPlan:
     name: str
-    steps: tuple[PlannedStep, ...]  # the target's chain, base first
-
-
-def union_graph(compiled: Compiled, *, exports: bool = False) -> nx.DiGraph:
-    graph = compile_graph(*compiled.plans.values())
-    if exports:  # one export node per target, as `run` schedules them
-        for name, plan in compiled.plans.items():
-            add_export(graph, name, plan.target.key)
-    return graph
+    steps: tuple[PlannedStep, ...]  # every step the target needs, inputs first
 
 
 def plan_project(
@@ -51,10 +41,9 @@ def plan_project(
     client: ClientFactory,
     cache_from: str | None = None,
     warn: Callable[[str], None] = lambda _: None,
-) -> tuple[tuple[TargetPlan, ...], nx.DiGraph]:
+) -> tuple[tuple[TargetPlan, ...], BuildGraph]:
+    """The plan `run` would carry out, step by step, with the reason each step is built."""
     compiled = compile_project(project, names, store=store, client=client)
-    graph = union_graph(compiled, exports=True)
-    index = StepIndex(store.root / "steps")
     remote = remote_session(
         store,
         client,
@@ -64,53 +53,47 @@ def plan_project(
         required=False,
         export_only=None,
     )
-    steps = [key for key in graph if "step" in graph.nodes[key]]
-    local = {key for key in steps if index.has(key)}
-    if remote is not None:  # every step missing here (a run skips those below hits)
-        remote.lookup(key for key in steps if key not in local)
-    hits = set(remote.hits) if remote is not None else set()
-    unneeded = not_needed(graph, local | hits)  # what a run would neither read nor build
+    graph = project_graph(compiled)
+    index = StepIndex(store.root / "steps")
+    planned, _ = gather_and_plan(graph, index=index, store=store, remote=remote, no_cache=False)
     records = BuildRecords(store.root / "targets")
-    stat_cache = compiled.stat_cache
-    targets = []
-    for name, plan in compiled.plans.items():
-        before = records.load(name) or []
-        planned = []
-        parent_changed = False
-        for position, key in enumerate(chain(graph, plan.target.key)):
-            step = graph.nodes[key]["step"]
-            if key in local:
-                planned.append(PlannedStep(key, _title(step), StepState.CACHED))
-                parent_changed = False
-                continue
-            if key in hits:
-                planned.append(PlannedStep(key, _title(step), StepState.REMOTE))
-                parent_changed = False
-                continue
-            if key in unneeded:
-                why = "a later step is cached"
-                planned.append(PlannedStep(key, _title(step), StepState.NOT_NEEDED, why))
-                parent_changed = True
-                continue
-            now = summarize(step, compiled.ignores, stat_cache)
+    targets = tuple(_target_plan(planned, target, records, compiled) for target in graph.targets)
+    return targets, graph
+
+
+def _target_plan(
+    planned: Plan, target: Target, records: BuildRecords, compiled: Compiled
+) -> TargetPlan:
+    """Every step the target needs (the stages it copies from included), with the plan's
+    action; a step to build on the target's own line names what changed since its last build."""
+    graph = planned.graph
+    chain = graph.chain(target.key)
+    before = records.load(target.name) or []
+    steps = []
+    for key in graph.needed_by(target.key):
+        step = planned.steps[key]
+        why = step.reason if step.action is not Action.USE_LOCAL else ""
+        if step.action is Action.BUILD and not step.unusable and key in chain:
+            position = chain.index(key)
             earlier = before[position] if position < len(before) else None
+            now = summarize(graph.steps[key], compiled.ignores, compiled.stat_cache)
+            parent_changed = position > 0 and planned.action(chain[position - 1]) is Action.BUILD
             why = reason(now, earlier, parent_changed)
-            planned.append(PlannedStep(key, _title(step), StepState.TO_BUILD, why))
-            parent_changed = True
-        targets.append(TargetPlan(name, tuple(planned)))
-    return tuple(targets), graph
+        elif step.action in (Action.FETCH, Action.USE_REMOTE):
+            why = ""
+        steps.append(PlannedStep(key, _title(graph.steps[key]), step.action.state, why))
+    return TargetPlan(target.name, tuple(steps))
 
 
 def _title(step) -> str:
     return step.title or type(step).__name__
 
 
-def _node_title(graph: nx.DiGraph, key: str) -> str:
-    node = graph.nodes[key]
-    return node.get("title") or _title(node["step"])
+def _node_title(graph: BuildGraph, key: str) -> str:
+    return _title(graph.steps[key])
 
 
-def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
+def render_plan(targets: Sequence[TargetPlan], graph: BuildGraph) -> str:
     lines = []
     for target in targets:
         lines.append(f"{target.name}:")
@@ -120,7 +103,7 @@ def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
     to_build = {s.key for t in targets for s in t.steps if s.state is StepState.TO_BUILD}
     remote = {s.key for t in targets for s in t.steps if s.state is StepState.REMOTE}
     unneeded = {s.key for t in targets for s in t.steps if s.state is StepState.NOT_NEEDED}
-    steps = sum(1 for key in graph if "step" in graph.nodes[key])
+    steps = len(graph.steps)
     cached = steps - len(to_build) - len(remote) - len(unneeded)
     lines.append(
         f"{steps} distinct steps: {cached} cached, {len(remote)} remote, "
@@ -129,20 +112,20 @@ def render_plan(targets: Sequence[TargetPlan], graph: nx.DiGraph) -> str:
     return "\n".join(lines)
 
 
-def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> str:
-    names = {t.steps[-1].key: t.name for t in targets if t.steps}
+def render_graph(graph: BuildGraph, targets: Sequence[TargetPlan], fmt: str) -> str:
+    names = {target.key: target.name for target in graph.targets}
     if fmt == "json":
         doc = {
             "nodes": [
                 {"key": key, "title": _node_title(graph, key), "target": names.get(key)}
-                for key in nx.topological_sort(graph)
+                for key in graph.steps
             ],
             "edges": [[a, b] for a, b in graph.edges],
         }
         return json.dumps(doc, indent=2)
     if fmt == "dot":
         out = ["digraph buildgraph {", "  rankdir=LR;"]
-        for key in nx.topological_sort(graph):
+        for key in graph.steps:
             label = _node_title(graph, key).replace('"', '\\"')
             shape = ",shape=box,style=bold" if key in names else ""
             out.append(f'  "{key[:12]}" [label="{label}"{shape}];')
@@ -150,8 +133,8 @@ def render_graph(graph: nx.DiGraph, targets: Sequence[TargetPlan], fmt: str) -> 
         out.append("}")
         return "\n".join(out)
     out = []
-    for key in nx.topological_sort(graph):
-        inputs = ", ".join(parent[:12] for parent in graph.predecessors(key))
+    for key in graph.steps:
+        inputs = ", ".join(parent[:12] for parent in graph.inputs[key])
         target = f"  => {names[key]}" if key in names else ""
         out.append(
             f"{key[:12]}  {_node_title(graph, key)}" + (f"  <- {inputs}" if inputs else "") + target

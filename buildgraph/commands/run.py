@@ -9,33 +9,27 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import networkx as nx
-
-from buildgraph.cache.assemble import assemble_image
 from buildgraph.cache.builds import BuildRecords
-from buildgraph.cache.local import LocalStore, StoredImage
+from buildgraph.cache.local import LocalStore
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.commands.build import ClientFactory, base_resolver, compile_graph, export_output
+from buildgraph.commands.compile import STAT_CACHE, ClientFactory, Compiled, compile_project
+from buildgraph.commands.export import Exported, export_target, mount_cache
 from buildgraph.errors import BuildgraphError, CacheError, StepFailed
-from buildgraph.frontend.buildfile import Project, TargetSpec
-from buildgraph.graph.compile import Compiled, gather_and_compile
-from buildgraph.graph.context import StatCache
+from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import summarize
-from buildgraph.graph.facts import LiveFacts
-from buildgraph.graph.plans import BuildPlan
-from buildgraph.graph.query import chain
+from buildgraph.graph.lower import BuildPlan
+from buildgraph.graph.model import BuildGraph, Target, build_graph
 from buildgraph.graph.steps import CopyStep, RunStep, check_entitlements
-from buildgraph.graph.urls import url_fetcher
 from buildgraph.image.oci import Descriptor
-from buildgraph.registry.reference import Reference, parse_reference
 from buildgraph.solver.events import EventSink, LogEvent
-from buildgraph.solver.remote import RemoteSession, remote_session
-from buildgraph.solver.scheduler import Outcome, add_export, run
+from buildgraph.solver.facts import gather_and_plan
+from buildgraph.solver.outcome import Outcome
+from buildgraph.solver.remote import remote_session
+from buildgraph.solver.scheduler import execute
 from buildgraph.worker.execute import Worker
+from buildgraph.worker.local_executor import LocalExecutor
 from buildgraph.worker.snapshot import SnapshotStore
-
-STAT_CACHE = "statcache.json"  # in the cache dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,41 +47,14 @@ class TargetResult:
 
 
 @dataclass(frozen=True, slots=True)
-class Exported:
-    """What a target's export node did."""
-
-    image: Descriptor
-    tags: tuple[str, ...]  # the local tags; the pushed references when not tagged locally
-    finished: float  # time.monotonic()
-    note: str = ""
-
-
-@dataclass(frozen=True, slots=True)
 class RunResult:
     targets: tuple[TargetResult, ...]
     outcome: Outcome
-    graph: nx.DiGraph
+    graph: BuildGraph
     seconds: float
     warnings: tuple[str, ...] = ()
     downloaded: int = 0  # bytes of layers fetched from the remote cache
     exported: int = 0  # steps exported to the remote cache
-
-
-def compile_project(
-    project: Project,
-    names: Sequence[str],
-    *,
-    store: LocalStore,
-    client: ClientFactory,
-    always_pull: bool = False,
-) -> Compiled:
-    """Gather the facts (Dockerfiles, base images, ADD URLs, context files) and compile."""
-    live = LiveFacts(
-        resolver_for=functools.partial(base_resolver, store, client, always_pull=always_pull),
-        fetch_url=url_fetcher(store.root / "downloads"),
-        stat_cache=StatCache.load(store.root / STAT_CACHE),  # each file hashed once per run
-    )
-    return gather_and_compile(project, names, live)[1]
 
 
 def _run_project(
@@ -112,22 +79,17 @@ def _run_project(
     isolation: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
 ) -> RunResult:
-    """`export_cached` (warm --build): also export the steps this run did not build, where the
-    export repository lacks them."""
+    """Gather facts and compile → plan → execute (each target exported as soon as it is done)
+    → report. `export_cached` (warm --build): also export the steps this run did not build,
+    where the export repository lacks them."""
     start = time.monotonic()
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client, always_pull=always_pull)
-    for plan in compiled.plans.values():
-        check_entitlements(plan.steps.values(), allow)
-    graph = compile_graph(*compiled.plans.values())
-    for name, plan in compiled.plans.items():
-        add_export(graph, name, plan.target.key)
-    secrets = {
-        secret_id: Path(source)
-        for name in compiled.plans
-        for secret_id, source in project.target(name).secrets
-    }
-    finals = [plan.target.key for plan in compiled.plans.values()]
+    for lowered in compiled.plans.values():
+        check_entitlements(lowered.steps.values(), allow)
+    steps = build_graph(lowered.steps for lowered in compiled.plans.values())
+    finals = [lowered.target.key for lowered in compiled.plans.values()]
+    min_mode = project.cache.mode != "max"
     remote = remote_session(
         store,
         client,
@@ -135,14 +97,23 @@ def _run_project(
         target=cache_to if cache_to is not None else project.cache.remote,
         warn=warn,
         required=cache_required,
-        export_only=None if project.cache.mode == "max" else _image_entries(graph, finals),
-        layers_early=None if project.cache.mode == "max" else _image_steps(graph, finals),
+        export_only=_image_entries(steps, finals) if min_mode else None,
+        layers_early=_image_steps(steps, finals) if min_mode else None,
     )
     # An export that pushes by mounting from the remote cache needs no layers here: the
-    # scheduler then does not fetch the layers of its last step for it.
-    for name in compiled.plans:
-        lazy = _mount_cache(project.target(name), push_all, remote) is not None
-        graph.nodes[f"export:{name}"]["needs_files"] = not lazy
+    # plan then does not fetch the layers of its last step for it.
+    graph = steps.with_targets(
+        Target(
+            name,
+            lowered.target.key,
+            mount_cache(project.target(name), push_all, remote) is not None,
+        )
+        for name, lowered in compiled.plans.items()
+    )
+    index = StepIndex(store.root / "steps")
+    planned, local = gather_and_plan(
+        graph, index=index, store=store, remote=remote, no_cache=no_cache
+    )
     worker = Worker(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
@@ -150,48 +121,42 @@ def _run_project(
         epoch=epoch,
         output=lambda title, data: sink.emit(LogEvent(title, data)),
         network=network,
-        secrets=secrets,
+        secrets=_secrets(project, compiled),
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=isolation,
     )
-    if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
-        sink.targets.update(step_targets(compiled, graph))  # type: ignore[attr-defined]
-    try:
-        outcome = run(
-            graph,
-            worker=worker,
-            index=StepIndex(store.root / "steps"),
-            sink=sink,
-            jobs=jobs,
-            no_cache=no_cache,
-            keep_going=keep_going,
+    exports = {
+        name: functools.partial(
+            export_target,
+            project.target(name),
+            lowered,
+            store=store,
+            client=client,
+            epoch=epoch,
+            push_all=push_all,
             remote=remote,
-            exports={
-                f"export:{name}": functools.partial(
-                    export_target,
-                    project.target(name),
-                    plan,
-                    store=store,
-                    client=client,
-                    epoch=epoch,
-                    push_all=push_all,
-                    remote=remote,
-                )
-                for name, plan in compiled.plans.items()
-            },
         )
+        for name, lowered in compiled.plans.items()
+    }
+    executor = LocalExecutor(
+        worker, index, remote, local.records, lambda target, record: exports[target.name](record)
+    )
+    if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
+        sink.targets.update(step_targets(graph))  # type: ignore[attr-defined]
+    try:
+        outcome = execute(planned, executor=executor, sink=sink, jobs=jobs, keep_going=keep_going)
     finally:
         worker.close()  # the chroot isolation's roots
-    built = {key for key in graph if key in outcome.records} - outcome.cached
+    built = set(outcome.records) - outcome.cached
     if export_cached and remote is not None:
-        index = StepIndex(store.root / "steps")
         remote.export_cached(_cached_records(graph, outcome, index, built))
-    results = []
     finished = [n for n, p in compiled.plans.items() if p.target.key in outcome.records]
     record_builds(compiled, graph, store, finished)
     compiled.stat_cache.save(store.root / STAT_CACHE)
-    for name, plan in compiled.plans.items():
-        results.append(_target_result(name, plan, graph, outcome, built, start))
+    results = [
+        _target_result(name, lowered, graph, outcome, built, start)
+        for name, lowered in compiled.plans.items()
+    ]
     if remote is not None:
         remote.finish()
     return RunResult(
@@ -205,14 +170,23 @@ def _run_project(
     )
 
 
+def _secrets(project: Project, compiled: Compiled) -> dict[str, Path]:
+    """Secret id -> host file, for every target of the run (`RUN --mount=type=secret`)."""
+    return {
+        secret_id: Path(source)
+        for name in compiled.plans
+        for secret_id, source in project.target(name).secrets
+    }
+
+
 def _cached_records(
-    graph: nx.DiGraph, outcome: Outcome, index: StepIndex, built: set[str]
+    graph: BuildGraph, outcome: Outcome, index: StepIndex, built: set[str]
 ) -> dict[str, StepRecord]:
     """The records of the graph's steps this run did not build: those it used, and those
     below a cached step that the local store still holds."""
     records = {}
-    for key, data in graph.nodes(data=True):
-        if "step" not in data or key in built:
+    for key in graph.steps:
+        if key in built:
             continue
         record = outcome.records.get(key)
         if record is None:
@@ -225,21 +199,21 @@ def _cached_records(
     return records
 
 
-def _image_entries(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:
+def _image_entries(graph: BuildGraph, finals: Sequence[str]) -> set[str]:
     """Mode min's entries, what BuildKit's min mode keeps: each target's last step, and each
     step on the targets' own lines that adds a layer (RUN, COPY, ADD), so that a change near
     the end of a Dockerfile still finds the layers below it."""
     layered = {
         key
         for key in _image_steps(graph, finals)
-        if isinstance(graph.nodes[key]["step"], RunStep | CopyStep)
+        if isinstance(graph.steps[key], RunStep | CopyStep)
     }
     return layered | set(finals)
 
 
-def _image_steps(graph: nx.DiGraph, finals: Sequence[str]) -> set[str]:
+def _image_steps(graph: BuildGraph, finals: Sequence[str]) -> set[str]:
     """The steps whose layers the targets' images hold: each target's own line of steps."""
-    return {key for final in finals for key in chain(graph, final)}
+    return {key for final in finals for key in graph.chain(final)}
 
 
 def run_project(project: Project, names: Sequence[str], **options) -> RunResult:
@@ -249,126 +223,27 @@ def run_project(project: Project, names: Sequence[str], **options) -> RunResult:
 
 
 def record_builds(
-    compiled: Compiled, graph: nx.DiGraph, store: LocalStore, names: Sequence[str]
+    compiled: Compiled, graph: BuildGraph, store: LocalStore, names: Sequence[str]
 ) -> None:
     """After a run: remember what each finished target's steps read."""
     records = BuildRecords(store.root / "targets")
     for name in names:
-        keys = chain(graph, compiled.plans[name].target.key)
+        keys = graph.chain(compiled.plans[name].target.key)
         if records.keys(name) == keys:
             continue  # the record already describes these steps: no context walk again
-        summaries = [
-            summarize(graph.nodes[k]["step"], compiled.ignores, compiled.stat_cache) for k in keys
-        ]
+        summaries = [summarize(graph.steps[k], compiled.ignores, compiled.stat_cache) for k in keys]
         records.save(name, keys, summaries)
 
 
-def export_target(
-    spec: TargetSpec,
-    plan: BuildPlan,
-    record: StepRecord,
-    *,
-    store: LocalStore,
-    client: ClientFactory,
-    epoch: int | None,
-    push_all: bool,
-    remote: RemoteSession | None,
-) -> Exported:
-    """The work of a target's export node: image, local tags, outputs, pushes."""
-    cache = _mount_cache(spec, push_all, remote)
-    if cache is not None and remote is not None and record.missing_layers(store):
-        return _push_mounted(
-            spec, plan, record, cache, remote, store=store, client=client, epoch=epoch
-        )
-    if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
-        remote.ensure_layers(record)
-    if missing := record.missing_layers(store):
-        raise CacheError(
-            f"target {spec.name}: {len(missing)} layers (first {missing[0].digest}) are in "
-            "neither the local store nor a reachable remote cache; run with its remote cache "
-            "or --no-cache"
-        )
-    image = assemble_image(store, plan.target, record, epoch=epoch)
-    tags = []
-    for tag in spec.tags:
-        ref = parse_reference(tag)
-        store.tag(ref.familiar, str(ref), image)
-        tags.append(ref.familiar)
-    for output in spec.outputs:
-        export_output(store, image, tuple(tags), output, client, spec.dockerfile)
-    if spec.push or push_all:
-        from buildgraph.cache.transfer import push  # needs requests: only when pushing
-
-        for tag in spec.tags:
-            stored = StoredImage(tag, str(parse_reference(tag)), image)
-            push(client(), store, stored, parse_reference(tag))
-    return Exported(image, tuple(tags), time.monotonic())
-
-
-def _mount_cache(
-    spec: TargetSpec, push_all: bool, remote: RemoteSession | None
-) -> Reference | None:
-    """The remote cache repository a target's push can mount layers from instead of
-    downloading them: when it is only pushed (no local outputs) and only to the cache's
-    registry. None when its export needs the files here."""
-    if remote is None or remote.source is None or spec.outputs or not spec.tags:
-        return None
-    cache = remote.source.repository
-    if not (spec.push or push_all) or any(
-        parse_reference(tag).registry != cache.registry for tag in spec.tags
-    ):
-        return None
-    return cache
-
-
-def _push_mounted(
-    spec: TargetSpec,
-    plan: BuildPlan,
-    record: StepRecord,
-    cache: Reference,
-    remote: RemoteSession,
-    *,
-    store: LocalStore,
-    client: ClientFactory,
-    epoch: int | None,
-) -> Exported:
-    """Push an image whose layers are (partly) only in the remote cache: the registry mounts
-    them from the cache repository, as the cache holds them (built layers: uncompressed), and
-    nothing is downloaded; a layer it will not mount is downloaded and uploaded. A local tag
-    must name blobs the store has, so the image is tagged locally only if all ended up here."""
-    from buildgraph.cache.transfer import push  # needs requests: only when pushing
-
-    layers = {layer.descriptor.digest: layer for layer in record.layers}
-
-    def fetch(blob: Descriptor) -> None:  # a refused mount: just this layer comes through here
-        remote.ensure_layers(StepRecord((layers[blob.digest],), ()))
-
-    image = assemble_image(store, plan.target, record, epoch=epoch)  # config + manifest only
-    refs = [parse_reference(tag) for tag in spec.tags]
-    for ref in refs:
-        stored = StoredImage(ref.familiar, str(ref), image)
-        push(client(), store, stored, ref, mount_from=(cache,), fetch=fetch)
-    if not (missing := record.missing_layers(store)):
-        for ref in refs:
-            store.tag(ref.familiar, str(ref), image)
-        return Exported(image, tuple(ref.familiar for ref in refs), time.monotonic())
-    layers_word = "layer" if len(missing) == 1 else "layers"
-    note = (
-        f"pushed without downloading: {len(missing)} {layers_word} mounted from {cache}; "
-        "not tagged locally"
-    )
-    return Exported(image, tuple(str(ref) for ref in refs), time.monotonic(), note)
-
-
 def _target_result(
-    name: str, plan: BuildPlan, graph: nx.DiGraph, outcome: Outcome, built: set[str], start: float
+    name: str, plan: BuildPlan, graph: BuildGraph, outcome: Outcome, built: set[str], start: float
 ) -> TargetResult:
     key = plan.target.key
-    steps = tuple(sorted(nx.ancestors(graph, key) | {key}))
+    steps = tuple(sorted(graph.needed_by(key)))
     ran = sum(1 for step in steps if step in built)
-    done = outcome.exported.get(f"export:{name}")
+    done = outcome.exported.get(name)
     if done is None:
-        keys = (*steps, f"export:{name}")
+        keys = (*steps, name)  # a failed export is recorded under the target's name
         failed = [outcome.failures[k] for k in keys if k in outcome.failures]
         error = str(failed[0]) if failed else "skipped: a step it needs failed"
         return TargetResult(name, key, steps, ran, 0, None, (), error)
@@ -386,20 +261,19 @@ def raise_for_failures(result: RunResult) -> None:
     if not failures:
         return
     key, first = next(iter(failures.items()))
-    broken = [t.name for t in result.targets if key in t.steps]
+    broken = [t.name for t in result.targets if key in t.steps or key == t.name]
     more = f" (and {len(failures) - 1} more)" if len(failures) > 1 else ""
     message = f"target {', '.join(broken) or '?'}: {first.args[0]}{more}"
     error = type(first)(message, first.where) if isinstance(first, BuildgraphError) else None
     raise error if error is not None else StepFailed(message)
 
 
-def step_targets(compiled: Compiled, graph: nx.DiGraph) -> dict[str, list[str]]:
+def step_targets(graph: BuildGraph) -> dict[str, list[str]]:
     """Step key -> every target it serves (for progress events)."""
     served: dict[str, list[str]] = {}
-    for name, plan in compiled.plans.items():
-        for key in nx.ancestors(graph, plan.target.key) | {plan.target.key}:
-            served.setdefault(key, []).append(name)
-        served[f"export:{name}"] = [name]  # the target's tag, output or push
+    for target in graph.targets:
+        for key in graph.needed_by(target.key):
+            served.setdefault(key, []).append(target.name)
     return served
 
 

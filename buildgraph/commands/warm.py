@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 
 from buildgraph.cache.local import LocalStore
-from buildgraph.cache.remote import RemoteCache
+from buildgraph.cache.remote import RemoteCache, RemoteEntry
 from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.commands.build import ClientFactory
-from buildgraph.commands.plan import union_graph
-from buildgraph.commands.run import compile_project
+from buildgraph.commands.compile import ClientFactory, compile_project, project_graph
 from buildgraph.errors import AuthError, InputError
 from buildgraph.frontend.buildfile import Project
+from buildgraph.graph.model import Target
 from buildgraph.registry.reference import parse_reference
+from buildgraph.solver.facts import look_up_remote, read_local
+from buildgraph.solver.plan import Action, plan
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,14 +73,32 @@ def warm_project(
         raise InputError(f"remote cache: {err}") from err
     store.ensure()
     compiled = compile_project(project, names, store=store, client=client)
-    graph = union_graph(compiled)
+    # Warm brings every entry any later run may start from (a change anywhere then builds
+    # only from there, offline): the plan of a graph in which every step is a result.
+    compiled_graph = project_graph(compiled)
+    graph = compiled_graph.with_targets(Target(key, key) for key in compiled_graph.steps)
     index = StepIndex(store.root / "steps")
-    wanted = [key for key in graph if not index.has(key)]
     try:
+        remote = RemoteCache(client(), repository, jobs=jobs)
+        entries: dict[str, RemoteEntry] = {}
+
+        def lookup(keys: Iterable[str]) -> set[str]:
+            found = remote.lookup(list(keys))
+            entries.update(found)
+            return set(found)
+
+        # Layers missing here make a local record unusable: warm fetches them too, so that
+        # `run --offline` needs no network afterwards.
+        local = read_local(graph, index=index, store=store, layers_elsewhere=False, no_cache=False)
+        hits = look_up_remote(graph, local.records.keys(), lookup)
+        planned = plan(graph, local=local.records.keys(), remote=hits, unusable=local.unusable)
+        wanted = {key: entries[key] for key in planned.keys(Action.FETCH, Action.USE_REMOTE)}
         return _fetch(
-            RemoteCache(client(), repository, jobs=jobs),
+            remote,
             wanted,
             steps=len(graph),
+            local=len(planned.keys(Action.USE_LOCAL)),
+            missing=len(planned.keys(Action.BUILD)),
             store=store,
             index=index,
             progress=progress,
@@ -91,17 +110,19 @@ def warm_project(
 
 def _fetch(
     remote: RemoteCache,
-    wanted: list[str],
+    hits: dict[str, RemoteEntry],
     *,
     steps: int,
+    local: int,
+    missing: int,
     store: LocalStore,
     index: StepIndex,
     progress: Callable[[WarmEvent], None],
     warn: Callable[[str], None],
 ) -> WarmResult:
     """Each distinct layer is downloaded once, in parallel; an entry is written to the index
-    as soon as all of its layers are here, so an interrupted warm leaves only whole entries."""
-    hits = remote.lookup(wanted)
+    as soon as all of its layers are here, so an interrupted warm leaves only whole entries.
+    `missing`: steps in neither cache; an entry that cannot be read joins them."""
     with ThreadPoolExecutor(max_workers=remote.jobs) as pool:
         found = list(pool.map(lambda entry: remote.fetch_record(entry, warn=warn), hits.values()))
     records = {key: record for key, record in zip(hits, found, strict=True) if record is not None}
@@ -115,10 +136,10 @@ def _fetch(
     progress(
         WarmPlan(
             steps=steps,
-            local=steps - len(wanted),
+            local=local,
             entries=len(records),
             bytes=sum(blob.size for blob in blobs.values()),
-            missing=len(wanted) - len(records),
+            missing=missing + len(hits) - len(records),
         )
     )
     downloaded: dict[str, int] = {}  # digest -> bytes, until the first entry done counts them
@@ -150,9 +171,9 @@ def _fetch(
         pool.shutdown(wait=True, cancel_futures=True)
     result = WarmResult(
         steps=steps,
-        local=steps - len(wanted),
+        local=local,
         fetched=len(records),
-        missing=len(wanted) - len(records),
+        missing=missing + len(hits) - len(records),
         bytes=total,
     )
     progress(result)

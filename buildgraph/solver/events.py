@@ -29,23 +29,48 @@ class StepEvent:
 
 
 @dataclass(frozen=True)
+class ExportEvent:
+    """A target's image being tagged, written out or pushed, once its last step is done."""
+
+    target: str
+    state: StepState  # RUNNING, DONE, FAILED or SKIPPED
+    reason: str = ""
+    duration_s: float = 0.0
+
+    @property
+    def title(self) -> str:
+        return f"[{self.target}] export"
+
+
+@dataclass(frozen=True)
 class LogEvent:
     title: str
     data: bytes  # output of a running step
 
 
+Event = StepEvent | ExportEvent | LogEvent
+
+
 class EventSink(Protocol):
-    def emit(self, event: StepEvent | LogEvent) -> None: ...
+    def emit(self, event: Event) -> None: ...
 
 
 class CollectingSink:
     """Keeps every event: for tests and for summaries."""
 
     def __init__(self) -> None:
-        self.events: list[StepEvent | LogEvent] = []
+        self.events: list[Event] = []
 
-    def emit(self, event: StepEvent | LogEvent) -> None:
+    def emit(self, event: Event) -> None:
         self.events.append(event)
 
     def states(self) -> dict[str, StepState]:
         return {e.key: e.state for e in self.events if isinstance(e, StepEvent)}
+
+    def keys(self, state: StepState) -> list[str]:
+        """The steps that reached `state`, in the order they did."""
+        return [e.key for e in self.events if isinstance(e, StepEvent) and e.state is state]
+
+    def exports(self, state: StepState) -> list[str]:
+        """The targets whose export reached `state`, in the order they did."""
+        return [e.target for e in self.events if isinstance(e, ExportEvent) and e.state is state]

@@ -1,377 +1,273 @@
-"""Run a step graph: cached steps cost nothing, ready steps run in parallel, longest path first."""
+"""Execute a plan: ready steps run in parallel, longest remaining path first; decides nothing."""
 
 from __future__ import annotations
 
 import heapq
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
-import networkx as nx
-
-from buildgraph.cache.steps import StepIndex, StepRecord
-from buildgraph.errors import (
-    BuildgraphError,
-    CacheError,
-    DigestMismatch,
-    RegistryError,
-    storage_error,
-)
-from buildgraph.graph.steps import CopyStep, RunStep, SourceStep, Step
-from buildgraph.solver.events import EventSink, StepEvent, StepState
+from buildgraph.cache.steps import StepRecord
+from buildgraph.errors import BuildgraphError, storage_error
+from buildgraph.graph.model import BuildGraph, Target
+from buildgraph.solver.events import EventSink, ExportEvent, StepEvent, StepState
+from buildgraph.solver.executor import Executor, Unusable
 from buildgraph.solver.outcome import Outcome
-from buildgraph.solver.remote import RemoteSession
-from buildgraph.worker.execute import Worker
+from buildgraph.solver.plan import Action, Plan, replan
 
 FETCH_JOBS = 8  # remote hits whose layers are downloaded at once
-Export = Callable[[StepRecord], object]  # what an export node does with its target's record
 
 
-def add_export(dag: nx.DiGraph, target: str, final_key: str) -> str:
-    """The node that tags, outputs and pushes one target once its last step is done."""
-    node = f"export:{target}"
-    dag.add_node(node, export=target, title=f"[{target}] export")
-    dag.add_edge(final_key, node)
-    return node
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a running future is: a step (built or fetched) or a target's export."""
+
+    key: str = ""
+    target: Target | None = None
 
 
-def add_step(dag: nx.DiGraph, key: str, step: Step, inputs: tuple[str, ...]) -> None:
-    if key not in dag:  # an equal step from another target is the same node
-        dag.add_node(key, step=step)
-        dag.add_edges_from((parent, key) for parent in inputs)
-
-
-def run(
-    graph: nx.DiGraph,
-    *,
-    worker: Worker,
-    index: StepIndex,
-    sink: EventSink,
-    jobs: int,
-    no_cache: bool = False,
-    keep_going: bool = False,
-    remote: RemoteSession | None = None,
-    exports: Mapping[str, Export] | None = None,
+def execute(
+    plan: Plan, *, executor: Executor, sink: EventSink, jobs: int, keep_going: bool = False
 ) -> Outcome:
-    """Execute every node of `graph` (edges: input -> step) that a result needs. With `remote`,
-    steps missing locally are looked up in the remote cache first, and built steps are exported.
+    """Carry out `plan` with `executor`: every step the plan needs, then each target's export
+    as soon as its last step is done. A cache entry that turns out unusable costs a `replan`:
+    the step is built, after whatever it now needs."""
+    return _Execution(plan, executor, sink, keep_going).run(jobs)
 
-    A step whose every consumer comes from a cache is not needed: a remote hit of that kind is
-    not even read, a miss is not built (as BuildKit never builds below a cached step). Should a
-    cached step turn out unusable (a corrupt record, a remote blob that fails its digest), the
-    inputs it then needs are demanded on the spot and it is built once they are done."""
-    steps = [key for key in graph if "step" in graph.nodes[key]]
-    local = set() if no_cache else {key for key in steps if index.has(key)}
-    if remote is not None and not no_cache:
-        look_up_needed(graph, local, remote)
-    hits = set(remote.hits) if remote is not None and not no_cache else set()
-    pruned = set() if no_cache else not_needed(graph, local | hits) - local
-    if remote is not None and hits:
-        remote.prefetch(key for key in steps if key in hits and key not in pruned | local)
-    priority = _remaining_path_lengths(graph)
-    waiting = {key: graph.in_degree(key) for key in graph}
-    ready: list[tuple[int, str]] = []
-    for key, count in waiting.items():
-        if count == 0:
-            heapq.heappush(ready, (-priority[key], key))
-    records: dict[str, StepRecord] = {}
-    failures: dict[str, BuildgraphError] = {}
-    skipped: set[str] = set()
-    from_cache: set[str] = set()
-    exported: dict[str, object] = {}
-    fetching: set[str] = set()  # remote hits whose layers are being downloaded
-    demanded: set[str] = set()  # pruned steps that a step turned out to need after all
-    late: dict[str, list[str]] = {}  # demanded step -> the steps waiting for it
-    pending: dict[str, int] = {}  # step -> demanded inputs it still waits for
 
-    def push(key: str) -> None:
-        heapq.heappush(ready, (-priority[key], key))
+class _Execution:
+    """The state of one `execute`: what is done, what waits for what, what is running."""
 
-    def release(key: str) -> None:
-        for child in graph.successors(key):
-            waiting[child] -= 1
-            if waiting[child] == 0 and child not in skipped:
-                push(child)
+    def __init__(self, plan: Plan, executor: Executor, sink: EventSink, keep_going: bool):
+        self.plan = plan
+        self.graph: BuildGraph = plan.graph
+        self.executor = executor
+        self.sink = sink
+        self.keep_going = keep_going
+        self.priority = remaining_path_lengths(plan.graph)
+        self.records: dict[str, StepRecord] = {}
+        self.failures: dict[str, BuildgraphError] = {}
+        self.skipped: set[str] = set()
+        self.from_cache: set[str] = set()
+        self.exported: dict[str, object] = {}
+        self.scheduled: set[str] = set()  # steps given a place in the loop
+        self.waiting: dict[str, set[str]] = {}  # step to build -> inputs it waits for
+        self.ready: list[tuple[int, str]] = []
+        self.running: dict[Future, _Job] = {}
+        self.built_any = False
+        self.exports: dict[str, list[Target]] = {}  # last step -> the targets it makes
+        for target in plan.graph.targets:
+            self.exports.setdefault(target.key, []).append(target)
 
-    def finish(key: str) -> None:
-        for waiter in late.pop(key, ()):
-            pending[waiter] -= 1
-            if pending[waiter] == 0 and waiter not in skipped:
-                push(waiter)
-        if key not in demanded:  # a demanded step released its children when it was pruned
-            release(key)
+    def run(self, jobs: int) -> Outcome:
+        self.executor.start(self.plan)
+        for key in self.plan.keys(Action.NOT_NEEDED):
+            if key in self.plan.facts.remote:  # a hit that nothing needs is not even read
+                self._emit(key, StepState.REMOTE)
+        self._schedule_needed()
+        # Downloads wait on the network, not on a core: they do not take a build slot.
+        with (
+            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
+            ThreadPoolExecutor(max_workers=FETCH_JOBS) as fetch_pool,
+        ):
+            self.pool, self.fetch_pool = pool, fetch_pool
+            while self.ready or self.running:
+                self._start_ready()
+                if not self.running:
+                    break
+                self._collect()
+        return self._outcome()
 
-    def await_inputs(key: str) -> bool:
-        """Demand the inputs of `key` that were pruned; True when it has to wait for them."""
-        missing = [parent for parent in graph.predecessors(key) if parent not in records]
-        for parent in missing:  # finished without a record: pruned, or demanded already
-            late.setdefault(parent, []).append(key)
-            if parent not in demanded:
-                demanded.add(parent)
-                push(parent)
-        pending[key] = len(missing)
-        return bool(missing)
+    # -- what is ready ----------------------------------------------------------------------
 
-    def will_build(key: str) -> bool:
-        return key not in local and key not in hits and (key not in pruned or key in demanded)
+    def _schedule_needed(self) -> None:
+        """Give every needed step not yet scheduled its place: ready, or waiting for inputs."""
+        for key, step in self.plan.steps.items():
+            if step.action is Action.NOT_NEEDED or key in self.scheduled:
+                continue
+            self.scheduled.add(key)
+            self._wait_or_push(key)
 
-    def skip_below(key: str) -> None:
-        for child in nx.descendants(graph, key):
-            if child not in skipped and child not in records and child not in exported:
-                skipped.add(child)
-                sink.emit(
-                    StepEvent(
-                        child,
-                        StepState.SKIPPED,
-                        _title(graph, child),
-                        reason="an input step failed",
-                    )
-                )
+    def _wait_or_push(self, key: str) -> None:
+        inputs = self.graph.inputs[key] if self.plan.action(key) is Action.BUILD else ()
+        self.waiting[key] = {parent for parent in inputs if parent not in self.records}
+        if not self.waiting[key]:
+            heapq.heappush(self.ready, (-self.priority[key], key))
 
-    # Downloads wait on the network, not on a core: they do not take a build slot.
-    with (
-        ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
-        ThreadPoolExecutor(max_workers=FETCH_JOBS) as fetch_pool,
-    ):
-        running: dict[Future[tuple[object, float]], str] = {}
-        while ready or running:
-            stop = failures and not keep_going
-            while ready and not stop:
-                _, key = heapq.heappop(ready)
-                if "export" in graph.nodes[key]:  # tag/output/push a finished target, in parallel
-                    (final,) = graph.predecessors(key)
-                    action = (exports or {}).get(key)
-                    if action is None:
-                        finish(key)
-                        continue
-                    sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
-                    running[pool.submit(_timed_export, action, records[final])] = key
-                    continue
-                if key in pruned and key not in demanded:  # a later step comes from a cache
-                    if key in hits:
-                        sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
-                    release(key)
-                    continue
-                step: Step = graph.nodes[key]["step"]
-                cached = (
-                    None
-                    if no_cache and not isinstance(step, SourceStep)
-                    else _cached(index, key, sink, step)
-                )
-                if cached is not None and (remote is None or remote.source is None):
-                    # A record taken from a remote cache keeps its layers there until they are
-                    # needed; with no remote cache now, such a step is built here again.
-                    missing = cached.missing_layers(worker.store)
-                    if missing:
-                        reason = f"layer {missing[0].digest[:19]} not in the local store"
-                        sink.emit(
-                            StepEvent(key, StepState.TO_BUILD, _title(graph, key), reason=reason)
-                        )
-                        cached = None
-                if cached is not None:
-                    records[key] = cached
-                    from_cache.add(key)
-                    sink.emit(StepEvent(key, StepState.CACHED, _title(graph, key)))
-                    finish(key)
-                    continue
-                found = remote.record(key) if remote is not None and not no_cache else None
-                if (
-                    found is not None
-                    and remote is not None
-                    and _files_needed(graph, key, will_build)
-                ):
-                    # A step that will run on top of it needs its files: fetch them now (and
-                    # build the step instead if the remote entry turns out to be unusable).
-                    sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
-                    fetching.add(key)
-                    running[fetch_pool.submit(_fetch, remote, found)] = key
-                    continue
-                if found is not None:  # its layers are fetched only when something needs them
-                    index.put(key, found)
-                    records[key] = found
-                    from_cache.add(key)
-                    sink.emit(StepEvent(key, StepState.REMOTE, _title(graph, key)))
-                    finish(key)
-                    continue
-                if await_inputs(key):  # built after all: its pruned inputs come first
-                    continue
-                inputs = {parent: records[parent] for parent in graph.predecessors(key)}
-                if remote is not None:  # a push refused shows before the first step runs
-                    remote.check_export_access()
-                sink.emit(StepEvent(key, StepState.RUNNING, _title(graph, key)))
-                running[pool.submit(_timed, worker, step, inputs)] = key
-            if not running:
-                break
+    def _finished(self, key: str, record: StepRecord) -> None:
+        self.records[key] = record
+        for child in self.graph.consumers[key]:
+            waits = self.waiting.get(child)
+            if waits and key in waits:
+                waits.discard(key)
+                if not waits and child not in self.skipped:
+                    heapq.heappush(self.ready, (-self.priority[child], child))
+        if self.failures and not self.keep_going:
+            return
+        for target in self.exports.get(key, ()):  # tag, output or push it, in parallel
+            self.sink.emit(ExportEvent(target.name, StepState.RUNNING))
+            export = self.executor.export
+            self._submit(self.pool, _Job(target=target), _timed, export, target, record)
+
+    def _start_ready(self) -> None:
+        while self.ready and not (self.failures and not self.keep_going):
+            _, key = heapq.heappop(self.ready)
+            if key in self.records or key in self.skipped:
+                continue
+            self._start(key)
+
+    def _start(self, key: str) -> None:
+        action = self.plan.action(key)
+        if action is Action.USE_LOCAL:
+            self._take(key, self.executor.use_local, StepState.CACHED)
+        elif action is Action.USE_REMOTE:
+            self._take(key, self.executor.use_remote, StepState.REMOTE)
+        elif action is Action.FETCH:
+            self._emit(key, StepState.REMOTE)
+            self._submit(self.fetch_pool, _Job(key), _unusable_as_value, self.executor.fetch, key)
+        else:
+            self._build(key)
+
+    def _take(self, key: str, use: Callable[[str], StepRecord], state: StepState) -> None:
+        """A cached step: quick, so read in the scheduler's thread."""
+        try:
+            record = use(key)
+        except Unusable as err:
+            self._replan(key, err.reason)
+            return
+        self.from_cache.add(key)
+        self._emit(key, state)
+        self._finished(key, record)
+
+    def _build(self, key: str) -> None:
+        if not self.built_any:  # e.g. a push refused shows before the first step runs
+            self.built_any = True
+            self.executor.before_build()
+        inputs = {parent: self.records[parent] for parent in self.graph.inputs[key]}
+        planned = self.plan.steps[key]
+        if planned.unusable:  # say why a step the cache seemed to hold is built
+            self._emit(key, StepState.TO_BUILD, reason=planned.reason)
+        self._emit(key, StepState.RUNNING)
+        step = self.graph.steps[key]
+        self._submit(self.pool, _Job(key), _timed, self.executor.build, key, step, inputs)
+
+    def _replan(self, key: str, reason: str) -> None:
+        """The entry of `key` is unusable: build it, after what it now needs."""
+        self.plan = replan(self.plan, key, reason)
+        self._schedule_needed()
+        self._wait_or_push(key)
+
+    # -- what finished ----------------------------------------------------------------------
+
+    def _submit(self, pool: ThreadPoolExecutor, job: _Job, fn, *args) -> None:
+        self.running[pool.submit(fn, *args)] = job
+
+    def _collect(self) -> None:
+        try:
+            done, _ = wait(list(self.running), return_when=FIRST_COMPLETED)
+        except KeyboardInterrupt:
+            # Ctrl-C: kill the running commands, let their steps clean up (no mount, no
+            # half-written entry: a failed step records nothing), then stop.
+            self.executor.cancel()
+            wait(list(self.running))
+            raise
+        for future in done:
+            job = self.running.pop(future)
             try:
-                done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            except KeyboardInterrupt:
-                # Ctrl-C: kill the running commands, let their steps clean up (no mount, no
-                # half-written entry: a failed step records nothing), then stop.
-                worker.cancel.set()
-                wait(list(running))
-                raise
-            for future in done:
-                key = running.pop(future)
-                try:
-                    result, seconds = future.result()
-                except (BuildgraphError, OSError) as caught:
-                    # OSError: the disk refused a layer, snapshot or record (full, read-only)
-                    err = caught if isinstance(caught, BuildgraphError) else storage_error(caught)
-                    if err is None:
-                        raise
-                    step = graph.nodes[key].get("step")
-                    if err.where is None and step is not None:  # e.g. a tar ADD refuses
-                        err.where = getattr(step, "where", None)
-                    failures[key] = err
-                    sink.emit(StepEvent(key, StepState.FAILED, _title(graph, key), reason=str(err)))
-                    skip_below(key)
-                    continue
-                if key in fetching:
-                    fetching.discard(key)
-                    if isinstance(result, StepRecord):  # taken from the remote cache as is
-                        index.put(key, result)
-                        records[key] = result
-                        from_cache.add(key)
-                        finish(key)
-                    else:  # unusable: forget the entry and build the step here
-                        assert remote is not None
-                        title = _title(graph, key)
-                        if remote.source is not None:  # else its outage was reported once
-                            remote.warn(
-                                f"remote cache entry for {title} is unusable ({result}); "
-                                "building it"
-                            )
-                        remote.forget(key)
-                        hits.discard(key)
-                        push(key)
-                    continue
-                if "export" in graph.nodes[key]:
-                    exported[key] = result
-                    sink.emit(
-                        StepEvent(key, StepState.DONE, _title(graph, key), duration_s=seconds)
-                    )
-                    finish(key)
-                    continue
-                assert isinstance(result, StepRecord)
-                index.put(key, result)
-                records[key] = result
-                if remote is not None:
-                    remote.export(key, result)
-                parent = records.get(getattr(graph.nodes[key]["step"], "parent", ""))
-                added = parent is not None and len(result.layers) > len(parent.layers)
-                size = result.layers[-1].descriptor.size if added else 0
-                sink.emit(
-                    StepEvent(
-                        key, StepState.DONE, _title(graph, key), duration_s=seconds, bytes=size
-                    )
+                result = future.result()
+            except (BuildgraphError, OSError) as caught:
+                # OSError: the disk refused a layer, snapshot or record (full, read-only)
+                err = caught if isinstance(caught, BuildgraphError) else storage_error(caught)
+                if err is None:
+                    raise
+                self._failed(job, err)
+                continue
+            if job.target is not None:
+                self._exported(job.target, result)
+            elif isinstance(result, Unusable):
+                self._replan(job.key, result.reason)
+            elif isinstance(result, StepRecord):  # fetched
+                self.from_cache.add(job.key)
+                self._finished(job.key, result)
+            else:
+                self._built(job.key, *result)
+
+    def _built(self, key: str, record: StepRecord, seconds: float) -> None:
+        parent = self.records.get(getattr(self.graph.steps[key], "parent", ""))
+        added = parent is not None and len(record.layers) > len(parent.layers)
+        size = record.layers[-1].descriptor.size if added else 0
+        self._emit(key, StepState.DONE, duration_s=seconds, bytes=size)
+        self._finished(key, record)
+
+    def _exported(self, target: Target, result: tuple[object, float]) -> None:
+        value, seconds = result
+        self.exported[target.name] = value
+        self.sink.emit(ExportEvent(target.name, StepState.DONE, duration_s=seconds))
+
+    def _failed(self, job: _Job, err: BuildgraphError) -> None:
+        if job.target is not None:
+            self.failures[job.target.name] = err
+            self.sink.emit(ExportEvent(job.target.name, StepState.FAILED, reason=str(err)))
+            return
+        step = self.graph.steps[job.key]
+        if err.where is None:  # e.g. a tar ADD refuses
+            err.where = getattr(step, "where", None)
+        self.failures[job.key] = err
+        self._emit(job.key, StepState.FAILED, reason=str(err))
+        self._skip_below(job.key)
+
+    def _skip_below(self, key: str) -> None:
+        stack = list(self.graph.consumers[key])
+        while stack:
+            child = stack.pop()
+            if child in self.skipped or child in self.records:
+                continue
+            self.skipped.add(child)
+            self._emit(child, StepState.SKIPPED, reason="an input step failed")
+            stack.extend(self.graph.consumers[child])
+        for target in self.graph.targets:
+            if target.key in self.skipped:
+                self.sink.emit(
+                    ExportEvent(target.name, StepState.SKIPPED, reason="an input step failed")
                 )
-                finish(key)
-    unneeded = pruned - demanded
-    not_run = [
-        key
-        for key in graph
-        if key not in records
-        and key not in failures
-        and key not in exported
-        and key not in unneeded
-    ]
-    return Outcome(
-        records,
-        failures,
-        tuple(sorted(set(not_run) | skipped)),
-        frozenset(from_cache),
-        exported,
-        frozenset(unneeded),
-    )
+
+    def _emit(self, key: str, state: StepState, **details) -> None:
+        self.sink.emit(StepEvent(key, state, self.graph.title(key), **details))
+
+    def _outcome(self) -> Outcome:
+        unneeded = frozenset(self.plan.keys(Action.NOT_NEEDED))
+        not_run = [
+            key
+            for key in self.graph.steps
+            if key not in self.records and key not in self.failures and key not in unneeded
+        ]
+        return Outcome(
+            self.records,
+            self.failures,
+            tuple(sorted(set(not_run) | self.skipped)),
+            frozenset(self.from_cache),
+            self.exported,
+            unneeded,
+        )
 
 
-def look_up_needed(graph: nx.DiGraph, local: set[str], remote: RemoteSession) -> None:
-    """Look up in the remote cache every step missing here that a result may need, before
-    anything runs, in two rounds of parallel manifest GETs: first the steps the results read
-    directly (when they hit, nothing below them is needed: a fully cached graph costs one GET
-    per target), then every step that the misses among them may need."""
-    results: set[str] = set()
-    for node in graph:
-        if "export" in graph.nodes[node]:
-            results.update(graph.predecessors(node))
-        elif graph.out_degree(node) == 0:  # a last step with no export node (build)
-            results.add(node)
-    remote.lookup(key for key in results if key not in local)
-    unneeded = not_needed(graph, local | set(remote.hits))
-    remote.lookup(
-        key
-        for key in graph
-        if "step" in graph.nodes[key] and key not in local and key not in unneeded
-    )
-
-
-def not_needed(graph: nx.DiGraph, available: set[str]) -> set[str]:
-    """Steps no result needs: every path from them to an export (or a last step) passes
-    through a step that comes from a cache."""
-    needed: set[str] = set()
-    roots = [key for key in graph if "export" in graph.nodes[key] or graph.out_degree(key) == 0]
-    stack = list(roots)
-    while stack:
-        key = stack.pop()
-        if key in needed:
-            continue
-        needed.add(key)
-        if key not in available:  # built (or an export): every input is needed
-            stack.extend(graph.predecessors(key))
-    return {key for key in graph if "step" in graph.nodes[key] and key not in needed}
-
-
-def _timed(worker: Worker, step: Step, inputs: dict[str, StepRecord]) -> tuple[StepRecord, float]:
+def _timed(work: Callable[..., object], *args: object) -> tuple[object, float]:
     start = time.monotonic()
-    record = worker.execute(step, inputs)
-    return record, time.monotonic() - start
-
-
-def _cached(index: StepIndex, key: str, sink: EventSink, step: Step) -> StepRecord | None:
-    try:
-        return index.get(key)
-    except CacheError as err:  # a corrupt entry is rebuilt, not trusted
-        sink.emit(StepEvent(key, StepState.TO_BUILD, getattr(step, "title", ""), reason=str(err)))
-        index.forget(key)
-        return None
-
-
-def _files_needed(graph: nx.DiGraph, key: str, will_build: Callable[[str], bool]) -> bool:
-    """Will something that runs need this step's files (a RUN/COPY to build, a local export)?"""
-    for child in graph.successors(key):
-        node = graph.nodes[child]
-        if "export" in node:
-            if node.get("needs_files", True):  # a push that mounts from the cache does not
-                return True
-            continue
-        if will_build(child) and isinstance(node["step"], RunStep | CopyStep):
-            return True
-    return False
-
-
-def _fetch(remote: RemoteSession, found: StepRecord) -> tuple[StepRecord | str, float]:
-    """The remote record with its layers downloaded, or why they cannot be had intact."""
-    try:
-        remote.ensure_layers(found)
-        return found, -1.0
-    except (DigestMismatch, RegistryError) as err:
-        return str(err), -1.0
-
-
-def _timed_export(action: Export, record: StepRecord) -> tuple[object, float]:
-    start = time.monotonic()
-    result = action(record)
+    result = work(*args)
     return result, time.monotonic() - start
 
 
-def _title(graph: nx.DiGraph, key: str) -> str:
-    node = graph.nodes[key]
-    return node.get("title") or node["step"].title or key[:12]
+def _unusable_as_value(fetch: Callable[[str], StepRecord], key: str) -> StepRecord | Unusable:
+    try:
+        return fetch(key)
+    except Unusable as err:
+        return err
 
 
-def _remaining_path_lengths(graph: nx.DiGraph) -> dict[str, int]:
+def remaining_path_lengths(graph: BuildGraph) -> dict[str, int]:
     """Steps on the longest remaining chain start first, so the critical path never waits."""
     lengths: dict[str, int] = {}
-    for key in reversed(list(nx.topological_sort(graph))):
-        lengths[key] = 1 + max((lengths[child] for child in graph.successors(key)), default=0)
+    for key in reversed(list(graph.steps)):
+        lengths[key] = 1 + max((lengths[child] for child in graph.consumers[key]), default=0)
     return lengths

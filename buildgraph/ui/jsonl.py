@@ -7,7 +7,7 @@ import sys
 import time
 from typing import TextIO
 
-from buildgraph.solver.events import LogEvent, StepEvent
+from buildgraph.solver.events import Event, ExportEvent, LogEvent
 
 
 class JsonRenderer:
@@ -15,13 +15,24 @@ class JsonRenderer:
         self.stream = stream or sys.stdout
         self.targets = targets or {}  # step key -> every target it serves
 
-    def emit(self, event: StepEvent | LogEvent) -> None:
+    def emit(self, event: Event) -> None:
         if isinstance(event, LogEvent):
             doc = {
                 "state": "log",
                 "instruction": event.title,
                 "output": event.data.decode(errors="replace"),
             }
+        elif isinstance(event, ExportEvent):  # a target's tag, output or push: no step key
+            doc = {
+                "state": event.state.value.replace(" ", "_"),
+                "export": event.target,
+                "target": [event.target],
+                "instruction": event.title,
+                "duration_s": round(event.duration_s, 4),
+                "time": time.time(),
+            }
+            if event.reason:
+                doc["reason"] = event.reason
         else:
             doc = {
                 "state": event.state.value.replace(" ", "_"),

@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-from buildgraph.solver.events import LogEvent, StepEvent, StepState
+from buildgraph.solver.events import Event, LogEvent, StepState
 
 
 class PlainRenderer:
@@ -19,7 +19,7 @@ class PlainRenderer:
         self.show_steps = show_steps
         self.start = time.monotonic()
 
-    def emit(self, event: StepEvent | LogEvent) -> None:
+    def emit(self, event: Event) -> None:
         stamp = f"{time.monotonic() - self.start:7.2f}s"
         if isinstance(event, LogEvent):
             if self.show_output:
@@ -30,7 +30,8 @@ class PlainRenderer:
             return
         detail = ""
         if event.state is StepState.DONE:
-            detail = f" {event.duration_s:.2f}s" + (f" {event.bytes}B" if event.bytes else "")
+            size = getattr(event, "bytes", 0)  # an export writes no layer
+            detail = f" {event.duration_s:.2f}s" + (f" {size}B" if size else "")
         elif event.reason:
             detail = f": {event.reason}"
         self._write(f"{stamp} {event.state.value.upper():8} {event.title}{detail}")

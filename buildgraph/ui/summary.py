@@ -21,7 +21,7 @@ def summary_table(result: RunResult) -> str:
     ]
     lines.extend(f"{target.name}: {target.note}" for target in result.targets if target.note)
     built = sum(t.built for t in result.targets)
-    steps = sum(1 for key in result.graph if "step" in result.graph.nodes[key])
+    steps = len(result.graph.steps)
     lines.append(
         f"{len(result.targets)} targets, {steps} distinct steps, "
         f"{len(result.outcome.records) - len(result.outcome.cached)} run, "

@@ -12,7 +12,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from buildgraph.solver.events import LogEvent, StepEvent, StepState
+from buildgraph.solver.events import Event, ExportEvent, LogEvent, StepState
 
 OUTPUT_LINES = 6  # the newest output lines shown under a running step
 
@@ -34,17 +34,18 @@ class TtyRenderer:
         )
         self.live.start()
 
-    def emit(self, event: StepEvent | LogEvent) -> None:
+    def emit(self, event: Event) -> None:
         with self.lock:
             if isinstance(event, LogEvent):
                 lines = self.output.setdefault(event.title, [])
                 lines.extend(event.data.decode(errors="replace").splitlines())
                 del lines[:-OUTPUT_LINES]
                 return
+            running = event.title if isinstance(event, ExportEvent) else event.key
             if event.state is StepState.RUNNING:
-                self.running[event.key] = (event.title, time.monotonic())
+                self.running[running] = (event.title, time.monotonic())
                 return
-            self.running.pop(event.key, None)
+            self.running.pop(running, None)
             if event.state is StepState.CACHED:
                 self.cached += 1  # collapsed: only counted
                 return

@@ -3,11 +3,11 @@ cached step turns out unusable, and then exactly the inputs it needs are built o
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
 import pytest
+from cli_runs import run_json, started, step_keys, write_repo
 from registry_server import RegistryServer
 
 from buildgraph.cache.steps import StepIndex
@@ -37,35 +37,7 @@ def make_repo(root: Path, busybox_cache: Path, remote: str = "") -> Path:
         "app/Dockerfile": DOCKERFILE,
         "app/main.txt": "v1\n",
     }
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
-    return root
-
-
-def run(root: Path, capsys, *argv: str) -> tuple[int, list[dict], str]:
-    """Exit code, progress events and stderr of `buildgraph run` in ROOT."""
-    capsys.readouterr()
-    code = main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
-    out, err = capsys.readouterr()
-    return code, [json.loads(line) for line in out.splitlines() if line.startswith("{")], err
-
-
-def started(events: list[dict]) -> list[str]:
-    return [
-        e["instruction"]
-        for e in events
-        if e["state"] == "started" and not e["key"].startswith("export:")
-    ]
-
-
-def step_keys(root: Path, capsys) -> dict[str, str]:
-    """Title -> key of every step of the repo's graph."""
-    capsys.readouterr()
-    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
-    nodes = json.loads(capsys.readouterr().out)["nodes"]
-    return {node["title"]: node["key"] for node in nodes if not node["key"].startswith("export:")}
+    return write_repo(root, files, busybox_cache)
 
 
 def exported_file(root: Path, tmp_path: Path) -> str:
@@ -80,7 +52,7 @@ def test_steps_below_a_cached_last_step_are_not_rebuilt(
     busybox_cache: Path, tmp_path: Path, capsys
 ) -> None:
     repo = make_repo(tmp_path / "repo", busybox_cache)
-    assert run(repo, capsys)[0] == 0
+    assert run_json(repo, capsys)[0] == 0
     keys = step_keys(repo, capsys)
     index = StepIndex(repo / "cache/steps")
     for title, key in keys.items():  # keep the last step only
@@ -91,7 +63,7 @@ def test_steps_below_a_cached_last_step_are_not_rebuilt(
     plan = capsys.readouterr().out
     assert "not needed  [stage-0] COPY main.txt /app/  (a later step is cached)" in plan
     assert plan.strip().endswith("0 to build, 3 not needed")
-    code, events, _ = run(repo, capsys)
+    code, events, _ = run_json(repo, capsys)
     assert code == 0
     assert started(events) == []
     assert exported_file(repo, tmp_path) == "v1\ndone\n"
@@ -101,14 +73,14 @@ def test_a_corrupt_last_step_builds_the_inputs_it_needs_on_demand(
     busybox_cache: Path, tmp_path: Path, capsys
 ) -> None:
     repo = make_repo(tmp_path / "repo", busybox_cache)
-    assert run(repo, capsys)[0] == 0
+    assert run_json(repo, capsys)[0] == 0
     keys = step_keys(repo, capsys)
     index = StepIndex(repo / "cache/steps")
     last = keys["[stage-0] RUN echo done >> /app/copy.txt"]
     index.forget(keys["[stage-0] RUN cat /app/main.txt > /app/copy.txt"])
     index.forget(keys["[stage-0] COPY main.txt /app/"])
     index.path(last).write_text("{not json")
-    code, events, _ = run(repo, capsys)
+    code, events, _ = run_json(repo, capsys)
     assert code == 0
     # The corrupt entry is rebuilt; the two steps under it were pruned, then demanded.
     assert sorted(started(events)) == [
@@ -125,10 +97,10 @@ def test_mode_min_cache_machine_b_builds_nothing(
 ) -> None:
     remote = f"{registry.host}/cache/needed-min"
     machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
-    code, _, _ = run(machine_a, capsys)
+    code, _, _ = run_json(machine_a, capsys)
     assert code == 0
     machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
-    code, events, _ = run(machine_b, capsys)
+    code, events, _ = run_json(machine_b, capsys)
     assert code == 0
     # The last step hits: nothing below it is read, or needed.
     assert started(events) == []
@@ -145,11 +117,11 @@ def test_mode_min_keeps_each_layer_of_the_image_so_a_new_last_line_reuses_them(
     (not for FROM or metadata steps), so a changed or added last line builds only itself."""
     remote = f"{registry.host}/cache/needed-min-lines"
     machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
-    assert run(machine_a, capsys)[0] == 0
+    assert run_json(machine_a, capsys)[0] == 0
     machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
     dockerfile = machine_b / "app/Dockerfile"
     dockerfile.write_text(dockerfile.read_text() + 'ENV STAGE=b\nCMD ["cat", "/app/copy.txt"]\n')
-    code, events, _ = run(machine_b, capsys)
+    code, events, _ = run_json(machine_b, capsys)
     assert code == 0
     assert started(events) == ["[stage-0] ENV STAGE=b", '[stage-0] CMD ["cat", "/app/copy.txt"]']
     assert exported_file(machine_b, tmp_path) == "v1\ndone\n"
@@ -171,7 +143,7 @@ def test_a_corrupt_remote_blob_of_the_last_step_builds_its_pruned_inputs(
 ) -> None:
     remote = f"{fresh_registry.host}/cache/needed-corrupt"
     machine_a = make_repo(tmp_path / "a", busybox_cache, remote)
-    assert run(machine_a, capsys)[0] == 0
+    assert run_json(machine_a, capsys)[0] == 0
     keys = step_keys(machine_a, capsys)
     record = StepIndex(machine_a / "cache/steps").get(
         keys["[stage-0] RUN echo done >> /app/copy.txt"]
@@ -181,7 +153,7 @@ def test_a_corrupt_remote_blob_of_the_last_step_builds_its_pruned_inputs(
     stored = fresh_registry.storage / "docker/registry/v2/blobs/sha256" / blob[:2] / blob / "data"
     stored.write_bytes(b"not the layer")
     machine_b = make_repo(tmp_path / "b", busybox_cache, remote)
-    code, events, err = run(machine_b, capsys)
+    code, events, err = run_json(machine_b, capsys)
     assert code == 0
     assert "is unusable" in err
     assert "[stage-0] RUN echo done >> /app/copy.txt" in started(events)
@@ -194,7 +166,7 @@ def test_a_cached_step_whose_layers_are_not_here_is_rebuilt_without_a_remote(
     """A record taken from a remote cache whose layers never came (its image was pushed by
     mount), then a run with no remote cache (`--offline`): the step is built here again."""
     repo = make_repo(tmp_path / "repo", busybox_cache)
-    assert run(repo, capsys)[0] == 0
+    assert run_json(repo, capsys)[0] == 0
     keys = step_keys(repo, capsys)
     index = StepIndex(repo / "cache/steps")
     last = keys["[stage-0] RUN echo done >> /app/copy.txt"]
@@ -203,7 +175,7 @@ def test_a_cached_step_whose_layers_are_not_here_is_rebuilt_without_a_remote(
     top = record.layers[-1].descriptor.digest.removeprefix("sha256:")
     (repo / "cache/blobs/sha256" / top).unlink()
     assert main(["image", "rm", "app:1", "--cache-dir", str(repo / "cache")]) == 0
-    code, events, _ = run(repo, capsys, "--offline")
+    code, events, _ = run_json(repo, capsys, "--offline")
     assert code == 0
     assert started(events) == ["[stage-0] RUN echo done >> /app/copy.txt"]
     assert exported_file(repo, tmp_path) == "v1\ndone\n"

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from cli_runs import step_keys
 from registry_server import RegistryServer, free_port
 from remote_repo import make_repo
 
@@ -26,14 +27,6 @@ from buildgraph.solver.remote import remote_session
 def run(root: Path, capsys) -> None:
     assert main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json"]) == 0
     capsys.readouterr()
-
-
-def step_keys(root: Path, capsys) -> dict[str, str]:
-    """Title -> key of every step of the repo's graph."""
-    capsys.readouterr()
-    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
-    nodes = json.loads(capsys.readouterr().out)["nodes"]
-    return {node["title"]: node["key"] for node in nodes if not node["key"].startswith("export:")}
 
 
 def machine_b(

@@ -4,18 +4,14 @@ where the export repository lacks them. A plain `run` exports only what it built
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import requests
+from cli_runs import graph_nodes, run, started_in
 from registry_server import RegistryServer
 from remote_repo import make_repo
 
 from buildgraph.cli import main
-
-
-def run(root: Path, *argv: str) -> int:
-    return main(["run", "-f", str(root / "Buildfile.yaml"), "--progress", "json", *argv])
 
 
 def warm_build(root: Path, *argv: str) -> int:
@@ -30,18 +26,8 @@ def tags(registry: RegistryServer, repository: str) -> list[str]:
     return sorted(response.json()["tags"] or [])
 
 
-def step_keys(root: Path, capsys) -> list[str]:
-    capsys.readouterr()
-    assert main(["graph", "-f", str(root / "Buildfile.yaml"), "--format", "json"]) == 0
-    nodes = json.loads(capsys.readouterr().out)["nodes"]
-    return sorted(node["key"] for node in nodes if not node["key"].startswith("export:"))
-
-
-def started(out: str) -> list[str]:
-    events = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-    return [
-        e["instruction"] for e in events if e["state"] == "started" and "export:" not in e["key"]
-    ]
+def all_keys(root: Path, capsys) -> list[str]:
+    return sorted(node["key"] for node in graph_nodes(root, capsys))
 
 
 def test_warm_build_exports_the_steps_built_offline(
@@ -56,7 +42,7 @@ def test_warm_build_exports_the_steps_built_offline(
 
     assert warm_build(laptop) == 0
     assert "4 steps exported" in capsys.readouterr().out
-    assert tags(logged_registry, "cache/offline") == step_keys(laptop, capsys)
+    assert tags(logged_registry, "cache/offline") == all_keys(laptop, capsys)
 
     # Nothing is missing now: one manifest GET per step, nothing uploaded.
     before = len(logged_registry.requests())
@@ -67,7 +53,7 @@ def test_warm_build_exports_the_steps_built_offline(
 
     fresh = make_repo(tmp_path / "fresh", busybox_cache, remote)
     assert run(fresh) == 0
-    assert started(capsys.readouterr().out) == []  # all of it came from the cache
+    assert started_in(capsys.readouterr().out) == []  # all of it came from the cache
 
 
 def test_warm_build_copies_entries_read_from_another_repository_by_mounting(

@@ -1,0 +1,145 @@
+"""Handlers of the subcommands that read a Buildfile: run, warm, plan, graph, affected."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from buildgraph.errors import InputError
+from buildgraph.handlers import _client, _renderer, _say
+
+
+def _project(args: argparse.Namespace):
+    from buildgraph.frontend.buildfile import load_project
+
+    return load_project(Path(args.file), env=os.environ, overrides=tuple(args.set or ()))
+
+
+def _project_store(args: argparse.Namespace, project):
+    from buildgraph.cache.local import LocalStore
+
+    return LocalStore(Path(args.cache_dir) if args.cache_dir else project.cache.dir)
+
+
+def _offline_client():
+    raise InputError("--offline: this needs a registry (an image missing from the local store)")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from buildgraph.commands.image import build_timestamp
+    from buildgraph.commands.run import raise_for_failures, run_project
+    from buildgraph.ui.summary import summary_table
+
+    project = _project(args)
+    if not args.insecure_registry:
+        args.insecure_registry = list(project.insecure_registries)
+    if args.command == "warm":
+        _warm(args, project)
+        if not args.build:
+            return 0
+    offline = getattr(args, "offline", False)
+    if offline:
+        args.cache_from = args.cache_to = ""  # no remote cache either
+    _, epoch = build_timestamp()
+    sink = _renderer(args)
+    try:
+        result = run_project(
+            project,
+            args.targets,
+            store=_project_store(args, project),
+            client=_offline_client if offline else lambda: _client(args),
+            sink=sink,
+            jobs=args.jobs or (os.cpu_count() or 2),
+            epoch=epoch,
+            no_cache=args.no_cache,
+            keep_going=args.keep_going,
+            push_all=args.push,
+            always_pull=args.pull,
+            network=args.network,
+            cache_from=args.cache_from,
+            cache_to=args.cache_to,
+            cache_required=args.cache_required,
+            export_cached=args.command == "warm",  # the nightly job leaves the cache complete
+            allow=frozenset(args.allow or ()),
+            isolation=args.isolation,
+            warn=lambda text: _say(f"buildgraph: warning: {text}"),
+        )
+    finally:
+        if hasattr(sink, "close"):
+            sink.close()
+    for warning in result.warnings:
+        _say(f"buildgraph: warning: {warning}")
+    if args.progress == "json":  # stdout is for the events; the table goes to stderr
+        _say(summary_table(result))
+    else:
+        print(summary_table(result))
+    raise_for_failures(result)
+    return 0
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    from buildgraph.commands.plan import plan_project, render_graph, render_plan
+
+    project = _project(args)
+    if not args.insecure_registry:
+        args.insecure_registry = list(project.insecure_registries)
+    targets, graph = plan_project(
+        project,
+        args.targets,
+        store=_project_store(args, project),
+        client=lambda: _client(args),
+        cache_from=args.cache_from,
+        warn=lambda text: _say(f"buildgraph: warning: {text}"),
+    )
+    if args.command == "graph":
+        print(render_graph(graph, targets, args.format))
+    else:
+        print(render_plan(targets, graph))
+    return 0
+
+
+def _warm(args: argparse.Namespace, project) -> None:
+    from buildgraph.commands.warm import warm_project
+    from buildgraph.ui.warm import total_line
+
+    renderer = _warm_renderer(args)
+    try:
+        result = warm_project(
+            project,
+            args.targets,
+            store=_project_store(args, project),
+            client=lambda: _client(args),
+            cache_from=args.cache_from,
+            jobs=args.jobs or 8,
+            progress=renderer.emit if renderer else lambda _: None,
+            warn=lambda text: _say(f"buildgraph: warning: {text}"),
+        )
+    finally:
+        if renderer:
+            renderer.close()
+    if args.progress == "json":  # stdout is for the events
+        _say(total_line(result))
+    else:
+        print(total_line(result))
+
+
+def _warm_renderer(args: argparse.Namespace):
+    from buildgraph.ui.warm import JsonWarmRenderer, PlainWarmRenderer, TtyWarmRenderer
+
+    if args.progress == "json":
+        return JsonWarmRenderer()
+    if args.quiet:
+        return None
+    if args.progress == "tty" or (args.progress == "auto" and sys.stderr.isatty()):
+        return TtyWarmRenderer()
+    return PlainWarmRenderer()
+
+
+def cmd_affected(args: argparse.Namespace) -> int:
+    from buildgraph.commands.affected import affected_targets, render_affected
+
+    names = affected_targets(_project(args), args.since, args.targets)
+    sys.stdout.write(render_affected(names, args.format))
+    return 0
