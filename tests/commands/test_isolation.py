@@ -126,26 +126,28 @@ def test_network_none_is_refused_with_the_reason(cache: Path, tmp_path: Path, ca
 
 
 def test_sigkill_leaves_no_root_after_the_next_build(cache: Path, tmp_path: Path) -> None:
-    context = context_with(tmp_path / "ctx", "FROM busybox\nRUN sleep 60\n")
+    # A duration of this test process's own, so another suite's `sleep 60` is not taken for it.
+    seconds = 600 + os.getpid() % 10_000
+    context = context_with(tmp_path / "ctx", f"FROM busybox\nRUN sleep {seconds}\n")
     argv = [sys.executable, "-m", "buildgraph", "build", str(context), "--cache-dir", str(cache)]
     process = subprocess.Popen([*argv, "--isolation", "chroot"], stderr=subprocess.DEVNULL)
     work = cache / "snapshots" / ".work"
     deadline = time.monotonic() + 30
-    while not _sleeping() and time.monotonic() < deadline:
+    while not _sleeping(seconds) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert _sleeping(), "the command never started"
+    assert _sleeping(seconds), "the command never started"
     assert list(work.glob("root-*")), "the build made no root"
     process.send_signal(signal.SIGKILL)
     process.wait()
     time.sleep(0.5)
-    assert not _sleeping(), "the command outlived the build"
+    assert not _sleeping(seconds), "the command outlived the build"
     other = context_with(tmp_path / "other", "FROM busybox\nRUN true\n")
     assert build(cache, other) == 0
     assert list(work.glob("root-*")) == []
 
 
-def _sleeping() -> bool:
-    found = subprocess.run(["pgrep", "-f", "^sleep 60$"], capture_output=True, text=True)
+def _sleeping(seconds: int) -> bool:
+    found = subprocess.run(["pgrep", "-f", f"^sleep {seconds}$"], capture_output=True, text=True)
     return bool(found.stdout.strip())
 
 
