@@ -18,6 +18,7 @@ import zstandard
 from zlib_ng import gzip_ng, zlib_ng
 
 from buildgraph.errors import InputError, UnsafeArchiveError
+from buildgraph.image.gzip_members import DEFAULT_LEVEL, GzipMembers, default_threads
 from buildgraph.image.mediatypes import OCI_LAYER, OCI_LAYER_GZIP, OCI_LAYER_ZSTD, compression_of
 
 MEDIA_TYPES = {"gzip": OCI_LAYER_GZIP, "zstd": OCI_LAYER_ZSTD, "none": OCI_LAYER}
@@ -64,6 +65,7 @@ def write_layer(
     whiteouts: str = "overlay",
     exclude: Callable[[str], bool] | None = None,
     whiteout_names: frozenset[str] = frozenset(),
+    threads: int | None = None,
 ) -> LayerBlob:
     """Stream the tree below `root` as a sorted, reproducible layer tar into `out`. In overlay
     mode a 0/0 character device is a whiteout, and so is any entry named in `whiteout_names`
@@ -73,7 +75,7 @@ def write_layer(
     overlay = whiteouts == "overlay"
     marked = whiteout_names if overlay else frozenset()
     entries = _tree_entries(Path(root), epoch, overlay, exclude or _keep_all, marked)
-    return _pack(entries, out, compression, level)
+    return _pack(entries, out, compression, level, threads)
 
 
 def layer_from_tar(
@@ -93,13 +95,21 @@ def layer_from_tar(
 
 
 def compress_tar(
-    source: BinaryIO, out: BinaryIO, *, compression: str = "gzip", level: int | None = None
+    source: BinaryIO,
+    out: BinaryIO,
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    threads: int | None = None,
 ) -> LayerBlob:
     """Compress an uncompressed layer tar (streamed) for a registry; reproducible output."""
-    sink = _BlobSink(out, compression, level)
-    while chunk := source.read(CHUNK):
-        sink.write(chunk)
-    return sink.finish(MEDIA_TYPES[compression])
+    sink = _BlobSink(out, compression, level, threads)
+    try:
+        while chunk := source.read(CHUNK):
+            sink.write(chunk)
+        return sink.finish(MEDIA_TYPES[compression])
+    finally:
+        sink.abandon()
 
 
 def open_layer(blob: BinaryIO, media_type: str) -> BinaryIO:
@@ -151,13 +161,18 @@ class _Identity:
         return b""
 
 
-def _compressor(compression: str, level: int | None) -> _Compressor:
+def _compressor(compression: str, level: int | None, threads: int | None) -> _Compressor:
+    """`threads` None: as many as this process has cores. The bytes do not depend on it."""
     if compression == "gzip":
-        # wbits 31: a gzip wrapper with mtime 0 and no file name, so the header is reproducible.
-        gzip_level = zlib_ng.Z_DEFAULT_COMPRESSION if level is None else level
-        return zlib_ng.compressobj(gzip_level, zlib_ng.DEFLATED, 31)
+        # One gzip member per MiB, compressed on every core; reproducible (gzip_members.py).
+        return GzipMembers(DEFAULT_LEVEL if level is None else level, threads)
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=3 if level is None else level).compressobj()
+        # zstd's own worker threads. Any worker count >= 1 gives the same bytes (only 0, the
+        # single-threaded mode, differs), so the digest does not depend on the machine's cores.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            3 if level is None else level, threads=threads or default_threads()
+        )
+        return zstandard.ZstdCompressor(compression_params=params).compressobj()
     return _Identity()
 
 
@@ -165,14 +180,17 @@ class _BlobSink:
     """Takes tar bytes, writes compressed bytes to `out`, and hashes both sides on the way.
     Uncompressed, the blob is the tar itself: one hash serves as digest and diff_id."""
 
-    def __init__(self, out: BinaryIO, compression: str, level: int | None) -> None:
+    def __init__(
+        self, out: BinaryIO, compression: str, level: int | None, threads: int | None = None
+    ) -> None:
         self._out = out
         self._plain = compression == "none"
-        self._compressor = _compressor(compression, level)
+        self._compressor = _compressor(compression, level, threads)
         self._diff = hashlib.sha256()
         self._blob = self._diff if self._plain else hashlib.sha256()
         self._offset = 0
         self._size = 0
+        self._finished = False
 
     def write(self, data: bytes) -> int:
         self._diff.update(data)
@@ -189,8 +207,15 @@ class _BlobSink:
 
     def finish(self, media_type: str) -> LayerBlob:
         self._emit(self._compressor.flush())
+        self._finished = True
         digest, diff_id = self._blob.hexdigest(), self._diff.hexdigest()
         return LayerBlob(f"sha256:{digest}", f"sha256:{diff_id}", self._size, media_type)
+
+    def abandon(self) -> None:
+        """Stop compressor threads after a failure; a no-op once finished."""
+        close = getattr(self._compressor, "close", None)
+        if not self._finished and close is not None:
+            close()
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -199,17 +224,26 @@ class _BlobSink:
             self._out.write(data)
 
 
-def _pack(entries: Entries, out: BinaryIO, compression: str, level: int | None) -> LayerBlob:
+def _pack(
+    entries: Entries,
+    out: BinaryIO,
+    compression: str,
+    level: int | None,
+    threads: int | None = None,
+) -> LayerBlob:
     if compression not in MEDIA_TYPES:
         raise InputError(f"unknown layer compression {compression!r} (gzip, zstd or none)")
-    sink = _BlobSink(out, compression, level)
-    tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
-    tar.copybufsize = CHUNK
-    for info, data in entries:
-        tar.addfile(info, data)
-        tar.members.clear()  # tarfile remembers every member; memory must stay flat
-    tar.close()
-    return sink.finish(MEDIA_TYPES[compression])
+    sink = _BlobSink(out, compression, level, threads)
+    try:
+        tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+        tar.copybufsize = CHUNK
+        for info, data in entries:
+            tar.addfile(info, data)
+            tar.members.clear()  # tarfile remembers every member; memory must stay flat
+        tar.close()
+        return sink.finish(MEDIA_TYPES[compression])
+    finally:
+        sink.abandon()
 
 
 # --- directory trees -----------------------------------------------------------------------
