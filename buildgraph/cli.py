@@ -142,6 +142,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         args.ref,
         progress=_progress(args),
         manifest_format=args.format,
+        compression=args.compression,
     )
     print(f"{ref} {digest}")
     return 0
@@ -172,12 +173,17 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache_to=args.cache_to or args.cache_repo,
         allow=frozenset(args.allow or ()),
         isolation=args.isolation,
+        compression=args.compression,
     )
     _, epoch = build_timestamp()
     sink = _renderer(args)
     try:
         result = build(
-            request, store=_store(args), client=lambda: _client(args), sink=sink, epoch=epoch
+            request,
+            store=_store(args),
+            client=lambda: _client(args),
+            sink=sink,
+            epoch=epoch,
         )
     finally:  # a live display gives the terminal back (its cursor) whatever happened
         if hasattr(sink, "close"):
@@ -293,6 +299,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow=frozenset(args.allow or ()),
             isolation=args.isolation,
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
+            compression=getattr(args, "compression", "gzip"),  # `warm` pushes no image
         )
     finally:
         if hasattr(sink, "close"):
@@ -497,6 +504,16 @@ def _isolation(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _compression(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compression",
+        choices=("gzip", "zstd"),
+        default="gzip",
+        help="layers pushed to a registry: gzip (default; every client) or zstd (OCI "
+        "tar+zstd: Docker >= 23, containerd >= 1.5, podman)",
+    )
+
+
 def _allow(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow",
@@ -548,6 +565,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--format", choices=("oci", "docker"), default="oci", help="manifest format to push"
     )
+    _compression(push)
     push.set_defaults(handler=cmd_push)
 
     bld = commands.add_parser("build", help="build one Dockerfile (like docker build / kaniko)")
@@ -582,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _allow(bld)
     _isolation(bld)
+    _compression(bld)
     bld.set_defaults(handler=cmd_build)
 
     infop = commands.add_parser("info", help="what this machine allows: the isolation for RUN")
@@ -616,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _allow(runp)
     _isolation(runp)
+    _compression(runp)
     runp.set_defaults(build=True)
 
     warmp = commands.add_parser(

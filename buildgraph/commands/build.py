@@ -19,7 +19,13 @@ from buildgraph.graph.lower import BaseImage, BaseResolver, BuildPlan, StagePlan
 from buildgraph.graph.remote import url_fetcher
 from buildgraph.graph.steps import check_entitlements, inputs_of
 from buildgraph.image.assemble import assemble_image
-from buildgraph.image.export import export_docker_archive, export_local, export_oci, parse_output
+from buildgraph.image.export import (
+    export_docker_archive,
+    export_local,
+    export_oci,
+    output_compression,
+    parse_output,
+)
 from buildgraph.image.oci import Descriptor, Platform
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
@@ -53,6 +59,7 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
     allow: frozenset[str] = frozenset()  # entitlements (--allow), e.g. security.insecure
     isolation: str = "auto"  # auto | namespaces | chroot (worker/isolation.py)
+    compression: str = "gzip"  # of layers pushed (--push, type=registry): gzip or zstd
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +168,7 @@ def _build(
     image = assemble_image(store, _labelled(plan.target, request.labels), record, epoch=epoch)
     tags = _tag(store, image, request.tags)
     for spec in request.outputs:
-        export_output(store, image, tags, spec, client, dockerfile_path)
+        export_output(store, image, tags, spec, client, dockerfile_path, request.compression)
     pushed = {}
     if request.push:
         from buildgraph.registry.transfer import push
@@ -170,7 +177,8 @@ def _build(
             stored = store.resolve(tag)
             assert stored is not None
             # The registry's digest differs from the store's: layers are compressed to go.
-            pushed[tag] = push(client(), store, stored, parse_reference(tag))
+            ref = parse_reference(tag)
+            pushed[tag] = push(client(), store, stored, ref, compression=request.compression)
     return BuildResult(image, tags, outcome, plan, pushed)
 
 
@@ -297,12 +305,14 @@ def export_output(
     text: str,
     client: ClientFactory,
     dockerfile: Path,
+    compression: str = "gzip",
 ) -> None:
+    """`compression`: --compression, for a registry output that names none itself."""
     spec = parse_output(text)
     name = spec.attr("name") or (tags[0] if tags else "")
     stored = StoredImage(name or "image", name or "image", image)
     if spec.type == "oci":
-        export_oci(store, stored, Path(spec.dest), name or "latest")
+        export_oci(store, stored, Path(spec.dest), name or "latest", output_compression(spec))
     elif spec.type == "docker":
         export_docker_archive(store, stored, Path(spec.dest), [name] if name else [])
     elif spec.type == "local":
@@ -314,4 +324,5 @@ def export_output(
             raise InputError(
                 "--output type=registry needs a name= or a -t tag", Location(dockerfile)
             )
-        push(client(), store, stored, parse_reference(name))
+        compression = output_compression(spec, compression)
+        push(client(), store, stored, parse_reference(name), compression=compression)

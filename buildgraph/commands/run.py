@@ -213,6 +213,7 @@ def _run_project(
     allow: frozenset[str] = frozenset(),
     isolation: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
+    compression: str = "gzip",
 ) -> RunResult:
     """`export_cached` (warm --build): also export the steps this run did not build, where the
     export repository lacks them."""
@@ -278,6 +279,7 @@ def _run_project(
                     epoch=epoch,
                     push_all=push_all,
                     remote=remote,
+                    compression=compression,
                 )
                 for name, plan in compiled.plans.items()
             },
@@ -375,12 +377,21 @@ def export_target(
     epoch: int | None,
     push_all: bool,
     remote: RemoteSession | None,
+    compression: str = "gzip",
 ) -> Exported:
     """The work of a target's export node: image, local tags, outputs, pushes."""
     cache = _mount_cache(spec, push_all, remote)
     if cache is not None and remote is not None and record.missing_layers(store):
         return _push_mounted(
-            spec, plan, record, cache, remote, store=store, client=client, epoch=epoch
+            spec,
+            plan,
+            record,
+            cache,
+            remote,
+            store=store,
+            client=client,
+            epoch=epoch,
+            compression=compression,
         )
     if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
         remote.ensure_layers(record)
@@ -397,13 +408,13 @@ def export_target(
         store.tag(ref.familiar, str(ref), image)
         tags.append(ref.familiar)
     for output in spec.outputs:
-        export_output(store, image, tuple(tags), output, client, spec.dockerfile)
+        export_output(store, image, tuple(tags), output, client, spec.dockerfile, compression)
     if spec.push or push_all:
         from buildgraph.registry.transfer import push  # needs requests: only when pushing
 
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
-            push(client(), store, stored, parse_reference(tag))
+            push(client(), store, stored, parse_reference(tag), compression=compression)
     return Exported(image, tuple(tags), time.monotonic())
 
 
@@ -433,6 +444,7 @@ def _push_mounted(
     store: LocalStore,
     client: ClientFactory,
     epoch: int | None,
+    compression: str = "gzip",
 ) -> Exported:
     """Push an image whose layers are (partly) only in the remote cache: the registry mounts
     them from the cache repository, as the cache holds them (built layers: uncompressed), and
@@ -449,7 +461,9 @@ def _push_mounted(
     refs = [parse_reference(tag) for tag in spec.tags]
     for ref in refs:
         stored = StoredImage(ref.familiar, str(ref), image)
-        push(client(), store, stored, ref, mount_from=(cache,), fetch=fetch)
+        push(
+            client(), store, stored, ref, mount_from=(cache,), fetch=fetch, compression=compression
+        )
     if not (missing := record.missing_layers(store)):
         for ref in refs:
             store.tag(ref.familiar, str(ref), image)

@@ -11,6 +11,8 @@ from buildgraph.image import mediatypes as mt
 from buildgraph.image.layer import compress_tar
 from buildgraph.image.oci import Descriptor, Manifest
 
+COMPRESSIONS = ("gzip", "zstd")  # what a push or an export may choose (--compression)
+
 
 def compressed_layer(store: LocalStore, layer: Descriptor, compression: str = "gzip") -> Descriptor:
     """`layer` itself when it is compressed already, else its compressed copy in the store."""

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import CacheError, InputError
-from buildgraph.image.compress import for_registry
+from buildgraph.image.compress import COMPRESSIONS, compressed_layer
 from buildgraph.image.oci import (
     Descriptor,
     Index,
@@ -84,18 +84,22 @@ def push(
     manifest_format: str = "oci",
     mount_from: Sequence[Reference] = (),
     fetch: Fetch | None = None,
+    compression: str = "gzip",
 ) -> str:
     """Upload the image's blobs (mounting them where the registry already has them),
     then its manifest under `ref`; returns the manifest digest. Layers stored uncompressed
-    are sent gzip-compressed (once: the compressed copy is kept).
+    are sent compressed with `compression` (gzip or zstd; once: the compressed copy is kept).
+    Each layer is compressed in its own upload task, so one layer's upload overlaps the next
+    one's compression.
 
     The image may lack layer blobs in the store (one assembled from a remote cache's records):
     those are mounted from a `mount_from` repository of the same registry as they are; one that
     the registry will not mount is put into the store with `fetch`, then uploaded."""
+    if compression not in COMPRESSIONS:
+        raise InputError(f"unknown compression {compression!r} (gzip or zstd)")
+    if manifest_format == "docker" and compression != "gzip":
+        raise InputError(f"--format docker: Docker schema2 has no {compression} layers; use oci")
     stored = store.read_manifest(image.descriptor)
-    manifest = for_registry(store, stored)
-    if manifest_format == "docker":
-        manifest = as_docker_manifest(manifest)
     sources = _mount_sources(image, ref, mount_from)
 
     def upload(blob: Descriptor) -> None:
@@ -113,10 +117,24 @@ def push(
             client.upload_blob(ref, blob.digest, blob.size, handle)
         progress(f"pushed {blob.digest[:19]} ({blob.size} bytes)")
 
-    unique = list({b.digest: b for b in (manifest.config, *manifest.layers)}.values())
+    def send_layer(layer: Descriptor) -> Descriptor:
+        # A layer the store lacks (remote cache only) is mounted as it is: no bytes to compress.
+        ready = (
+            compressed_layer(store, layer, compression) if store.has_blob(layer.digest) else layer
+        )
+        upload(ready)
+        return ready
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for future in [pool.submit(upload, blob) for blob in unique]:
-            future.result()
+        config = pool.submit(upload, stored.config)
+        unique = {layer.digest: pool.submit(send_layer, layer) for layer in stored.layers}
+        layers = tuple(unique[layer.digest].result() for layer in stored.layers)
+        config.result()
+    manifest = stored
+    if layers != stored.layers:
+        manifest = Manifest(stored.config, layers, stored.media_type, stored.annotations)
+    if manifest_format == "docker":
+        manifest = as_docker_manifest(manifest)
     if manifest == stored:
         data, media_type = store.read_blob(image.descriptor.digest), image.descriptor.media_type
     else:

@@ -76,3 +76,85 @@ def test_a_pushed_parallel_gzip_image_is_copied_and_unpacked_by_outside_tools(
         ["umoci", "unpack", "--image", f"{copy}:big", str(bundle)], check=True, capture_output=True
     )
     assert tree(bundle / "rootfs") == tree(big_rootfs)
+
+
+def test_a_zstd_push_is_read_by_skopeo_umoci_and_pull(
+    tmp_path: Path, big_rootfs: Path, registry: RegistryServer
+) -> None:
+    cache = tmp_path / "cache"
+    run = ["--cache-dir", str(cache)]
+    assert (
+        main(["image", "import", str(big_rootfs), "-t", "big:1", "--compression", "none", *run])
+        == 0
+    )
+    ref = f"{registry.host}/compression/big:zstd"
+    push = ["push", "big:1", ref, "--compression", "zstd", "--insecure-registry", registry.host]
+    assert main([*push, *run]) == 0
+    raw = json.loads(skopeo("inspect", "--raw", "--tls-verify=false", f"docker://{ref}"))
+    assert [layer["mediaType"] for layer in raw["layers"]] == [
+        "application/vnd.oci.image.layer.v1.tar+zstd"
+    ]
+    # umoci 0.4.7 refuses tar+zstd; skopeo reads the zstd stream to re-compress it as gzip.
+    copy = tmp_path / "copy"
+    skopeo(
+        "copy",
+        "--src-tls-verify=false",
+        "--dest-compress-format",
+        "gzip",
+        f"docker://{ref}",
+        f"oci:{copy}:big",
+    )
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        ["umoci", "unpack", "--image", f"{copy}:big", str(bundle)], check=True, capture_output=True
+    )
+    assert tree(bundle / "rootfs") == tree(big_rootfs)
+    fresh = tmp_path / "fresh"
+    pulled = tmp_path / "pulled"
+    insecure = ["--insecure-registry", registry.host]
+    assert main(["pull", ref, "--cache-dir", str(fresh), *insecure]) == 0
+    export = ["image", "export", ref, "-o", f"type=local,dest={pulled}", "--cache-dir", str(fresh)]
+    assert main(export) == 0
+    assert tree(pulled) == tree(big_rootfs)
+
+
+def test_an_oci_export_with_compression_zstd_has_zstd_layers(
+    tmp_path: Path, big_rootfs: Path
+) -> None:
+    cache = tmp_path / "cache"
+    run = ["--cache-dir", str(cache)]
+    assert (
+        main(["image", "import", str(big_rootfs), "-t", "big:1", "--compression", "none", *run])
+        == 0
+    )
+    layout = tmp_path / "layout"
+    assert (
+        main(["image", "export", "big:1", "-o", f"type=oci,dest={layout},compression=zstd", *run])
+        == 0
+    )
+    (layer,) = layers_of(layout, "big:1")
+    assert layer["mediaType"] == "application/vnd.oci.image.layer.v1.tar+zstd"
+    subprocess.run(["zstd", "-tq", str(blob(layout, layer["digest"]))], check=True)
+    skopeo("inspect", f"oci:{layout}:big:1")  # the layout and its manifest are valid
+
+
+BAD = [
+    (
+        ["push", "big:1", "127.0.0.1:9/x:1", "--compression", "zstd", "--format", "docker"],
+        "schema2",
+    ),
+    (["image", "export", "big:1", "-o", "type=docker,dest=x.tar,compression=zstd"], "applies to"),
+    (["image", "export", "big:1", "-o", "type=oci,dest=x,compression=lz4"], "gzip or zstd"),
+]
+
+
+@pytest.mark.parametrize(("argv", "message"), BAD)
+def test_a_bad_compression_is_bad_input(
+    tmp_path: Path, busybox_rootfs: Path, capsys, argv: list[str], message: str
+) -> None:
+    run = ["--cache-dir", str(tmp_path / "cache")]
+    assert main(["image", "import", str(busybox_rootfs), "-t", "big:1", *run]) == 0
+    capsys.readouterr()
+    assert main([*argv, *run]) == 2
+    error = capsys.readouterr().err
+    assert message in error and len(error.strip().splitlines()) == 1
