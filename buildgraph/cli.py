@@ -176,7 +176,7 @@ def cmd_build(args: argparse.Namespace) -> int:
         compression=args.compression,
     )
     _, epoch = build_timestamp()
-    sink = _renderer(args)
+    sink, phases = _traced(args, _renderer(args))
     try:
         result = build(
             request,
@@ -184,6 +184,7 @@ def cmd_build(args: argparse.Namespace) -> int:
             client=lambda: _client(args),
             sink=sink,
             epoch=epoch,
+            phases=phases,
         )
     finally:  # a live display gives the terminal back (its cursor) whatever happened
         if hasattr(sink, "close"):
@@ -277,7 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if offline:
         args.cache_from = args.cache_to = ""  # no remote cache either
     _, epoch = build_timestamp()
-    sink = _renderer(args)
+    sink, phases = _traced(args, _renderer(args))
     try:
         result = run_project(
             project,
@@ -300,6 +301,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             isolation=args.isolation,
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
             compression=getattr(args, "compression", "gzip"),  # `warm` pushes no image
+            phases=phases,
         )
     finally:
         if hasattr(sink, "close"):
@@ -458,6 +460,16 @@ def _renderer(args: argparse.Namespace):
     return PlainRenderer(show_output=not args.quiet)
 
 
+def _traced(args: argparse.Namespace, renderer):
+    """The renderer, teed into a trace recorder with --trace FILE; and the worker's phase sink."""
+    if not getattr(args, "trace", None):
+        return renderer, None
+    from buildgraph.ui.trace import TeeSink, open_trace
+
+    recorder = open_trace(Path(args.trace), f"buildgraph {args.command}")
+    return TeeSink(renderer, recorder), recorder.phase
+
+
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:
     return (lambda _: None) if args.quiet else _say
 
@@ -511,6 +523,15 @@ def _compression(parser: argparse.ArgumentParser) -> None:
         default="gzip",
         help="layers pushed to a registry: gzip (default; every client) or zstd (OCI "
         "tar+zstd: Docker >= 23, containerd >= 1.5, podman)",
+    )
+
+
+def _trace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write a Chrome trace-event file (Perfetto, chrome://tracing): one span per step "
+        "with its phases",
     )
 
 
@@ -601,6 +622,7 @@ def build_parser() -> argparse.ArgumentParser:
     _allow(bld)
     _isolation(bld)
     _compression(bld)
+    _trace(bld)
     bld.set_defaults(handler=cmd_build)
 
     infop = commands.add_parser("info", help="what this machine allows: the isolation for RUN")
@@ -636,6 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
     _allow(runp)
     _isolation(runp)
     _compression(runp)
+    _trace(runp)
     runp.set_defaults(build=True)
 
     warmp = commands.add_parser(

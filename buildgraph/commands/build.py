@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # the client pulls in requests; only a registry call needs it
     import networkx as nx
 
     from buildgraph.registry.client import RegistryClient
+    from buildgraph.worker.phases import PhaseSink
 
 ClientFactory = Callable[[], "RegistryClient"]
 
@@ -125,6 +126,7 @@ def _build(
     client: ClientFactory,
     sink: EventSink,
     epoch: int | None,
+    phases: PhaseSink | None = None,
 ) -> BuildResult:
     dockerfile_path = request.dockerfile
     if not request.context.is_dir():
@@ -160,6 +162,7 @@ def _build(
             epoch=epoch,
             index=index,
             ignores={str(context): ignore},
+            phases=phases,
         )
     if outcome.failures:
         first = next(iter(outcome.failures.values()))
@@ -223,6 +226,7 @@ def _run_steps(
     epoch: int | None,
     index: StepIndex,
     ignores: dict[str, IgnoreMatcher],
+    phases: PhaseSink | None = None,
 ) -> Outcome:
     """Schedule the plan's steps (cache, remote cache, worker) and wait for the outcome."""
     from buildgraph.solver.remote import remote_session
@@ -249,6 +253,7 @@ def _run_steps(
         secrets=request.secrets,
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=request.isolation,
+        phases=phases,
     )
     try:
         outcome = run(

@@ -33,6 +33,7 @@ from buildgraph.solver.events import EventSink, LogEvent
 from buildgraph.solver.remote import RemoteSession, remote_session
 from buildgraph.solver.scheduler import Outcome, add_export, run
 from buildgraph.worker.execute import Worker
+from buildgraph.worker.phases import PhaseSink
 from buildgraph.worker.snapshot import SnapshotStore
 
 STAT_CACHE = "statcache.json"  # in the cache dir
@@ -214,6 +215,7 @@ def _run_project(
     isolation: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
     compression: str = "gzip",
+    phases: PhaseSink | None = None,
 ) -> RunResult:
     """`export_cached` (warm --build): also export the steps this run did not build, where the
     export repository lacks them."""
@@ -256,6 +258,7 @@ def _run_project(
         secrets=secrets,
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=isolation,
+        phases=phases,
     )
     if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
         sink.targets.update(step_targets(compiled, graph))  # type: ignore[attr-defined]
