@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import CacheError, InputError
-from buildgraph.image.compress import COMPRESSIONS, compressed_layer
+from buildgraph.image.compress import COMPRESSIONS, known_compressed
 from buildgraph.image.oci import (
     Descriptor,
     Index,
@@ -18,6 +18,7 @@ from buildgraph.image.oci import (
 )
 from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference, parse_reference
+from buildgraph.registry.stream_push import push_compressing
 
 Progress = Callable[[str], None]
 Fetch = Callable[[Descriptor], None]  # puts a blob the store lacks into the store
@@ -89,8 +90,8 @@ def push(
     """Upload the image's blobs (mounting them where the registry already has them),
     then its manifest under `ref`; returns the manifest digest. Layers stored uncompressed
     are sent compressed with `compression` (gzip or zstd; once: the compressed copy is kept).
-    Each layer is compressed in its own upload task, so one layer's upload overlaps the next
-    one's compression.
+    A layer never compressed before is compressed while it is uploaded (stream_push.py), each in
+    its own task.
 
     The image may lack layer blobs in the store (one assembled from a remote cache's records):
     those are mounted from a `mount_from` repository of the same registry as they are; one that
@@ -118,10 +119,16 @@ def push(
         progress(f"pushed {blob.digest[:19]} ({blob.size} bytes)")
 
     def send_layer(layer: Descriptor) -> Descriptor:
-        # A layer the store lacks (remote cache only) is mounted as it is: no bytes to compress.
-        ready = (
-            compressed_layer(store, layer, compression) if store.has_blob(layer.digest) else layer
-        )
+        if not store.has_blob(layer.digest):  # remote cache only: mounted as it is
+            upload(layer)
+            return layer
+        ready = known_compressed(store, layer, compression)
+        if ready is None:  # never compressed: compress and upload at once
+            streamed = push_compressing(client, store, ref, layer, compression)
+            if streamed.uploaded:
+                progress(f"pushed {streamed.blob.digest[:19]} ({streamed.blob.size} bytes)")
+                return streamed.blob
+            ready = streamed.blob
         upload(ready)
         return ready
 
