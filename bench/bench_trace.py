@@ -11,8 +11,10 @@ read back: the wall time of the command (its lane-0 span, from process start), t
 the first step starts and after the last one ends, and for every instant in between what was
 running, in this order of precedence: a RUN command, a COPY's copying, diff (the upper dir
 written as a layer tar), commit (blob fsync, snapshot adopt), snapshot prepare, a target's
-export, a FROM, or nothing (the scheduler between steps). Each instant counts once, under the
-first of those that was running, so the rows add up to the wall time. CPU-bound phases on 2
+export, a FROM, a step outside its phases (first-use imports of the sandbox and copier, the
+isolation probe, the hand-off to a worker thread), or nothing (the scheduler between steps).
+Each instant counts once, under the first of those that was running, so the rows add up to the
+wall time. CPU-bound phases on 2
 cores: run the script on a quiet machine for figures to quote.
 """
 
@@ -45,6 +47,7 @@ BUCKETS = (
     "snapshot prepare",
     "export",
     "FROM",
+    "in a step, outside its phases (first-use imports, isolation probe, thread hand-off)",
     "between steps (scheduler, cache records)",
 )
 
@@ -142,7 +145,7 @@ def bucket_of(span: dict) -> str:
     if span["cat"] == "export":
         return "export"
     if span["cat"] == "step":
-        return "FROM" if span["name"].startswith("FROM") else ""
+        return "FROM" if span["name"].startswith("FROM") else BUCKETS[-2]
     if span["cat"] != "phase":
         return ""
     if span["name"] == "run":

@@ -15,9 +15,12 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING
 
 from zlib_ng import zlib_ng
+
+if TYPE_CHECKING:  # concurrent.futures costs every command ~8 ms: imported where a pool starts
+    from concurrent.futures import Future
 
 # 1 MiB: the 32 KiB window restarts once per MiB (a size cost under 0.5%), and a block is large
 # enough that thread hand-off costs nothing next to deflating it.
@@ -69,6 +72,8 @@ class GzipMembers:
     memory stays flat whatever the stream's size."""
 
     def __init__(self, level: int = DEFAULT_LEVEL, threads: int | None = None) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
         self._level = level
         self._threads = threads or default_threads()
         self._pool = ThreadPoolExecutor(self._threads, thread_name_prefix="gzip")
