@@ -1,14 +1,15 @@
 """Where a cold monorepo build's wall time goes beyond the RUN commands, from its --trace.
 
 Usage (as root, from the repository): python bench/bench_trace.py [--services 12]
-    [--workload monorepo,shared] [--keep]
+    [--workload monorepo,shared] [--export] [--keep]
 
 Each workload is built cold (a cache holding only busybox) by one `buildgraph run --trace FILE`:
 `monorepo` is bench/monorepo.py's tree (the one bench_monorepo.py times against BuildKit), and
 `shared` is ../shared/bench/make_workload.py's (seed 1; its Dockerfiles say FROM
 <registry>/busybox:latest, tagged so in the seed cache: no registry is asked). The trace is then
 read back: the wall time of the command (its lane-0 span, from process start), the time before
-the first step starts and after the last one ends, and for every instant in between what was
+the first step starts and after the last one ends (with --export: the remote cache export, to a
+Debian docker-registry on 127.0.0.1, finishing), and for every instant in between what was
 running, in this order of precedence: a RUN command, a COPY's copying, diff (the upper dir
 written as a layer tar), commit (blob fsync, snapshot adopt), snapshot prepare, a target's
 export, a FROM, a step outside its phases (first-use imports of the sandbox and copier, the
@@ -35,6 +36,9 @@ from monorepo import generate
 from peers import buildgraph_command, note
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "tests"))
+from registry_server import RegistryServer  # noqa: E402 - tests/ is not a package
+
 SHARED_WORKLOAD = REPO.parent / "shared" / "bench" / "make_workload.py"
 WORKLOADS = ("monorepo", "shared")
 REGISTRY = "127.0.0.1:5999"  # only a name in FROM lines; the seed cache holds the image
@@ -56,7 +60,10 @@ def main() -> None:
     options = parse_options()
     work = Path(tempfile.mkdtemp(prefix="bench-trace-"))
     results = {}
+    registry = None
     try:
+        if options.export:
+            registry = RegistryServer(work / "registry").start()
         seed = make_seed(work)
         for workload in options.workload:
             buildfile = make_tree(work, workload, options.services)
@@ -67,6 +74,8 @@ def main() -> None:
             start = time.perf_counter()
             argv = [*buildgraph_command(), "run", "-f", str(buildfile), "--cache-dir", str(cache)]
             argv += ["--progress", "plain", "--trace", str(trace)]
+            if registry is not None:
+                argv += ["--cache-to", f"{registry.host}/cache/{workload}"]
             log = work / f"{workload}.log"
             with open(log, "wb") as out:
                 done = subprocess.run(argv, stdout=out, stderr=subprocess.STDOUT, check=False)
@@ -80,6 +89,8 @@ def main() -> None:
                 note(f"kept {Path.cwd() / trace.name} (open it in https://ui.perfetto.dev)")
         print_report(results, options)
     finally:
+        if registry is not None:
+            registry.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
@@ -87,6 +98,7 @@ def parse_options() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--services", type=int, default=12, help="N services (default 12)")
     parser.add_argument("--workload", default=",".join(WORKLOADS), help="monorepo,shared")
+    parser.add_argument("--export", action="store_true", help="also export the remote cache")
     parser.add_argument("--keep", action="store_true", help="copy the traces to the current dir")
     options = parser.parse_args()
     options.workload = [name for name in options.workload.split(",") if name]
@@ -157,7 +169,8 @@ def print_report(results: dict[str, tuple[float, dict[str, float]]], options) ->
     print(f"\n{' '.join(sys.argv)}")
     print(f"{os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f} at the end\n")
     names = list(results)
-    heads = " | ".join(f"{name} N={options.services}" for name in names)
+    suffix = " + export" if options.export else ""
+    heads = " | ".join(f"{name} N={options.services}{suffix}" for name in names)
     print(f"| where the wall time goes | {heads} |")
     print("|---|" + "---|" * len(names))
     rows = next(iter(results.values()))[1].keys() if results else []
