@@ -3,6 +3,7 @@ them, gzip tests them."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import shutil
@@ -10,6 +11,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from dockerd import DOCKERD, private_dockerd
 from registry_server import RegistryServer
 from test_image_commands import tree
 
@@ -158,3 +160,23 @@ def test_a_bad_compression_is_bad_input(
     assert main([*argv, *run]) == 2
     error = capsys.readouterr().err
     assert message in error and len(error.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path(DOCKERD).exists(), reason="docker.io (dockerd) not installed")
+def test_docker_pulls_and_runs_a_parallel_gzip_image(
+    tmp_path: Path, big_rootfs: Path, registry: RegistryServer
+) -> None:
+    cache = tmp_path / "cache"
+    run = ["--cache-dir", str(cache)]
+    argv = ["image", "import", str(big_rootfs), "-t", "big:1", "--compression", "none", *run]
+    assert main(argv) == 0
+    ref = f"{registry.host}/compression/big:docker"
+    assert main(["push", "big:1", ref, "--insecure-registry", registry.host, *run]) == 0
+    expected = hashlib.sha256((big_rootfs / "data" / "random1.bin").read_bytes()).hexdigest()
+    with private_dockerd(tmp_path / "dockerd", [registry.host]) as docker:
+        docker.docker("pull", ref)
+        done = docker.docker(
+            "run", "--rm", "--network", "host", ref, "sha256sum", "/data/random1.bin"
+        )
+    assert done.stdout.split()[0] == expected
