@@ -62,6 +62,10 @@ class Row:
 def main() -> None:
     options = parse_options()
     bench = Path(tempfile.mkdtemp(prefix="bench-pack-"))
+    # Byte-code cached as an installed wheel's is (see peers.work_dir): under
+    # PYTHONDONTWRITEBYTECODE=1 every buildgraph process would recompile its modules.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(bench / "pycache")
     shm = Path(tempfile.mkdtemp(prefix="bench-pack-registry-", dir="/dev/shm"))
     rows: list[Row] = []
     try:

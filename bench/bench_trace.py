@@ -52,6 +52,7 @@ BUCKETS = (
     "export",
     "FROM",
     "in a step, outside its phases (first-use imports, isolation probe, thread hand-off)",
+    "queued for one of -j threads, nothing else running",
     "between steps (scheduler, cache records)",
 )
 
@@ -59,12 +60,17 @@ BUCKETS = (
 def main() -> None:
     options = parse_options()
     work = Path(tempfile.mkdtemp(prefix="bench-trace-"))
+    # Byte-code cached as an installed wheel's is (see peers.work_dir): under
+    # PYTHONDONTWRITEBYTECODE=1 every buildgraph process would recompile its modules.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
+    os.environ["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
     results = {}
     registry = None
     try:
         if options.export:
             registry = RegistryServer(work / "registry").start()
         seed = make_seed(work)
+        warm_up(work, seed)
         for workload in options.workload:
             buildfile = make_tree(work, workload, options.services)
             cache = work / f"cache-{workload}"
@@ -117,6 +123,16 @@ def make_seed(work: Path) -> Path:
     return seed
 
 
+def warm_up(work: Path, seed: Path) -> None:
+    """One untimed cold build of a one-service tree: the timed builds find the byte-code
+    cached and the binaries in the page cache, as on a machine that built before."""
+    buildfile = generate(work / "warm-up", 1, sources=2).buildfile
+    cache = work / "cache-warm-up"
+    shutil.copytree(seed, cache, symlinks=True)
+    argv = [*buildgraph_command(), "run", "-f", str(buildfile), "--cache-dir", str(cache), "-q"]
+    subprocess.run(argv, check=True, capture_output=True)
+
+
 def make_tree(work: Path, workload: str, services: int) -> Path:
     if workload == "monorepo":
         return generate(work / "monorepo", services).buildfile
@@ -131,11 +147,20 @@ def breakdown(doc: dict) -> dict[str, float]:
     spans = [event for event in doc["traceEvents"] if event["ph"] == "X"]
     (command,) = [span for span in spans if span["cat"] == "command"]
     begin, end = command["ts"], command["ts"] + command["dur"]
+    # A step's span opens when the scheduler starts it; it executes after its "queued" span.
+    executes = {
+        (span["args"]["step"], span["tid"]): span["ts"] + span["dur"]
+        for span in spans
+        if span["cat"] == "phase" and span["name"] == "queued"
+    }
     intervals: list[tuple[int, int, str]] = []
     for span in spans:
         bucket = bucket_of(span)
+        start = span["ts"]
+        if span["cat"] == "step":
+            start = max(start, executes.get((span["name"], span["tid"]), start))
         if bucket:
-            intervals.append((span["ts"], span["ts"] + span["dur"], bucket))
+            intervals.append((start, span["ts"] + span["dur"], bucket))
     steps = [span for span in spans if span["cat"] in ("step", "export")]
     first = min((span["ts"] for span in steps), default=end)
     last = max((span["ts"] + span["dur"] for span in steps), default=end)
@@ -157,9 +182,11 @@ def bucket_of(span: dict) -> str:
     if span["cat"] == "export":
         return "export"
     if span["cat"] == "step":
-        return "FROM" if span["name"].startswith("FROM") else BUCKETS[-2]
+        return "FROM" if span["name"].startswith("FROM") else BUCKETS[-3]
     if span["cat"] != "phase":
         return ""
+    if span["name"] == "queued":
+        return BUCKETS[-2]
     if span["name"] == "run":
         return "RUN command" if "] RUN " in span["args"]["step"] else "COPY copying"
     return span["name"]  # diff, commit, snapshot prepare

@@ -2,7 +2,8 @@
 
 Each built step is one complete ("X") span from the moment the scheduler starts it to its end,
 on a lane (a trace "thread") of its own while it runs; the worker's phases (snapshot prepare,
-run, diff, commit) are spans on the same lane, inside it. Target exports are spans too. Steps
+run, diff, commit) are spans on the same lane, inside it, after a "queued" span while the
+step waited for one of the scheduler's -j threads. Target exports are spans too. Steps
 taken from a cache are instant events. Lane 0 holds one span for the whole command, from the
 recorder's creation (before the project is read) to the last event, so the time before the
 first step and after the last one shows as well.
@@ -19,9 +20,10 @@ from pathlib import Path
 from buildgraph.errors import InputError
 from buildgraph.fs import atomic_write
 from buildgraph.solver.events import LogEvent, StepEvent, StepState
-from buildgraph.worker.phases import PhaseEvent
+from buildgraph.worker.phases import EXECUTE, PhaseEvent
 
 PID = 1
+QUEUED = "queued"  # started by the scheduler, waiting for one of its -j threads
 _ENDS = (StepState.DONE, StepState.FAILED)
 _INSTANTS = (StepState.CACHED, StepState.REMOTE, StepState.SKIPPED, StepState.NOT_NEEDED)
 
@@ -69,13 +71,23 @@ class TraceRecorder:
                 )
 
     def phase(self, event: PhaseEvent) -> None:
-        """A worker phase; it lands on the lane of the running step with its title."""
+        """A worker phase; it lands on the lane of the running step with its title. The whole
+        execution is not drawn (the step's span is), only the wait before it for a thread."""
         with self._lock:
             self._last = max(self._last, event.end)
-            lane = next(
-                (lane for title, lane, _ in self._running.values() if title == event.title), 0
+            lane, started = next(
+                (
+                    (lane, start)
+                    for title, lane, start in self._running.values()
+                    if title == event.title
+                ),
+                (0, event.start),
             )
-            self._span(event.phase, "phase", event.start, event.end, lane, {"step": event.title})
+            args = {"step": event.title}
+            if event.phase != EXECUTE:
+                self._span(event.phase, "phase", event.start, event.end, lane, args)
+            elif event.start > started:
+                self._span(QUEUED, "phase", started, event.start, lane, args)
 
     def close(self) -> None:
         with self._lock:

@@ -12,6 +12,9 @@ SNAPSHOT_PREPARE = "snapshot prepare"  # lower dirs unpacked, scratch and mounts
 RUN = "run"  # the RUN command, or the COPY's file copying
 DIFF = "diff"  # the upper dir written as a layer tar (and hashed)
 COMMIT = "commit"  # the layer blob made durable and the upper dir adopted as its snapshot
+# The whole of Worker.execute. The scheduler starts more steps than it has threads (-j): the
+# time from a step's start to its execution is its wait for a thread ("queued" in a trace).
+EXECUTE = "execute"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +39,8 @@ class PhaseClock:
     def step(self, title: str) -> Iterator[None]:
         self._local.title = title
         try:
-            yield
+            with self.phase(EXECUTE):
+                yield
         finally:
             self._local.title = ""
 

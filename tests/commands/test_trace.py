@@ -71,7 +71,7 @@ def test_a_run_trace_has_a_span_per_step_with_its_phases(repo: Path) -> None:
         if title.startswith("FROM"):
             continue
         phases = {p["name"] for p in found if p["cat"] == "phase" and p["args"]["step"] == title}
-        assert phases == RUN_PHASES, title
+        assert phases - {"queued"} == RUN_PHASES, title  # queued: only if it waited for -j
         for phase in (p for p in found if p["cat"] == "phase" and p["args"]["step"] == title):
             assert inside(phase, step), (phase, step)
     exports = {span["name"] for span in found if span["cat"] == "export"}
