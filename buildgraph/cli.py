@@ -84,6 +84,25 @@ def _isolation(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _compression(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--compression",
+        choices=("gzip", "zstd"),
+        default="gzip",
+        help="layers pushed to a registry: gzip (default; every client) or zstd (OCI "
+        "tar+zstd: Docker >= 23, containerd >= 1.5, podman)",
+    )
+
+
+def _trace(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--trace",
+        metavar="FILE",
+        help="write a Chrome trace-event file (Perfetto, chrome://tracing): one span per step "
+        "with its phases",
+    )
+
+
 def _allow(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--allow",
@@ -135,6 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument(
         "--format", choices=("oci", "docker"), default="oci", help="manifest format to push"
     )
+    _compression(push)
     push.set_defaults(handler=cmd_push)
 
     bld = commands.add_parser("build", help="build one Dockerfile (like docker build / kaniko)")
@@ -169,6 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _allow(bld)
     _isolation(bld)
+    _compression(bld)
+    _trace(bld)
     bld.set_defaults(handler=cmd_build)
 
     infop = commands.add_parser("info", help="what this machine allows: the isolation for RUN")
@@ -203,6 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _allow(runp)
     _isolation(runp)
+    _compression(runp)
+    _trace(runp)
     runp.set_defaults(build=True)
 
     warmp = commands.add_parser(

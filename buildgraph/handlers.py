@@ -116,6 +116,7 @@ def cmd_push(args: argparse.Namespace) -> int:
         args.ref,
         progress=_progress(args),
         manifest_format=args.format,
+        compression=args.compression,
     )
     print(f"{ref} {digest}")
     return 0
@@ -146,12 +147,18 @@ def cmd_build(args: argparse.Namespace) -> int:
         cache_to=args.cache_to or args.cache_repo,
         allow=frozenset(args.allow or ()),
         isolation=args.isolation,
+        compression=args.compression,
     )
     _, epoch = build_timestamp()
-    sink = _renderer(args)
+    sink, phases = _traced(args, _renderer(args))
     try:
         result = build(
-            request, store=_store(args), client=lambda: _client(args), sink=sink, epoch=epoch
+            request,
+            store=_store(args),
+            client=lambda: _client(args),
+            sink=sink,
+            epoch=epoch,
+            phases=phases,
         )
     finally:  # a live display gives the terminal back (its cursor) whatever happened
         if hasattr(sink, "close"):
@@ -289,6 +296,16 @@ def _renderer(args: argparse.Namespace):
 
         return TtyRenderer()
     return PlainRenderer(show_output=not args.quiet)
+
+
+def _traced(args: argparse.Namespace, renderer):
+    """The renderer, teed into a trace recorder with --trace FILE; and the worker's phase sink."""
+    if not getattr(args, "trace", None):
+        return renderer, None
+    from buildgraph.ui.trace import TeeSink, open_trace
+
+    recorder = open_trace(Path(args.trace), f"buildgraph {args.command}")
+    return TeeSink(renderer, recorder), recorder.phase
 
 
 def _progress(args: argparse.Namespace) -> Callable[[str], None]:

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from buildgraph.errors import InputError
-from buildgraph.handlers import _client, _renderer, _say
+from buildgraph.handlers import _client, _renderer, _say, _traced
 
 
 def _project(args: argparse.Namespace):
@@ -43,7 +43,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if offline:
         args.cache_from = args.cache_to = ""  # no remote cache either
     _, epoch = build_timestamp()
-    sink = _renderer(args)
+    sink, phases = _traced(args, _renderer(args))
     try:
         result = run_project(
             project,
@@ -65,6 +65,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow=frozenset(args.allow or ()),
             isolation=args.isolation,
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
+            compression=getattr(args, "compression", "gzip"),  # `warm` pushes no image
+            phases=phases,
         )
     finally:
         if hasattr(sink, "close"):

@@ -9,6 +9,7 @@ APT_PACKAGES=(
   busybox-static debootstrap      # base images: busybox (fast suite), Debian minbase (slow suite)
   docker-registry                 # the CNCF distribution registry the tests run on 127.0.0.1
   skopeo umoci buildah            # outside checks of what buildgraph writes; the peer we match
+  zstd time                       # `zstd -t` of zstd layers; bench/bench_pack.py's tar peer and GNU time
   apache2-utils openssl           # htpasswd for the registry auth tests
   docker.io                       # a private dockerd: `docker load` + `docker run` of our images
   libseccomp2                     # RUN's seccomp filter (apt depends on it; listed to be explicit)

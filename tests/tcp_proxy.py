@@ -10,13 +10,16 @@ from dataclasses import dataclass, field
 
 @dataclass
 class CuttingProxy:
-    """Forwards to `target_port`; a response stream is cut after `cut_after` bytes."""
+    """Forwards to `target_port`; a response stream is cut after `cut_after` bytes, and the
+    first request stream to pass `cut_request_after` bytes is cut there (later ones are not)."""
 
     target_port: int
     cut_after: int | None = None
+    cut_request_after: int | None = None
     listener: socket.socket = field(init=False)
     port: int = field(init=False)
     cuts: int = 0
+    request_cuts: int = 0
 
     def __post_init__(self) -> None:
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -34,19 +37,28 @@ class CuttingProxy:
             except OSError:
                 return
             upstream = socket.create_connection(("127.0.0.1", self.target_port))
-            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            request_limit = self.cut_request_after if self.request_cuts == 0 else None
+            threading.Thread(
+                target=self._pipe, args=(client, upstream, request_limit, True), daemon=True
+            ).start()
             threading.Thread(
                 target=self._pipe, args=(upstream, client, self.cut_after), daemon=True
             ).start()
 
-    def _pipe(self, source: socket.socket, dest: socket.socket, limit: int | None) -> None:
+    def _pipe(
+        self, source: socket.socket, dest: socket.socket, limit: int | None, request: bool = False
+    ) -> None:
         sent = 0
         try:
             while data := source.recv(65536):
                 if limit is not None and sent + len(data) > limit:
-                    dest.sendall(data[: limit - sent])
-                    self.cuts += 1
-                    break
+                    if request and self.request_cuts:
+                        limit = None  # another connection was cut first: only one is
+                    else:
+                        dest.sendall(data[: limit - sent])
+                        self.cuts += 1
+                        self.request_cuts += request
+                        break
                 dest.sendall(data)
                 sent += len(data)
         except OSError:

@@ -16,6 +16,7 @@ from pathlib import Path
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import CacheError, InputError
 from buildgraph.fs import atomic_file
+from buildgraph.cache.compress import COMPRESSIONS, for_registry
 from buildgraph.image.codec import open_layer
 from buildgraph.image.unpack import unpack_layer
 
@@ -56,17 +57,39 @@ def parse_output(text: str) -> OutputSpec:
     return OutputSpec(kind, dest, tuple(sorted(fields.items())))
 
 
-def export_oci(store: LocalStore, image: StoredImage, dest: Path, name: str = "") -> None:
-    """Copy the image into the OCI layout at `dest` (created or added to), tagged `name`."""
+def output_compression(spec: OutputSpec, default: str = "") -> str:
+    """The `compression=` attribute of an output (buildx's spelling), or `default`."""
+    value = spec.attr("compression", default)
+    if value and spec.type not in ("oci", "registry", "image"):
+        raise InputError(f"--output type={spec.type}: compression= applies to oci and registry")
+    if value and value not in COMPRESSIONS:
+        raise InputError(f"--output compression={value}: expected {' or '.join(COMPRESSIONS)}")
+    return value
+
+
+def export_oci(
+    store: LocalStore, image: StoredImage, dest: Path, name: str = "", compression: str = ""
+) -> None:
+    """Copy the image into the OCI layout at `dest` (created or added to), tagged `name`.
+    Layers go as stored (built ones uncompressed) unless `compression` (gzip or zstd) is given;
+    then the layout gets compressed layers and its own manifest."""
     target = LocalStore(dest).ensure()
-    manifest = store.read_manifest(image.descriptor)
-    for blob in (manifest.config, *manifest.layers, image.descriptor):
-        if target.has_blob(blob.digest):
-            continue
-        with store.open_blob(blob.digest) as source:
-            _copy_blob(source, target, blob.digest)
+    stored = store.read_manifest(image.descriptor)
+    manifest, descriptor = stored, image.descriptor
+    if compression:
+        manifest = for_registry(store, stored, compression)
+    for blob in (manifest.config, *manifest.layers):
+        if not target.has_blob(blob.digest):
+            with store.open_blob(blob.digest) as source:
+                _copy_blob(source, target, blob.digest)
+    if manifest == stored:
+        if not target.has_blob(descriptor.digest):
+            with store.open_blob(descriptor.digest) as source:
+                _copy_blob(source, target, descriptor.digest)
+    else:
+        descriptor = target.put_blob(manifest.to_json(), manifest.media_type)
     tag = name or image.name
-    target.tag(tag, image.full_name if tag == image.name else tag, image.descriptor)
+    target.tag(tag, image.full_name if tag == image.name else tag, descriptor)
 
 
 def _copy_blob(source, target: LocalStore, digest: str) -> None:

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import CacheError, InputError
-from buildgraph.cache.compress import for_registry
+from buildgraph.cache.compress import COMPRESSIONS, known_compressed
 from buildgraph.image.oci import (
     Descriptor,
     Index,
@@ -18,6 +18,7 @@ from buildgraph.image.oci import (
 )
 from buildgraph.registry.client import RegistryClient
 from buildgraph.registry.reference import Reference, parse_reference
+from buildgraph.cache.stream_push import push_compressing
 
 Progress = Callable[[str], None]
 Fetch = Callable[[Descriptor], None]  # puts a blob the store lacks into the store
@@ -84,18 +85,22 @@ def push(
     manifest_format: str = "oci",
     mount_from: Sequence[Reference] = (),
     fetch: Fetch | None = None,
+    compression: str = "gzip",
 ) -> str:
     """Upload the image's blobs (mounting them where the registry already has them),
     then its manifest under `ref`; returns the manifest digest. Layers stored uncompressed
-    are sent gzip-compressed (once: the compressed copy is kept).
+    are sent compressed with `compression` (gzip or zstd; once: the compressed copy is kept).
+    A layer never compressed before is compressed while it is uploaded (stream_push.py), each in
+    its own task.
 
     The image may lack layer blobs in the store (one assembled from a remote cache's records):
     those are mounted from a `mount_from` repository of the same registry as they are; one that
     the registry will not mount is put into the store with `fetch`, then uploaded."""
+    if compression not in COMPRESSIONS:
+        raise InputError(f"unknown compression {compression!r} (gzip or zstd)")
+    if manifest_format == "docker" and compression != "gzip":
+        raise InputError(f"--format docker: Docker schema2 has no {compression} layers; use oci")
     stored = store.read_manifest(image.descriptor)
-    manifest = for_registry(store, stored)
-    if manifest_format == "docker":
-        manifest = as_docker_manifest(manifest)
     sources = _mount_sources(image, ref, mount_from)
 
     def upload(blob: Descriptor) -> None:
@@ -113,10 +118,30 @@ def push(
             client.upload_blob(ref, blob.digest, blob.size, handle)
         progress(f"pushed {blob.digest[:19]} ({blob.size} bytes)")
 
-    unique = list({b.digest: b for b in (manifest.config, *manifest.layers)}.values())
+    def send_layer(layer: Descriptor) -> Descriptor:
+        if not store.has_blob(layer.digest):  # remote cache only: mounted as it is
+            upload(layer)
+            return layer
+        ready = known_compressed(store, layer, compression)
+        if ready is None:  # never compressed: compress and upload at once
+            streamed = push_compressing(client, store, ref, layer, compression)
+            if streamed.uploaded:
+                progress(f"pushed {streamed.blob.digest[:19]} ({streamed.blob.size} bytes)")
+                return streamed.blob
+            ready = streamed.blob
+        upload(ready)
+        return ready
+
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        for future in [pool.submit(upload, blob) for blob in unique]:
-            future.result()
+        config = pool.submit(upload, stored.config)
+        unique = {layer.digest: pool.submit(send_layer, layer) for layer in stored.layers}
+        layers = tuple(unique[layer.digest].result() for layer in stored.layers)
+        config.result()
+    manifest = stored
+    if layers != stored.layers:
+        manifest = Manifest(stored.config, layers, stored.media_type, stored.annotations)
+    if manifest_format == "docker":
+        manifest = as_docker_manifest(manifest)
     if manifest == stored:
         data, media_type = store.read_blob(image.descriptor.digest), image.descriptor.media_type
     else:

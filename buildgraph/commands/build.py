@@ -6,6 +6,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from buildgraph.cache.assemble import assemble_image
 from buildgraph.cache.local import LocalStore
@@ -29,6 +30,9 @@ from buildgraph.solver.outcome import Outcome
 from buildgraph.solver.plan import Action, Plan
 from buildgraph.solver.remote import RemoteSession, remote_session
 
+if TYPE_CHECKING:
+    from buildgraph.worker.phases import PhaseSink
+
 
 @dataclass(frozen=True, slots=True)
 class BuildRequest:
@@ -50,6 +54,7 @@ class BuildRequest:
     labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
     allow: frozenset[str] = frozenset()  # entitlements (--allow), e.g. security.insecure
     isolation: str = "auto"  # auto | namespaces | chroot (worker/isolation.py)
+    compression: str = "gzip"  # of layers pushed (--push, type=registry): gzip or zstd
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ def _build(
     client: ClientFactory,
     sink: EventSink,
     epoch: int | None,
+    phases: PhaseSink | None = None,
 ) -> BuildResult:
     dockerfile_path = request.dockerfile
     if not request.context.is_dir():
@@ -131,6 +137,7 @@ def _build(
             epoch=epoch,
             index=index,
             ignores={str(context): ignore},
+            phases=phases,
         )
     if remote is not None:
         remote.finish()
@@ -141,7 +148,7 @@ def _build(
     image = assemble_image(store, _labelled(plan.target, request.labels), record, epoch=epoch)
     tags = _tag(store, image, request.tags)
     for spec in request.outputs:
-        export_output(store, image, tags, spec, client, dockerfile_path)
+        export_output(store, image, tags, spec, client, dockerfile_path, request.compression)
     pushed = {}
     if request.push:
         from buildgraph.cache.transfer import push
@@ -150,7 +157,8 @@ def _build(
             stored = store.resolve(tag)
             assert stored is not None
             # The registry's digest differs from the store's: layers are compressed to go.
-            pushed[tag] = push(client(), store, stored, parse_reference(tag))
+            ref = parse_reference(tag)
+            pushed[tag] = push(client(), store, stored, ref, compression=request.compression)
     return BuildResult(image, tags, outcome, plan, pushed)
 
 
@@ -191,6 +199,7 @@ def _run_steps(
     epoch: int | None,
     index: StepIndex,
     ignores: dict[str, IgnoreMatcher],
+    phases: PhaseSink | None = None,
 ) -> Outcome:
     """Execute the plan's steps (cache, remote cache, worker) and wait for the outcome."""
     from buildgraph.solver.scheduler import execute
@@ -208,6 +217,7 @@ def _run_steps(
         secrets=request.secrets,
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=request.isolation,
+        phases=phases,
     )
     executor = LocalExecutor(worker, index, remote, records)
     try:

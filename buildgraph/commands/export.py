@@ -7,7 +7,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from buildgraph.cache.assemble import assemble_image
-from buildgraph.cache.export import export_docker_archive, export_local, export_oci, parse_output
+from buildgraph.cache.export import (
+    export_docker_archive,
+    export_local,
+    export_oci,
+    output_compression,
+    parse_output,
+)
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.cache.steps import StepRecord
 from buildgraph.commands.compile import ClientFactory
@@ -39,12 +45,21 @@ def export_target(
     epoch: int | None,
     push_all: bool,
     remote: RemoteSession | None,
+    compression: str = "gzip",
 ) -> Exported:
     """The work of a target's export node: image, local tags, outputs, pushes."""
     cache = mount_cache(spec, push_all, remote)
     if cache is not None and remote is not None and record.missing_layers(store):
         return _push_mounted(
-            spec, plan, record, cache, remote, store=store, client=client, epoch=epoch
+            spec,
+            plan,
+            record,
+            cache,
+            remote,
+            store=store,
+            client=client,
+            epoch=epoch,
+            compression=compression,
         )
     if remote is not None:  # a local tag or output needs the files: fetch what only the remote has
         remote.ensure_layers(record)
@@ -61,13 +76,13 @@ def export_target(
         store.tag(ref.familiar, str(ref), image)
         tags.append(ref.familiar)
     for output in spec.outputs:
-        export_output(store, image, tuple(tags), output, client, spec.dockerfile)
+        export_output(store, image, tuple(tags), output, client, spec.dockerfile, compression)
     if spec.push or push_all:
         from buildgraph.cache.transfer import push  # needs requests: only when pushing
 
         for tag in spec.tags:
             stored = StoredImage(tag, str(parse_reference(tag)), image)
-            push(client(), store, stored, parse_reference(tag))
+            push(client(), store, stored, parse_reference(tag), compression=compression)
     return Exported(image, tuple(tags), time.monotonic())
 
 
@@ -95,6 +110,7 @@ def _push_mounted(
     store: LocalStore,
     client: ClientFactory,
     epoch: int | None,
+    compression: str = "gzip",
 ) -> Exported:
     """Push an image whose layers are (partly) only in the remote cache: the registry mounts
     them from the cache repository, as the cache holds them (built layers: uncompressed), and
@@ -111,7 +127,9 @@ def _push_mounted(
     refs = [parse_reference(tag) for tag in spec.tags]
     for ref in refs:
         stored = StoredImage(ref.familiar, str(ref), image)
-        push(client(), store, stored, ref, mount_from=(cache,), fetch=fetch)
+        push(
+            client(), store, stored, ref, mount_from=(cache,), fetch=fetch, compression=compression
+        )
     if not (missing := record.missing_layers(store)):
         for ref in refs:
             store.tag(ref.familiar, str(ref), image)
@@ -131,12 +149,14 @@ def export_output(
     text: str,
     client: ClientFactory,
     dockerfile: Path,
+    compression: str = "gzip",
 ) -> None:
+    """`compression`: --compression, for a registry output that names none itself."""
     spec = parse_output(text)
     name = spec.attr("name") or (tags[0] if tags else "")
     stored = StoredImage(name or "image", name or "image", image)
     if spec.type == "oci":
-        export_oci(store, stored, Path(spec.dest), name or "latest")
+        export_oci(store, stored, Path(spec.dest), name or "latest", output_compression(spec))
     elif spec.type == "docker":
         export_docker_archive(store, stored, Path(spec.dest), [name] if name else [])
     elif spec.type == "local":
@@ -148,4 +168,5 @@ def export_output(
             raise InputError(
                 "--output type=registry needs a name= or a -t tag", Location(dockerfile)
             )
-        push(client(), store, stored, parse_reference(name))
+        compression = output_compression(spec, compression)
+        push(client(), store, stored, parse_reference(name), compression=compression)

@@ -8,7 +8,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from buildgraph.cache.export import export_docker_archive, export_local, export_oci, parse_output
+from buildgraph.cache.export import (
+    export_docker_archive,
+    export_local,
+    export_oci,
+    output_compression,
+    parse_output,
+)
 from buildgraph.cache.local import LocalStore, StoredImage
 from buildgraph.errors import InputError, NotFound
 from buildgraph.image.config import HistoryEntry, ImageConfig
@@ -89,8 +95,9 @@ def export_image(store: LocalStore, text: str, spec_text: str) -> str:
     image = find_image(store, text)
     spec = parse_output(spec_text)
     dest = Path(spec.dest)
+    compression = output_compression(spec)
     if spec.type == "oci":
-        export_oci(store, image, dest, spec.attr("name", image.name))
+        export_oci(store, image, dest, spec.attr("name", image.name), compression)
     elif spec.type == "docker":
         names = [spec.attr("name")] if spec.attr("name") else [image.name]
         export_docker_archive(store, image, dest, names)
@@ -125,9 +132,19 @@ def push_image(
     *,
     progress: Callable[[str], None],
     manifest_format: str = "oci",
+    compression: str = "gzip",
 ) -> tuple[Reference, str]:
     image = find_image(store, source)
     ref = parse_reference(destination or image.full_name)
     from buildgraph.cache.transfer import push
 
-    return ref, push(client, store, image, ref, progress=progress, manifest_format=manifest_format)
+    digest = push(
+        client,
+        store,
+        image,
+        ref,
+        progress=progress,
+        manifest_format=manifest_format,
+        compression=compression,
+    )
+    return ref, digest

@@ -29,6 +29,7 @@ from buildgraph.solver.remote import remote_session
 from buildgraph.solver.scheduler import execute
 from buildgraph.worker.execute import Worker
 from buildgraph.worker.local_executor import LocalExecutor
+from buildgraph.worker.phases import PhaseSink
 from buildgraph.worker.snapshot import SnapshotStore
 
 
@@ -78,6 +79,8 @@ def _run_project(
     allow: frozenset[str] = frozenset(),
     isolation: str = "auto",
     warn: Callable[[str], None] = lambda _: None,
+    compression: str = "gzip",
+    phases: PhaseSink | None = None,
 ) -> RunResult:
     """Gather facts and compile → plan → execute (each target exported as soon as it is done)
     → report. `export_cached` (warm --build): also export the steps this run did not build,
@@ -124,6 +127,7 @@ def _run_project(
         secrets=_secrets(project, compiled),
         fetch_layers=remote.ensure_layers if remote else None,
         isolation=isolation,
+        phases=phases,
     )
     exports = {
         name: functools.partial(
@@ -135,6 +139,7 @@ def _run_project(
             epoch=epoch,
             push_all=push_all,
             remote=remote,
+            compression=compression,
         )
         for name, lowered in compiled.plans.items()
     }

@@ -9,8 +9,9 @@ import lzma
 from typing import BinaryIO, Protocol
 
 import zstandard
-from zlib_ng import gzip_ng, zlib_ng
+from zlib_ng import gzip_ng
 
+from buildgraph.image.gzip_members import DEFAULT_LEVEL, GzipMembers, default_threads
 from buildgraph.image.mediatypes import compression_of
 
 CHUNK = 1 << 20
@@ -29,13 +30,18 @@ class _Identity:
         return b""
 
 
-def compressor(compression: str, level: int | None) -> Compressor:
+def compressor(compression: str, level: int | None, threads: int | None = None) -> Compressor:
+    """`threads` None: as many as this process has cores. The bytes do not depend on it."""
     if compression == "gzip":
-        # wbits 31: a gzip wrapper with mtime 0 and no file name, so the header is reproducible.
-        gzip_level = zlib_ng.Z_DEFAULT_COMPRESSION if level is None else level
-        return zlib_ng.compressobj(gzip_level, zlib_ng.DEFLATED, 31)
+        # One gzip member per MiB, compressed on every core; reproducible (gzip_members.py).
+        return GzipMembers(DEFAULT_LEVEL if level is None else level, threads)
     if compression == "zstd":
-        return zstandard.ZstdCompressor(level=3 if level is None else level).compressobj()
+        # zstd's own worker threads. Any worker count >= 1 gives the same bytes (only 0, the
+        # single-threaded mode, differs), so the digest does not depend on the machine's cores.
+        params = zstandard.ZstdCompressionParameters.from_level(
+            3 if level is None else level, threads=threads or default_threads()
+        )
+        return zstandard.ZstdCompressor(compression_params=params).compressobj()
     return _Identity()
 
 

@@ -62,6 +62,7 @@ def write_layer(
     whiteouts: str = "overlay",
     exclude: Callable[[str], bool] | None = None,
     whiteout_names: frozenset[str] = frozenset(),
+    threads: int | None = None,
 ) -> LayerBlob:
     """Stream the tree below `root` as a sorted, reproducible layer tar into `out`. In overlay
     mode a 0/0 character device is a whiteout, and so is any entry named in `whiteout_names`
@@ -71,7 +72,7 @@ def write_layer(
     overlay = whiteouts == "overlay"
     marked = whiteout_names if overlay else frozenset()
     entries = _tree_entries(Path(root), epoch, overlay, exclude or _keep_all, marked)
-    return _pack(entries, out, compression, level)
+    return _pack(entries, out, compression, level, threads)
 
 
 def layer_from_tar(
@@ -91,13 +92,21 @@ def layer_from_tar(
 
 
 def compress_tar(
-    source: BinaryIO, out: BinaryIO, *, compression: str = "gzip", level: int | None = None
+    source: BinaryIO,
+    out: BinaryIO,
+    *,
+    compression: str = "gzip",
+    level: int | None = None,
+    threads: int | None = None,
 ) -> LayerBlob:
     """Compress an uncompressed layer tar (streamed) for a registry; reproducible output."""
-    sink = _BlobSink(out, compression, level)
-    while chunk := source.read(CHUNK):
-        sink.write(chunk)
-    return sink.finish(MEDIA_TYPES[compression])
+    sink = _BlobSink(out, compression, level, threads)
+    try:
+        while chunk := source.read(CHUNK):
+            sink.write(chunk)
+        return sink.finish(MEDIA_TYPES[compression])
+    finally:
+        sink.abandon()
 
 
 def normalize_name(name: str, entry: str | None = None) -> str:
@@ -128,14 +137,17 @@ class _BlobSink:
     """Takes tar bytes, writes compressed bytes to `out`, and hashes both sides on the way.
     Uncompressed, the blob is the tar itself: one hash serves as digest and diff_id."""
 
-    def __init__(self, out: BinaryIO, compression: str, level: int | None) -> None:
+    def __init__(
+        self, out: BinaryIO, compression: str, level: int | None, threads: int | None = None
+    ) -> None:
         self._out = out
         self._plain = compression == "none"
-        self._compressor = compressor(compression, level)
+        self._compressor = compressor(compression, level, threads)
         self._diff = hashlib.sha256()
         self._blob = self._diff if self._plain else hashlib.sha256()
         self._offset = 0
         self._size = 0
+        self._finished = False
 
     def write(self, data: bytes) -> int:
         self._diff.update(data)
@@ -152,8 +164,15 @@ class _BlobSink:
 
     def finish(self, media_type: str) -> LayerBlob:
         self._emit(self._compressor.flush())
+        self._finished = True
         digest, diff_id = self._blob.hexdigest(), self._diff.hexdigest()
         return LayerBlob(f"sha256:{digest}", f"sha256:{diff_id}", self._size, media_type)
+
+    def abandon(self) -> None:
+        """Stop compressor threads after a failure; a no-op once finished."""
+        close = getattr(self._compressor, "close", None)
+        if not self._finished and close is not None:
+            close()
 
     def _emit(self, data: bytes) -> None:
         if data:
@@ -162,17 +181,26 @@ class _BlobSink:
             self._out.write(data)
 
 
-def _pack(entries: Entries, out: BinaryIO, compression: str, level: int | None) -> LayerBlob:
+def _pack(
+    entries: Entries,
+    out: BinaryIO,
+    compression: str,
+    level: int | None,
+    threads: int | None = None,
+) -> LayerBlob:
     if compression not in MEDIA_TYPES:
         raise InputError(f"unknown layer compression {compression!r} (gzip, zstd or none)")
-    sink = _BlobSink(out, compression, level)
-    tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
-    tar.copybufsize = CHUNK
-    for info, data in entries:
-        tar.addfile(info, data)
-        tar.members.clear()  # tarfile remembers every member; memory must stay flat
-    tar.close()
-    return sink.finish(MEDIA_TYPES[compression])
+    sink = _BlobSink(out, compression, level, threads)
+    try:
+        tar = tarfile.TarFile(fileobj=sink, mode="w", format=tarfile.PAX_FORMAT)  # type: ignore[arg-type]
+        tar.copybufsize = CHUNK
+        for info, data in entries:
+            tar.addfile(info, data)
+            tar.members.clear()  # tarfile remembers every member; memory must stay flat
+        tar.close()
+        return sink.finish(MEDIA_TYPES[compression])
+    finally:
+        sink.abandon()
 
 
 # --- directory trees -----------------------------------------------------------------------

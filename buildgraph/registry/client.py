@@ -6,7 +6,7 @@ import contextlib
 import functools
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import BinaryIO
 from urllib.parse import urljoin
@@ -24,6 +24,7 @@ from buildgraph.registry.upload import (
     location_of,
     position,
     upload,
+    upload_stream,
     uploads_path,
 )
 
@@ -262,6 +263,13 @@ class RegistryClient:
             upload(
                 self._transport, repo, digest, size, source, chunk_size=chunk_size, scopes=scopes
             )
+
+    def upload_blob_stream(
+        self, repo: Reference, chunks: Iterable[bytes], digest: Callable[[], str]
+    ) -> None:
+        """Push a blob whose digest is known only once `chunks` are exhausted (no HEAD first:
+        there is no digest to ask about). See upload.upload_stream."""
+        upload_stream(self._transport, repo, chunks, digest, scopes=_push(repo))
 
     def list_tags(self, repo: Reference, *, page_size: int | None = None) -> list[str]:
         """All tags, following Link: <...>; rel="next" pages (asking `page_size` at a time)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import BinaryIO
 from urllib.parse import urljoin
 
@@ -50,6 +50,53 @@ def upload(
                 raise RegistryError(
                     f"registry {repo.registry}: upload of {digest} to {repo.name} failed "
                     f"and its source cannot be read again: {reason}"
+                ) from err
+            raise
+
+    transport.run(repo.registry, attempt)
+
+
+def upload_stream(
+    transport: Transport,
+    repo: Reference,
+    chunks: Iterable[bytes],
+    digest: Callable[[], str],
+    *,
+    scopes: Sequence[str],
+) -> None:
+    """Push a blob while it is being made: one PATCH whose body is `chunks` as they come
+    (chunked transfer encoding), then PUT ?digest= with `digest()`, known once they ended.
+    Chunks cannot be read twice: once the PATCH has begun, a failure is a RegistryError for a
+    caller that can upload the finished blob instead."""
+    started = False
+
+    def body() -> Iterator[bytes]:
+        nonlocal started
+        started = True
+        yield from chunks
+
+    def attempt(deadline: Deadline) -> None:
+        try:
+            with upload_session(transport, repo, scopes, deadline) as location:
+                response = transport.send(
+                    "PATCH",
+                    repo.registry,
+                    location,
+                    scopes=scopes,
+                    deadline=deadline,
+                    headers={"Content-Type": _OCTET_STREAM},
+                    data=body(),
+                    replayable=False,
+                )
+                with response:
+                    raise_for_status(response, repo.registry, scopes, "streamed blob")
+                    location = location_of(response) or location
+                _put(transport, repo, location, digest(), None, scopes, deadline)
+        except (Retry, *RETRYABLE_ERRORS) as err:
+            if started:
+                reason = err.reason if isinstance(err, Retry) else short_reason(err)
+                raise RegistryError(
+                    f"registry {repo.registry}: streamed upload to {repo.name} failed: {reason}"
                 ) from err
             raise
 

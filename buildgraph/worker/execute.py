@@ -18,6 +18,7 @@ from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, St
 from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.layer import write_layer
 from buildgraph.image.oci import Descriptor
+from buildgraph.worker.phases import COMMIT, DIFF, RUN, SNAPSHOT_PREPARE, PhaseClock, PhaseSink
 from buildgraph.worker.rootfs import RootPool
 from buildgraph.worker.snapshot import WORK_DIR, SnapshotStore
 
@@ -66,9 +67,14 @@ class Worker:
     cancel: threading.Event = field(default_factory=threading.Event)  # set: stop running steps
     fetch_layers: Callable[[StepRecord], None] | None = None  # remote cache: missing blobs
     isolation: str = "auto"  # auto | namespaces | chroot (see worker/isolation.py)
+    phases: PhaseSink | None = None  # --trace: how long each step's phases take
     _chosen: str = field(default="", init=False, repr=False)
     _roots: RootPool | None = field(default=None, init=False, repr=False)
     _choosing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _clock: PhaseClock = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._clock = PhaseClock(self.phases)
 
     def close(self) -> None:
         """Remove the materialized roots of the chroot isolation (none otherwise)."""
@@ -94,6 +100,10 @@ class Worker:
 
     def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         """Run `step` given the records of its inputs; the result is not cached here."""
+        with self._clock.step(getattr(step, "title", "")):
+            return self._execute(step, inputs)
+
+    def _execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         match step:
             case SourceStep():
                 return self._source(step)
@@ -152,8 +162,11 @@ class Worker:
         from buildgraph.worker.sandbox import RunSpec, run_in_sandbox
 
         parent = inputs[step.parent]
-        lowers = self.lowers(parent)
-        trees = {m.stage_key: self.lowers(inputs[m.stage_key]) for m in step.mounts if m.stage_key}
+        with self._clock.phase(SNAPSHOT_PREPARE):
+            lowers = self.lowers(parent)
+            trees = {
+                m.stage_key: self.lowers(inputs[m.stage_key]) for m in step.mounts if m.stage_key
+            }
         with self.snapshots.scratch() as scratch:
             mounts = self.store.root / "mounts"
             binds = run_mounts(step, scratch, mounts, self.secrets, trees)
@@ -169,21 +182,23 @@ class Worker:
             upper = scratch / "upper"
             upper.mkdir()
             try:
-                result = run_in_sandbox(
-                    spec,
-                    lowers,
-                    upper,
-                    work=scratch,
-                    output=lambda data: self.output(step.title, data),
-                    cancel=self.cancel,
-                )
+                with self._clock.phase(RUN):
+                    result = run_in_sandbox(
+                        spec,
+                        lowers,
+                        upper,
+                        work=scratch,
+                        output=lambda data: self.output(step.title, data),
+                        cancel=self.cancel,
+                    )
             except StepFailed as err:  # the sandbox could not start it: name the step and line
                 if err.where is not None:
                     raise
                 raise StepFailed(f"{step.title}: {err}", step.where) from err
             if result.exit_code != 0:
                 raise run_failed(step, result.exit_code, result.output_tail)
-            relink_copied_up(upper, lowers)
+            with self._clock.phase(DIFF):
+                relink_copied_up(upper, lowers)
             created_by = "RUN " + " ".join(step.argv) + HISTORY_SUFFIX
             return self.commit(upper, parent, created_by)
 
@@ -212,17 +227,20 @@ class Worker:
             assert self._roots is not None
             with _located(step):
                 return copy_step(self, self._roots, step, inputs, job)
-        lowers = self.lowers(parent)
+        with self._clock.phase(SNAPSHOT_PREPARE):
+            lowers = self.lowers(parent)
+            source_lowers = self.lowers(inputs[source.stage_key]) if source.stage_key else []
         with self.snapshots.scratch() as scratch, _located(step):
             upper = scratch / "upper"
             upper.mkdir()
             if source.stage_key:
-                source_lowers = self.lowers(inputs[source.stage_key])
-                copy_in_overlay(job, lowers, upper, source_lowers=source_lowers)
+                with self._clock.phase(RUN):
+                    copy_in_overlay(job, lowers, upper, source_lowers=source_lowers)
             else:
                 context = Path(source.context) if source.context else None
                 ignore = self.ignores.get(source.context) if source.context else None
-                copy_in_overlay(job, lowers, upper, context=context, ignore=ignore)
+                with self._clock.phase(RUN):
+                    copy_in_overlay(job, lowers, upper, context=context, ignore=ignore)
             created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
             return self.commit(upper, parent, created_by)
 
@@ -245,18 +263,20 @@ class Worker:
         if not any(upper.iterdir()):
             entry = HistoryEntry(self._now(), created_by, empty_layer=True)
             return StepRecord(parent.layers, (*parent.history, entry))
-        with self.store.ingest() as writer:
-            blob = write_layer(
-                upper,
-                writer.unhashed,  # write_layer hashes what it writes: no second pass
-                compression=self.compression,
-                epoch=self.epoch,
-                whiteouts="overlay",
-                whiteout_names=whiteouts,
-            )
-            writer.declare(blob.digest, blob.size)
-        if snapshot:
-            self.snapshots.adopt(upper, blob.diff_id)
+        with self._clock.phase(COMMIT):  # the diff inside it, then the blob's fsync + adopt
+            with self.store.ingest() as writer:
+                with self._clock.phase(DIFF):
+                    blob = write_layer(
+                        upper,
+                        writer.unhashed,  # write_layer hashes what it writes: no second pass
+                        compression=self.compression,
+                        epoch=self.epoch,
+                        whiteouts="overlay",
+                        whiteout_names=whiteouts,
+                    )
+                writer.declare(blob.digest, blob.size)
+            if snapshot:
+                self.snapshots.adopt(upper, blob.diff_id)
         layer = LayerRef(Descriptor(blob.media_type, blob.digest, blob.size), blob.diff_id)
         entry = HistoryEntry(self._now(), created_by)
         return StepRecord((*parent.layers, layer), (*parent.history, entry))
