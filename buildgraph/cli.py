@@ -256,11 +256,14 @@ def _offline_client():
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from buildgraph.commands import tasks as task_phase
     from buildgraph.commands.image import build_timestamp
     from buildgraph.commands.run import raise_for_failures, run_project
     from buildgraph.ui.summary import summary_table
 
     project = _project(args)
+    tasks = task_phase.wanted_tasks(project, args.targets)  # tasks (issue 15)
+    project, names = task_phase.with_task_images(project, args.targets, tasks)  # tasks
     if not args.insecure_registry:
         args.insecure_registry = list(project.insecure_registries)
     if args.command == "warm":
@@ -275,7 +278,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_project(
             project,
-            args.targets,
+            names,
             store=_project_store(args, project),
             client=_offline_client if offline else lambda: _client(args),
             sink=sink,
@@ -294,28 +297,47 @@ def cmd_run(args: argparse.Namespace) -> int:
             isolation=args.isolation,
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
         )
+        outcomes = task_phase.tasks_after_build(  # tasks (issue 15): the phase after the images
+            project,
+            tasks if args.command == "run" else {},
+            result,
+            store=_project_store(args, project),
+            client=_offline_client if offline else lambda: _client(args),
+            sink=sink,
+            jobs=args.jobs or (os.cpu_count() or 2),
+            isolation=args.isolation,
+            no_cache=args.no_cache,
+            cache_from=args.cache_from,
+            cache_to=args.cache_to,
+            warn=lambda text: _say(f"buildgraph: warning: {text}"),
+        )
     finally:
         if hasattr(sink, "close"):
             sink.close()
     for warning in result.warnings:
         _say(f"buildgraph: warning: {warning}")
+    table = summary_table(result) + (f"\n{task_phase.task_summary(outcomes)}" if outcomes else "")
     if args.progress == "json":  # stdout is for the events; the table goes to stderr
-        _say(summary_table(result))
+        _say(table)
     else:
-        print(summary_table(result))
+        print(table)
     raise_for_failures(result)
+    task_phase.raise_for_task_failures(outcomes)  # tasks (issue 15)
     return 0
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
+    from buildgraph.commands import tasks as task_phase
     from buildgraph.commands.plan import plan_project, render_graph, render_plan
 
     project = _project(args)
+    tasks = task_phase.wanted_tasks(project, args.targets)  # tasks (issue 15)
+    project, names = task_phase.with_task_images(project, args.targets, tasks)  # tasks
     if not args.insecure_registry:
         args.insecure_registry = list(project.insecure_registries)
     targets, graph = plan_project(
         project,
-        args.targets,
+        names,
         store=_project_store(args, project),
         client=lambda: _client(args),
         cache_from=args.cache_from,
@@ -325,6 +347,15 @@ def cmd_plan(args: argparse.Namespace) -> int:
         print(render_graph(graph, targets, args.format))
     else:
         print(render_plan(targets, graph))
+        if tasks:  # tasks (issue 15): each with its action and why
+            warn = lambda text: _say(f"buildgraph: warning: {text}")  # noqa: E731
+            remote = task_phase.remote_tasks(
+                project, lambda: _client(args), cache_from=args.cache_from, cache_to="", warn=warn
+            )
+            image_keys = {target.name: target.steps[-1].key for target in targets if target.steps}
+            store = _project_store(args, project)
+            planned = task_phase.plan_tasks(tasks, image_keys, store=store, remote=remote)
+            print(task_phase.render_task_plan(planned))
     return 0
 
 
@@ -406,7 +437,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         )
         print(
             f"removed {result.steps_removed} steps, {result.blobs_removed} blobs, "
-            f"{result.snapshots_removed} snapshots, {result.orphans_removed} orphaned step dirs:"
+            f"{result.snapshots_removed} snapshots, {result.orphans_removed} orphaned step dirs, "
+            f"{result.tasks_removed} task results:"
             f" {_human(result.bytes_freed)} freed"
         )
     return 0

@@ -14,6 +14,7 @@ from pathlib import Path
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepIndex
 from buildgraph.errors import CacheError, InputError
+from buildgraph.tasks.store import TaskStore
 from buildgraph.fs import file_lock, reclaim_unheld, tree_size, unheld_dirs
 from buildgraph.image.oci import Descriptor, Index, Manifest, parse_document
 
@@ -55,6 +56,7 @@ class PruneResult:
     snapshots_removed: int
     bytes_freed: int
     orphans_removed: int = 0
+    tasks_removed: int = 0  # task results (tasks/store.py)
 
 
 @contextlib.contextmanager
@@ -173,7 +175,14 @@ def prune(
                 freed += size
                 snapshots_removed += 1
         freed += orphan_bytes + legacy_bytes
-        return PruneResult(removed, blobs_removed, snapshots_removed, freed, orphans + legacy)
+        budget = None if keep_storage is None else max(0, keep_storage - _kept_bytes(store, _snapshot_sizes(store)))
+        tasks, task_bytes = TaskStore(store.root / "tasks").prune(  # tasks (issue 15)
+            older_than=older_than, keep_bytes=budget
+        )
+        freed += task_bytes
+        return PruneResult(
+            removed, blobs_removed, snapshots_removed, freed, orphans + legacy, tasks
+        )
 
 
 def _kept_bytes(store: LocalStore, snapshot_sizes: dict[str, int]) -> int:
