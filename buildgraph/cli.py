@@ -398,8 +398,11 @@ def _warm_renderer(args: argparse.Namespace):
 
 def cmd_affected(args: argparse.Namespace) -> int:
     from buildgraph.commands.affected import affected_targets, render_affected
+    from buildgraph.commands.affected_tasks import affected_tasks
 
-    names = affected_targets(_project(args), args.since, args.targets)
+    project = _project(args)
+    names = affected_targets(project, args.since, args.targets)
+    names = (*names, *affected_tasks(project, args.since, names, args.targets))  # tasks (issue 15)
     sys.stdout.write(render_affected(names, args.format))
     return 0
 

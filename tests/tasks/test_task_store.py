@@ -66,3 +66,19 @@ def test_forget_removes_an_entry(tmp_path: Path) -> None:
     store.forget(KEY)
     assert store.get(KEY) is None
     assert [key for key, _, _ in store.entries()] == []
+
+
+def test_prune_forgets_old_entries_then_the_least_recently_used(tmp_path: Path) -> None:
+    import os
+
+    store = stored(tmp_path)
+    other = "f" * 32
+    (tmp_path / "more").mkdir()
+    (tmp_path / "more/big.bin").write_bytes(b"x" * 1000)
+    store.put(other, 0, 0.1, b"", tmp_path / "more")
+    os.utime(store.path(KEY) / "result.json", (1_000_000, 1_000_000))  # used long ago
+    assert store.prune(older_than=3600, keep_bytes=None)[0] == 1
+    assert store.get(KEY) is None and store.get(other) is not None
+    assert store.prune(older_than=None, keep_bytes=10_000)[0] == 0
+    assert store.prune(older_than=None, keep_bytes=100)[0] == 1
+    assert list(store.entries()) == []
