@@ -268,6 +268,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         args.insecure_registry = list(project.insecure_registries)
     if args.command == "warm":
         _warm(args, project)
+        if tasks:  # tasks (issue 15): their results from the remote cache too
+            from buildgraph.commands.tasks_plan import warm_project_tasks
+
+            store, client = _project_store(args, project), lambda: _client(args)
+            _say(warm_project_tasks(project, names, tasks, store=store, client=client,
+                                    cache_from=args.cache_from))  # fmt: skip
         if not args.build:
             return 0
     offline = getattr(args, "offline", False)
@@ -329,6 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from buildgraph.commands import tasks as task_phase
     from buildgraph.commands.plan import plan_project, render_graph, render_plan
+    from buildgraph.commands.tasks_plan import plan_tasks, render_task_plan
 
     project = _project(args)
     tasks = task_phase.wanted_tasks(project, args.targets)  # tasks (issue 15)
@@ -354,8 +361,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
             )
             image_keys = {target.name: target.steps[-1].key for target in targets if target.steps}
             store = _project_store(args, project)
-            planned = task_phase.plan_tasks(tasks, image_keys, store=store, remote=remote)
-            print(task_phase.render_task_plan(planned))
+            planned = plan_tasks(tasks, image_keys, store=store, remote=remote)
+            print(render_task_plan(planned))
     return 0
 
 

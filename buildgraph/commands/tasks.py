@@ -12,7 +12,6 @@ import contextlib
 import dataclasses
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,18 +21,9 @@ from buildgraph.errors import InputError, StepFailed
 from buildgraph.frontend.buildfile import Project
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.tasks import TaskSpec
-from buildgraph.solver.events import EventSink, StepState
-from buildgraph.tasks.keys import explain, task_key
+from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
 from buildgraph.tasks.run import Sandbox
-from buildgraph.tasks.schedule import (
-    RemoteTasks,
-    TaskOutcome,
-    TaskPhase,
-    input_digests,
-    input_files,
-    run_phase,
-    task_inputs,
-)
+from buildgraph.tasks.schedule import RemoteTasks, TaskOutcome, TaskPhase, run_phase
 from buildgraph.tasks.store import TaskStore
 from buildgraph.worker.snapshot import WORK_DIR, SnapshotStore
 
@@ -85,10 +75,9 @@ def with_task_images(
             spec, name=task.image_name, target=task.stage, tags=(), outputs=(), push=False
         )
     staged = dataclasses.replace(project, targets=tuple(sorted(targets.items())))
-    kept = [name for name in names if name not in tasks]
+    # Tasks come from the names or, with none, from the group `default` (wanted_tasks).
+    kept = [name for name in (names or ["default"]) if name not in tasks]
     images = sorted({task.image_name for task in tasks.values()})
-    if names and not kept:  # only tasks named: build only what they need
-        return staged, images
     return staged, [*kept, *(image for image in images if image not in kept)]
 
 
@@ -160,12 +149,25 @@ def run_task_phase(
             store=task_store(store),
             sandbox=sandbox,
             scratch=lambda: snapshots.scratch("task-"),
-            sink=sink,
+            sink=_Serialized(sink),
             remote=remote,
             warn=warn,
             no_cache=no_cache,
         )
         return run_phase(phase, jobs)
+
+
+class _Serialized:
+    """A sink that tasks on several threads can share: one event at a time, so that a
+    renderer's lines never interleave (the step scheduler emits from one thread only)."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self._sink = sink
+        self._lock = threading.Lock()
+
+    def emit(self, event: StepEvent | LogEvent) -> None:
+        with self._lock:
+            self._sink.emit(event)
 
 
 def image_records(
@@ -255,66 +257,3 @@ def tasks_after_build(
         no_cache=no_cache,
         warn=warn,
     )
-
-
-@dataclass(frozen=True, slots=True)
-class PlannedTask:
-    name: str
-    key: str  # "" when it cannot be known before a dependency runs
-    action: str  # "replay local" | "replay remote" | "run"
-    reason: str = ""
-
-
-def plan_tasks(
-    tasks: Mapping[str, TaskSpec],
-    image_keys: Mapping[str, str],
-    *,
-    store: LocalStore,
-    remote: RemoteTaskCache | None,
-    warn: Callable[[str], None] = lambda _: None,
-) -> list[PlannedTask]:
-    """What `run` would do with each task, and why, without running or downloading anything.
-    A task below one whose outputs are not here yet cannot have its key known: it says so."""
-    entries = task_store(store)
-    known: dict[str, TaskOutcome] = {}
-    planned: dict[str, PlannedTask] = {}
-    for name in _dependencies_first(tasks):
-        task = tasks[name]
-        unknown = [d for d in task.depends_on if d not in known]
-        if unknown:
-            why = f"after task {unknown[0]}: its outputs are not in the local cache yet"
-            planned[name] = PlannedTask(name, "", "run", why)
-            continue
-        digests = input_digests(input_files(task, warn))
-        inputs = task_inputs(task, image_keys[task.image_name], digests, known)
-        key = task_key(inputs)
-        found = entries.get(key, touch=False)
-        if found is not None:
-            known[name] = TaskOutcome(name, key, StepState.CACHED, found)
-            planned[name] = PlannedTask(name, key, "replay local")
-        elif remote is not None and remote.has(key):
-            planned[name] = PlannedTask(name, key, "replay remote")
-        else:
-            planned[name] = PlannedTask(name, key, "run", explain(inputs, entries.last(name)))
-    return [planned[name] for name in sorted(planned)]
-
-
-def render_task_plan(planned: Sequence[PlannedTask]) -> str:
-    lines = ["tasks:"]
-    for task in planned:
-        why = f"  ({task.reason})" if task.reason else ""
-        lines.append(f"  {task.key[:12] or '?':12}  {task.action:13}  task {task.name}{why}")
-    runs = sum(1 for task in planned if task.action == "run")
-    lines.append(f"{len(planned)} tasks: {len(planned) - runs} to replay, {runs} to run")
-    return "\n".join(lines)
-
-
-def _dependencies_first(tasks: Mapping[str, TaskSpec]) -> list[str]:
-    order: list[str] = []
-    placed: set[str] = set()
-    while len(order) < len(tasks):
-        for name in sorted(tasks):
-            if name not in placed and set(tasks[name].depends_on) <= placed:
-                order.append(name)
-                placed.add(name)
-    return order

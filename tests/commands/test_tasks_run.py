@@ -202,3 +202,55 @@ def test_plan_lists_each_task_with_its_action_and_why(repo: Path, capsys) -> Non
         ["replay", "local"]
     ]
     assert out.splitlines()[-1] == "3 tasks: 2 to replay, 1 to run"
+
+
+def test_run_without_names_runs_the_tasks_of_the_default_group(repo: Path, capsys) -> None:
+    group = "  other:\n    context: app\n    target: build\ngroups: {default: [other, report]}\n"
+    (repo / "Buildfile.yaml").write_text(BUILDFILE.replace("tasks:\n", group + "tasks:\n", 1))
+    assert run(repo) == 0
+    out = capsys.readouterr().out
+    assert states(out) == {"test-b": "done", "report": "done"}
+    exported = [json.loads(line)["key"] for line in out.splitlines() if '"export:' in line]
+    assert "export:other" in exported  # the group's target is built as well as its task
+    assert (repo / "out/report/report.txt").read_text().endswith("build-stage\n")
+
+
+def test_an_unknown_stage_is_bad_input_naming_the_task_line(repo: Path, capsys) -> None:
+    (repo / "Buildfile.yaml").write_text(BUILDFILE.replace("image: app:build", "image: app:biuld"))
+    assert run(repo, "report") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"buildgraph: error: {repo / 'Buildfile.yaml'}:19: task report: ")
+    assert "no stage 'biuld'" in err and len(err.splitlines()) == 1
+
+
+def test_an_input_glob_matching_nothing_is_a_warning(repo: Path, capsys) -> None:
+    (repo / "Buildfile.yaml").write_text(BUILDFILE.replace('["a/**"]', '["a/**", "nothere/*"]'))
+    assert run(repo, "test-a") == 0
+    err = capsys.readouterr().err
+    where = f"{repo / 'Buildfile.yaml'}:12"
+    assert f"buildgraph: warning: {where}: task test-a: input 'nothere/*' matches no file" in err
+
+
+def test_warm_downloads_task_results_for_an_offline_run(
+    repo: Path, registry: RegistryServer, busybox_cache: Path, capsys
+) -> None:
+    remote = f"{registry.host}/cache/tasks-warm"
+    text = BUILDFILE.replace("cache: {dir: cache}", f"cache: {{dir: cache, remote: {remote}}}")
+    (repo / "Buildfile.yaml").write_text(text + f"insecure_registries: [{registry.host}]\n")
+    assert run(repo, "test-a", "report") == 0
+    stamp = (repo / "out/test-a/stamp").read_text()
+    shutil.rmtree(repo / "cache")
+    shutil.copytree(busybox_cache, repo / "cache", symlinks=True)
+    capsys.readouterr()
+    warm = ["warm", "-f", str(repo / "Buildfile.yaml"), "--progress", "plain", "test-a", "report"]
+    assert main(warm) == 0
+    assert (
+        "tasks: 3 downloaded, 0 already here, 0 not in the remote cache" in capsys.readouterr().err
+    )
+    assert run(repo, "--offline", "test-a", "report") == 0
+    assert states(capsys.readouterr().out) == {
+        "test-a": "cached",
+        "test-b": "cached",
+        "report": "cached",
+    }
+    assert (repo / "out/test-a/stamp").read_text() == stamp
