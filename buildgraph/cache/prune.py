@@ -14,9 +14,9 @@ from pathlib import Path
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepIndex
 from buildgraph.errors import CacheError, InputError
-from buildgraph.tasks.store import TaskStore
 from buildgraph.fs import file_lock, reclaim_unheld, tree_size, unheld_dirs
 from buildgraph.image.oci import Descriptor, Index, Manifest, parse_document
+from buildgraph.tasks.store import TaskStore
 
 GC_LOCK = ".gc.lock"  # builds hold it shared, prune exclusive
 WORK_DIR = "snapshots/.work"  # step dirs, each held by its process (worker.snapshot.WORK_DIR)
@@ -175,7 +175,11 @@ def prune(
                 freed += size
                 snapshots_removed += 1
         freed += orphan_bytes + legacy_bytes
-        budget = None if keep_storage is None else max(0, keep_storage - _kept_bytes(store, _snapshot_sizes(store)))
+        budget = (
+            None
+            if keep_storage is None
+            else max(0, keep_storage - _kept_bytes(store, _snapshot_sizes(store)))
+        )
         tasks, task_bytes = TaskStore(store.root / "tasks").prune(  # tasks (issue 15)
             older_than=older_than, keep_bytes=budget
         )

@@ -146,6 +146,10 @@ def collect(out: Path, declared: Sequence[str], collected: Path) -> tuple[str, .
     StepFailed for an output reached through a symbolic link, or that is not a regular file
     or directory (a task's own tree: nothing in it is followed)."""
     collected.mkdir()
+    if not stat.S_ISDIR(out.lstat().st_mode):  # chroot: the command may replace /out itself
+        raise StepFailed(
+            f"the output dir {OUTPUT_DIR} was replaced by a symbolic link or a file: refused"
+        )
     missing = []
     for relative in declared:
         source = out

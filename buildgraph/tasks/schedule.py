@@ -12,10 +12,11 @@ from __future__ import annotations
 import glob
 import os
 import shutil
+import threading
 import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -58,6 +59,7 @@ class TaskPhase:
     remote: RemoteTasks | None = None
     warn: Callable[[str], None] = lambda _: None
     no_cache: bool = False
+    cancel: threading.Event = field(default_factory=threading.Event)  # set: stop the commands
 
 
 def input_files(task: TaskSpec, warn: Callable[[str], None]) -> dict[str, Path]:
@@ -117,26 +119,44 @@ def run_phase(phase: TaskPhase, jobs: int) -> dict[str, TaskOutcome]:
     done: dict[str, TaskOutcome] = {}
     running: dict[Future[TaskOutcome], str] = {}
     with ThreadPoolExecutor(max_workers=max(1, jobs), thread_name_prefix="task") as pool:
-        while waiting or running:
-            for name in sorted(waiting):
-                if waiting[name] - done.keys() or len(running) >= max(1, jobs):
-                    continue
-                del waiting[name]
-                broken = [d for d in phase.tasks[name].depends_on if done[d].result is None]
-                if broken:
-                    reason = f"task {broken[0]} it depends on failed"
-                    done[name] = TaskOutcome(name, "", StepState.SKIPPED, None, reason)
-                    phase.sink.emit(StepEvent(f"task:{name}", StepState.SKIPPED, f"task {name}",
-                                              reason))  # fmt: skip
-                    continue
-                running[pool.submit(perform, phase, phase.tasks[name], dict(done))] = name
-            if not running:
-                continue
-            finished, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in finished:
-                name = running.pop(future)
-                done[name] = future.result()
+        try:
+            _loop(phase, jobs, pool, waiting, done, running)
+        except BaseException:  # Ctrl-C, SIGTERM: the running commands stop, then the pool exits
+            phase.cancel.set()
+            raise
     return done
+
+
+def _loop(
+    phase: TaskPhase,
+    jobs: int,
+    pool: ThreadPoolExecutor,
+    waiting: dict[str, set[str]],
+    done: dict[str, TaskOutcome],
+    running: dict[Future[TaskOutcome], str],
+) -> None:
+    while waiting or running:
+        for name in sorted(waiting):
+            if waiting[name] - done.keys() or len(running) >= max(1, jobs):
+                continue
+            del waiting[name]
+            broken = [d for d in phase.tasks[name].depends_on if done[d].result is None]
+            if broken:
+                reason = f"task {broken[0]} it depends on failed"
+                done[name] = TaskOutcome(name, "", StepState.SKIPPED, None, reason)
+                event = StepEvent(f"task:{name}", StepState.SKIPPED, f"task {name}", reason)
+                phase.sink.emit(event)
+                continue
+            running[pool.submit(perform, phase, phase.tasks[name], dict(done))] = name
+        if not running:
+            # Everything left waits on a task not in the phase: wanted_tasks adds every
+            # dependency, and the frontend refuses cycles, so this is a bug, not bad input.
+            assert not waiting, f"tasks wait on nothing that can finish: {sorted(waiting)}"
+            continue
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            name = running.pop(future)
+            done[name] = future.result()
 
 
 def perform(phase: TaskPhase, task: TaskSpec, done: Mapping[str, TaskOutcome]) -> TaskOutcome:
@@ -180,6 +200,7 @@ def perform(phase: TaskPhase, task: TaskSpec, done: Mapping[str, TaskOutcome]) -
                 scratch=_fresh(scratch / "run"),
                 collected=collected,
                 output=lambda data: phase.sink.emit(LogEvent(title, data)),
+                cancel=phase.cancel,
             )
             error = _failure(task, run)
             if error:

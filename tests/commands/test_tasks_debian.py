@@ -22,7 +22,7 @@ tasks:
   check:
     image: tools
     run: >-
-      dpkg-query -W -f '${Package}\\n' bash coreutils > /out/packages.txt &&
+      dpkg-query -W -f '$${Package}\\n' bash coreutils > /out/packages.txt &&
       sha256sum /src/data/*.txt | tee /out/sums.txt && cat /proc/sys/kernel/random/uuid
     inputs: ["data/*.txt"]
     outputs: [/out/packages.txt, /out/sums.txt]

@@ -254,3 +254,14 @@ def test_warm_downloads_task_results_for_an_offline_run(
         "report": "cached",
     }
     assert (repo / "out/test-a/stamp").read_text() == stamp
+
+
+def test_a_task_that_turns_the_output_dir_into_a_link_is_refused(repo: Path, capsys) -> None:
+    # Under chroot /out is a dir of the task's root, which the command can replace: a link to
+    # /etc there must not make buildgraph copy the host's /etc/hostname.
+    text = BUILDFILE.replace("ls /src/b > /out/listing", "rm -rf /out && ln -s /etc /out")
+    text = text.replace('outputs: ["listing"]', 'outputs: ["hostname"]\n    network: host')
+    (repo / "Buildfile.yaml").write_text(text)
+    assert run(repo, "test-b", "--isolation", "chroot") == 1
+    assert "the output dir /out was replaced by a symbolic link" in capsys.readouterr().err
+    assert not (repo / "out/test-b/hostname").exists()
