@@ -335,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_plan(args: argparse.Namespace) -> int:
     from buildgraph.commands import tasks as task_phase
     from buildgraph.commands.plan import plan_project, render_graph, render_plan
-    from buildgraph.commands.tasks_plan import plan_tasks, render_task_plan
+    from buildgraph.commands.tasks_plan import graph_with_tasks, plan_tasks, render_task_plan
 
     project = _project(args)
     tasks = task_phase.wanted_tasks(project, args.targets)  # tasks (issue 15)
@@ -351,7 +351,9 @@ def cmd_plan(args: argparse.Namespace) -> int:
         warn=lambda text: _say(f"buildgraph: warning: {text}"),
     )
     if args.command == "graph":
-        print(render_graph(graph, targets, args.format))
+        image_keys = {target.name: target.steps[-1].key for target in targets if target.steps}
+        rendered = render_graph(graph, targets, args.format)
+        print(graph_with_tasks(rendered, args.format, tasks, image_keys))  # tasks (issue 15)
     else:
         print(render_plan(targets, graph))
         if tasks:  # tasks (issue 15): each with its action and why

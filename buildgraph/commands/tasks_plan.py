@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -133,3 +134,40 @@ def warm_project_tasks(
     image_keys = {name: plan.target.key for name, plan in compiled.plans.items()}
     remote = remote_tasks(project, client, cache_from=cache_from, cache_to="", warn=warn)
     return warm_tasks(tasks, image_keys, store=store, remote=remote, warn=warn)
+
+
+def graph_with_tasks(
+    rendered: str, fmt: str, tasks: Mapping[str, TaskSpec], image_keys: Mapping[str, str]
+) -> str:
+    """`graph`'s output with a node per task (`task:NAME`), an edge from its image's last
+    step and one from each task it depends on."""
+    if not tasks:
+        return rendered
+    order = _dependencies_first(tasks)
+    edges = [
+        (source, f"task:{name}")
+        for name in order
+        for source in (
+            image_keys[tasks[name].image_name],
+            *(f"task:{d}" for d in tasks[name].depends_on),
+        )
+    ]
+    if fmt == "json":
+        doc = json.loads(rendered)
+        doc["nodes"] += [{"key": f"task:{n}", "title": f"task {n}", "task": n} for n in order]
+        doc["edges"] += [list(edge) for edge in edges]
+        return json.dumps(doc, indent=2)
+    if fmt == "dot":
+        lines = rendered.splitlines()[:-1]  # the closing brace comes back last
+        lines += [f'  "task:{n}" [label="task {n}",shape=ellipse];' for n in order]
+        lines += [f'  "{_short(a)}" -> "{_short(b)}";' for a, b in edges]
+        return "\n".join([*lines, "}"])
+    lines = rendered.splitlines()
+    for name in order:
+        inputs = ", ".join(_short(a) for a, b in edges if b == f"task:{name}")
+        lines.append(f"task:{name}  task {name}  <- {inputs}")
+    return "\n".join(lines)
+
+
+def _short(node: str) -> str:
+    return node if node.startswith("task:") else node[:12]

@@ -265,3 +265,22 @@ def test_a_task_that_turns_the_output_dir_into_a_link_is_refused(repo: Path, cap
     assert run(repo, "test-b", "--isolation", "chroot") == 1
     assert "the output dir /out was replaced by a symbolic link" in capsys.readouterr().err
     assert not (repo / "out/test-b/hostname").exists()
+
+
+@pytest.mark.parametrize("fmt", ["text", "dot", "json"])
+def test_graph_draws_tasks_after_their_images(repo: Path, capsys, fmt: str) -> None:
+    argv = ["graph", "-f", str(repo / "Buildfile.yaml"), "--format", fmt, "report"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    if fmt == "json":
+        doc = json.loads(out)
+        tasks = [node["key"] for node in doc["nodes"] if "task" in node]
+        assert tasks == ["task:test-b", "task:report"]
+        assert ["task:test-b", "task:report"] in doc["edges"]
+        keys = {node["key"] for node in doc["nodes"]}
+        assert all(edge[0] in keys for edge in doc["edges"])
+    elif fmt == "dot":
+        assert out.rstrip().endswith("}") and '"task:test-b" -> "task:report";' in out
+    else:
+        (line,) = [line for line in out.splitlines() if line.startswith("task:report")]
+        assert line.endswith(", task:test-b")
