@@ -284,3 +284,12 @@ def test_graph_draws_tasks_after_their_images(repo: Path, capsys, fmt: str) -> N
     else:
         (line,) = [line for line in out.splitlines() if line.startswith("task:report")]
         assert line.endswith(", task:test-b")
+
+
+def test_a_corrupt_local_task_entry_is_a_cache_error(repo: Path, capsys) -> None:
+    assert run(repo, "test-b") == 0
+    (log,) = (repo / "cache/tasks").glob("??/*/log")
+    log.write_bytes(b"not what ran\n")
+    assert run(repo, "test-b") == 4  # errors.CacheError: the cache's own exit code
+    err = capsys.readouterr().err
+    assert f"{log.parent / 'result.json'}: corrupt task entry: the log does not match" in err
