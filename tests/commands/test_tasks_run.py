@@ -293,3 +293,15 @@ def test_a_corrupt_local_task_entry_is_a_cache_error(repo: Path, capsys) -> None
     assert run(repo, "test-b") == 4  # errors.CacheError: the cache's own exit code
     err = capsys.readouterr().err
     assert f"{log.parent / 'result.json'}: corrupt task entry: the log does not match" in err
+
+
+def test_a_task_runs_as_its_user_in_its_workdir_with_its_env(repo: Path) -> None:
+    task = (
+        '  who:\n    image: app\n    user: "1000:1000"\n    workdir: /tmp\n'
+        "    env: {GREETING: hello}\n"
+        '    run: "id -u > /out/who && pwd >> /out/who && echo $$GREETING >> /out/who"\n'
+        "    outputs: [/out/who]\n"
+    )
+    (repo / "Buildfile.yaml").write_text(BUILDFILE + task)
+    assert run(repo, "who") == 0
+    assert (repo / "out/who/who").read_text() == "1000\n/tmp\nhello\n"
