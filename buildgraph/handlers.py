@@ -253,7 +253,8 @@ def cmd_cache(args: argparse.Namespace) -> int:
         )
         print(
             f"removed {result.steps_removed} steps, {result.blobs_removed} blobs, "
-            f"{result.snapshots_removed} snapshots, {result.orphans_removed} orphaned step dirs:"
+            f"{result.snapshots_removed} snapshots, {result.orphans_removed} orphaned step dirs, "
+            f"{result.tasks_removed} task results:"
             f" {_human(result.bytes_freed)} freed"
         )
     return 0

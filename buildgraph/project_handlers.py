@@ -28,15 +28,20 @@ def _offline_client():
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from buildgraph.commands import tasks as task_phase
     from buildgraph.commands.image import build_timestamp
     from buildgraph.commands.run import raise_for_failures, run_project
     from buildgraph.ui.summary import summary_table
 
     project = _project(args)
+    tasks = task_phase.wanted_tasks(project, args.targets)  # tasks (issue 15)
+    project, names = task_phase.with_task_images(project, args.targets, tasks)
     if not args.insecure_registry:
         args.insecure_registry = list(project.insecure_registries)
     if args.command == "warm":
         _warm(args, project)
+        if tasks:
+            _warm_tasks(args, project, names, tasks)
         if not args.build:
             return 0
     offline = getattr(args, "offline", False)
@@ -47,7 +52,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         result = run_project(
             project,
-            args.targets,
+            names,
             store=_project_store(args, project),
             client=_offline_client if offline else lambda: _client(args),
             sink=sink,
@@ -68,38 +73,98 @@ def cmd_run(args: argparse.Namespace) -> int:
             compression=getattr(args, "compression", "gzip"),  # `warm` pushes no image
             phases=phases,
         )
+        # tasks (issue 15): the phase after the images they run in
+        outcomes = _run_tasks(args, project, tasks if args.command == "run" else {}, result, sink)
     finally:
         if hasattr(sink, "close"):
             sink.close()
     for warning in result.warnings:
         _say(f"buildgraph: warning: {warning}")
+    table = summary_table(result) + (f"\n{task_phase.task_summary(outcomes)}" if outcomes else "")
     if args.progress == "json":  # stdout is for the events; the table goes to stderr
-        _say(summary_table(result))
+        _say(table)
     else:
-        print(summary_table(result))
+        print(table)
     raise_for_failures(result)
+    task_phase.raise_for_task_failures(outcomes)
     return 0
 
 
+def _run_tasks(args: argparse.Namespace, project, tasks, result, sink):
+    from buildgraph.commands import tasks as task_phase
+
+    offline = getattr(args, "offline", False)
+    return task_phase.tasks_after_build(
+        project,
+        tasks,
+        result,
+        store=_project_store(args, project),
+        client=_offline_client if offline else lambda: _client(args),
+        sink=sink,
+        jobs=args.jobs or (os.cpu_count() or 2),
+        isolation=args.isolation,
+        no_cache=args.no_cache,
+        cache_from=args.cache_from,
+        cache_to=args.cache_to,
+        warn=lambda text: _say(f"buildgraph: warning: {text}"),
+    )
+
+
+def _warm_tasks(args: argparse.Namespace, project, names, tasks) -> None:
+    """tasks (issue 15): their results from the remote cache too."""
+    from buildgraph.commands.tasks_plan import warm_project_tasks
+
+    store, client = _project_store(args, project), lambda: _client(args)
+    _say(
+        warm_project_tasks(
+            project, names, tasks, store=store, client=client, cache_from=args.cache_from
+        )
+    )
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
+    from buildgraph.commands import tasks as task_phase
     from buildgraph.commands.plan import plan_project, render_graph, render_plan
+    from buildgraph.commands.tasks_plan import graph_with_tasks
 
     project = _project(args)
+    tasks = task_phase.wanted_tasks(project, args.targets)  # tasks (issue 15)
+    project, names = task_phase.with_task_images(project, args.targets, tasks)
     if not args.insecure_registry:
         args.insecure_registry = list(project.insecure_registries)
     targets, graph = plan_project(
         project,
-        args.targets,
+        names,
         store=_project_store(args, project),
         client=lambda: _client(args),
         cache_from=args.cache_from,
         warn=lambda text: _say(f"buildgraph: warning: {text}"),
     )
+    image_keys = {target.name: target.steps[-1].key for target in targets if target.steps}
     if args.command == "graph":
-        print(render_graph(graph, targets, args.format))
+        rendered = render_graph(graph, targets, args.format)
+        print(graph_with_tasks(rendered, args.format, tasks, image_keys))
     else:
         print(render_plan(targets, graph))
+        if tasks:
+            print(_task_plan(args, project, tasks, image_keys))
     return 0
+
+
+def _task_plan(args: argparse.Namespace, project, tasks, image_keys) -> str:
+    """tasks (issue 15): each with its action and why."""
+    from buildgraph.commands import tasks as task_phase
+    from buildgraph.commands.tasks_plan import plan_tasks, render_task_plan
+
+    remote = task_phase.remote_tasks(
+        project,
+        lambda: _client(args),
+        cache_from=args.cache_from,
+        cache_to="",
+        warn=lambda text: _say(f"buildgraph: warning: {text}"),
+    )
+    store = _project_store(args, project)
+    return render_task_plan(plan_tasks(tasks, image_keys, store=store, remote=remote))
 
 
 def _warm(args: argparse.Namespace, project) -> None:
@@ -141,7 +206,10 @@ def _warm_renderer(args: argparse.Namespace):
 
 def cmd_affected(args: argparse.Namespace) -> int:
     from buildgraph.commands.affected import affected_targets, render_affected
+    from buildgraph.commands.affected_tasks import affected_tasks
 
-    names = affected_targets(_project(args), args.since, args.targets)
+    project = _project(args)
+    names = affected_targets(project, args.since, args.targets)
+    names = (*names, *affected_tasks(project, args.since, names, args.targets))  # issue 15
     sys.stdout.write(render_affected(names, args.format))
     return 0

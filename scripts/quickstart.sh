@@ -10,10 +10,13 @@ case "${1:-run}" in
   run)
     # Main job (the seed scenario): a Debian bookworm minbase root filesystem made with
     # debootstrap and imported into the local store (./cache, an OCI layout) as
-    # debian:bookworm, once; then `buildgraph run` on Buildfile.yaml (workspace/Dockerfile).
+    # debian:bookworm, once; then `buildgraph run` on Buildfile.yaml (workspace/Dockerfile),
+    # whose default group also runs the task tool-versions in that image (`curl --version` and
+    # `wget --version` into out/tool-versions/versions.txt; replayed from the cache next time).
     scripts/import-debian-bookworm.sh
     buildgraph run
     buildgraph images
+    cat out/tool-versions/versions.txt
     ;;
   test)
     shift || true

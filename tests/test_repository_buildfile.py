@@ -20,6 +20,14 @@ def test_the_default_group_is_the_seed_and_executor_is_a_target() -> None:
     assert (REPO / "executor/Dockerfile").is_file()
 
 
+def test_the_default_group_runs_a_real_task_in_the_workspace_image() -> None:
+    project = load_project(REPO / "Buildfile.yaml")
+    task = dict(project.tasks)["tool-versions"]
+    assert (task.image, task.stage, task.outputs) == ("workspace", None, ("versions.txt",))
+    assert "curl --version" in task.argv[-1] and "wget --version" in task.argv[-1]
+    assert "tool-versions" in dict(project.groups)["default"]
+
+
 def test_build_executor_image_script_refuses_bad_arguments() -> None:
     for argv in (["--push"], ["--bogus"], ["--push", "a", "b"], ["--push", ""]):
         done = subprocess.run(

@@ -16,6 +16,7 @@ from buildgraph.cache.steps import StepIndex
 from buildgraph.errors import CacheError, InputError
 from buildgraph.fs import file_lock, reclaim_unheld, tree_size, unheld_dirs
 from buildgraph.image.oci import Descriptor, Index, Manifest, parse_document
+from buildgraph.tasks.store import TaskStore
 
 GC_LOCK = ".gc.lock"  # builds hold it shared, prune exclusive
 WORK_DIR = "snapshots/.work"  # step dirs, each held by its process (worker.snapshot.WORK_DIR)
@@ -55,6 +56,7 @@ class PruneResult:
     snapshots_removed: int
     bytes_freed: int
     orphans_removed: int = 0
+    tasks_removed: int = 0  # task results (tasks/store.py)
 
 
 @contextlib.contextmanager
@@ -173,7 +175,18 @@ def prune(
                 freed += size
                 snapshots_removed += 1
         freed += orphan_bytes + legacy_bytes
-        return PruneResult(removed, blobs_removed, snapshots_removed, freed, orphans + legacy)
+        budget = (
+            None
+            if keep_storage is None
+            else max(0, keep_storage - _kept_bytes(store, _snapshot_sizes(store)))
+        )
+        tasks, task_bytes = TaskStore(store.root / "tasks").prune(  # tasks (issue 15)
+            older_than=older_than, keep_bytes=budget
+        )
+        freed += task_bytes
+        return PruneResult(
+            removed, blobs_removed, snapshots_removed, freed, orphans + legacy, tasks
+        )
 
 
 def _kept_bytes(store: LocalStore, snapshot_sizes: dict[str, int]) -> int:

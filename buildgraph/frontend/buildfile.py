@@ -21,6 +21,7 @@ from buildgraph.frontend.buildtarget import (
     finish_target,
 )
 from buildgraph.frontend.buildvars import VarTable
+from buildgraph.frontend.tasks import TaskSpec, read_tasks
 from buildgraph.frontend.yamlmarks import (
     Map,
     Node,
@@ -35,7 +36,8 @@ from buildgraph.frontend.yamlmarks import (
 
 __all__ = ["CacheSpec", "ContextRef", "Project", "TargetSpec", "load_project", "select_targets"]
 
-TOP_KEYS = ("version", "vars", "cache", "insecure_registries", "include", "groups", "targets")
+TOP_KEYS = ("version", "vars", "cache", "insecure_registries", "include", "groups", "targets",
+            "tasks")  # fmt: skip
 ROOT_ONLY_KEYS = ("cache", "insecure_registries")
 CACHE_KEYS = ("dir", "remote", "mode")
 CACHE_MODES = ("max", "min")
@@ -58,6 +60,7 @@ class Project:
     insecure_registries: tuple[str, ...]  # sorted, unique
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # sorted; members sorted, unique
     targets: tuple[tuple[str, TargetSpec], ...]  # sorted by name
+    tasks: tuple[tuple[str, TaskSpec], ...] = ()  # sorted by name; see frontend/tasks.py
 
     def target(self, name: str) -> TargetSpec:
         found = dict(self.targets).get(name)
@@ -91,10 +94,14 @@ def load_project(
     table.check_assigned()
     defined: dict[str, tuple[Scalar, Node, Path]] = {}
     declared_groups: dict[str, tuple[Scalar, Node]] = {}
+    defined_tasks: dict[str, tuple[Scalar, Node, Path]] = {}
     for file_path, doc in files:
         for key, node in _entries(doc, "targets"):
-            _check_name(key, "target", defined)
+            _check_name(key, "target", {**defined_tasks, **defined})
             defined[key.text] = (key, node, file_path)
+        for key, node in _entries(doc, "tasks"):  # tasks and targets share one namespace
+            _check_name(key, "task", {**defined, **defined_tasks})
+            defined_tasks[key.text] = (key, node, file_path)
         for key, node in _entries(doc, "groups"):
             _check_name(key, "group", declared_groups)
             declared_groups[key.text] = (key, node)
@@ -110,6 +117,7 @@ def load_project(
     if cycle:
         where = targets[cycle[0]].where
         raise InputError(f"dependency cycle: {' -> '.join((*cycle, cycle[0]))}", where)
+    tasks = read_tasks(defined_tasks, targets, table, _find_cycle)
     root_doc = files[0][1]
     return Project(
         path=root,
@@ -117,8 +125,9 @@ def load_project(
         vars=table.values(),
         cache=_cache(root_doc.get("cache"), root, table),
         insecure_registries=tuple(sorted(set(_strings(root_doc, "insecure_registries", table)))),
-        groups=_groups(declared_groups, defined, table),
+        groups=_groups(declared_groups, {**defined, **defined_tasks}, table),
         targets=tuple(targets.items()),
+        tasks=tasks,
     )
 
 
@@ -127,6 +136,7 @@ def select_targets(project: Project, names: Sequence[str]) -> tuple[str, ...]:
     they depend on, dependencies first; ties go by name, so the order is the same every time."""
     groups = dict(project.groups)
     targets = dict(project.targets)
+    tasks = dict(project.tasks)
     if not names:
         names = ["default"] if "default" in groups else sorted(targets)
     wanted: set[str] = set()
@@ -139,8 +149,10 @@ def select_targets(project: Project, names: Sequence[str]) -> tuple[str, ...]:
             if name not in wanted:
                 wanted.add(name)
                 pending.extend(targets[name].depends_on)
+        elif name in tasks:  # a task needs the image it runs in (a stage: see commands/tasks.py)
+            pending.extend((tasks[name].image, *tasks[name].depends_on))
         else:
-            hint = did_you_mean(name, [*groups, *targets])
+            hint = did_you_mean(name, [*groups, *targets, *tasks])
             raise InputError(f"unknown target or group {name!r}{hint}")
     waiting = {name: set(targets[name].depends_on) for name in wanted}
     users: dict[str, list[str]] = {name: [] for name in wanted}
