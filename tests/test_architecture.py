@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,21 @@ def test_layers_contract_catches_a_backward_import(tmp_path: Path) -> None:
     result = _lint_imports(tmp_path)
     assert result.returncode == 1, result.stdout + result.stderr
     assert "buildgraph.cache.backward -> buildgraph.graph.keys" in result.stdout
+
+
+def test_every_package_is_in_a_layer() -> None:
+    """A package outside the contract is checked by nothing: its imports go any way (as the
+    tasks package of issue 15 did, imported by the cache and importing the worker)."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    layers = {name for contract in contracts["contracts"] for name in contract["layers"]}
+    package = ROOT / "buildgraph"
+    found = {
+        f"buildgraph.{path.stem}"
+        for path in package.iterdir()
+        if (path.is_dir() and (path / "__init__.py").exists())
+        or (path.suffix == ".py" and path.stem not in ("__init__", "__main__"))
+    }
+    assert found - layers == set()
 
 
 def _sized_modules() -> list[Path]:

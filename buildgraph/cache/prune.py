@@ -16,7 +16,7 @@ from buildgraph.cache.steps import StepIndex
 from buildgraph.errors import CacheError, InputError
 from buildgraph.fs import file_lock, reclaim_unheld, tree_size, unheld_dirs
 from buildgraph.image.oci import Descriptor, Index, Manifest, parse_document
-from buildgraph.tasks.store import TaskStore
+from buildgraph.cache.task_store import TaskStore
 
 GC_LOCK = ".gc.lock"  # builds hold it shared, prune exclusive
 WORK_DIR = "snapshots/.work"  # step dirs, each held by its process (worker.snapshot.WORK_DIR)
@@ -56,7 +56,7 @@ class PruneResult:
     snapshots_removed: int
     bytes_freed: int
     orphans_removed: int = 0
-    tasks_removed: int = 0  # task results (tasks/store.py)
+    tasks_removed: int = 0  # task results (cache/task_store.py)
 
 
 @contextlib.contextmanager

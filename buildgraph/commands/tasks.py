@@ -2,7 +2,7 @@
 
 `buildgraph run NAME...` builds the images its tasks need through the ordinary target
 pipeline (a task in a `target:stage` image adds a hidden target for that stage, which has no
-tags, outputs nor push), then runs the task phase (tasks/schedule.py). The other commands call
+tags, outputs nor push), then runs the task phase (worker/task_schedule.py). The other commands call
 the functions here with a line or two each, so that they stay thin.
 """
 
@@ -17,20 +17,20 @@ from typing import TYPE_CHECKING
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepRecord
+from buildgraph.cache.task_store import TaskStore
 from buildgraph.errors import InputError, StepFailed
 from buildgraph.frontend.buildfile import Project
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.tasks import TaskSpec
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
-from buildgraph.tasks.run import Sandbox
-from buildgraph.tasks.schedule import RemoteTasks, TaskOutcome, TaskPhase, run_phase
-from buildgraph.tasks.store import TaskStore
 from buildgraph.worker.snapshot import WORK_DIR, SnapshotStore
+from buildgraph.worker.task_run import Sandbox
+from buildgraph.worker.task_schedule import RemoteTasks, TaskOutcome, TaskPhase, run_phase
 
 if TYPE_CHECKING:
+    from buildgraph.cache.task_remote import RemoteTaskCache
     from buildgraph.commands.run import RunResult
     from buildgraph.registry.client import RegistryClient
-    from buildgraph.tasks.remote import RemoteTaskCache
 
 TASKS_DIR = "tasks"  # in the cache dir
 
@@ -214,8 +214,8 @@ def remote_tasks(
     warn: Callable[[str], None],
 ) -> RemoteTaskCache | None:
     """The remote task cache: the step cache's repository (or --cache-from / --cache-to)."""
+    from buildgraph.cache.task_remote import RemoteTaskCache
     from buildgraph.registry.reference import parse_reference
-    from buildgraph.tasks.remote import RemoteTaskCache
 
     source = cache_from if cache_from is not None else project.cache.remote
     target = cache_to if cache_to is not None else project.cache.remote

@@ -11,14 +11,14 @@ from buildgraph.cache.local import LocalStore
 from buildgraph.commands.tasks import task_store
 from buildgraph.errors import BuildgraphError
 from buildgraph.frontend.tasks import TaskSpec
+from buildgraph.graph.task_keys import explain, task_key
 from buildgraph.solver.events import StepState
-from buildgraph.tasks.keys import explain, task_key
-from buildgraph.tasks.schedule import TaskOutcome, input_digests, input_files, task_inputs
+from buildgraph.worker.task_schedule import TaskOutcome, input_digests, input_files, task_inputs
 
 if TYPE_CHECKING:
+    from buildgraph.cache.task_remote import RemoteTaskCache
     from buildgraph.frontend.buildfile import Project
     from buildgraph.registry.client import RegistryClient
-    from buildgraph.tasks.remote import RemoteTaskCache
 
 
 @dataclass(frozen=True, slots=True)

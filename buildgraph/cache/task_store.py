@@ -59,7 +59,7 @@ def file_digest(path: Path) -> str:
 
 
 def describe_outputs(root: Path) -> tuple[OutputFile, ...]:
-    """The regular files under `root` (which holds only files and dirs: see tasks/run.py)."""
+    """The regular files under `root` (which holds only files and dirs: see worker/task_run.py)."""
     found = []
     for directory, _dirs, names in os.walk(root):
         for name in names:
@@ -126,7 +126,7 @@ class TaskStore:
             entry = scratch / "entry"
             entry.mkdir()
             if outputs.is_dir():
-                os.rename(outputs, entry / "outputs")  # same filesystem: see tasks/run.py
+                os.rename(outputs, entry / "outputs")  # same filesystem: see worker/task_run.py
             else:
                 (entry / "outputs").mkdir()
             files = describe_outputs(entry / "outputs")
@@ -155,7 +155,7 @@ class TaskStore:
         return stored
 
     def remember(self, name: str, fields: dict[str, object]) -> None:
-        """What task `name` last ran or replayed with (keys.key_fields), for `plan`'s reasons."""
+        """What task `name` last ran or replayed with (graph/task_keys.key_fields), for `plan`'s reasons."""
         path = self.root / "last" / f"{xxhash.xxh3_64_hexdigest(name.encode())}.json"
         atomic_write(path, json.dumps(fields, sort_keys=True).encode(), durable=False)
 

@@ -27,7 +27,7 @@ from buildgraph.fs import held_dir, safe_join
 from buildgraph.image import mediatypes as mt
 from buildgraph.image.oci import canonical_json, sha256_digest
 from buildgraph.registry.reference import Reference
-from buildgraph.tasks.store import WORK_DIR, TaskResult, TaskStore
+from buildgraph.cache.task_store import WORK_DIR, TaskResult, TaskStore
 
 if TYPE_CHECKING:
     from buildgraph.registry.client import RegistryClient

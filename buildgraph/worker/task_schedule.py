@@ -21,17 +21,17 @@ from pathlib import Path
 from typing import Protocol
 
 from buildgraph.cache.steps import StepRecord
+from buildgraph.cache.task_store import TaskResult, TaskStore, file_digest, restore_outputs
 from buildgraph.errors import BuildgraphError, StepFailed
 from buildgraph.frontend.tasks import TaskSpec
+from buildgraph.graph.task_keys import TaskInputs, files_digest, key_fields, task_key
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
-from buildgraph.tasks.keys import TaskInputs, files_digest, key_fields, task_key
-from buildgraph.tasks.run import Sandbox, TaskRun, run_task
-from buildgraph.tasks.store import TaskResult, TaskStore, file_digest, restore_outputs
+from buildgraph.worker.task_run import Sandbox, TaskRun, run_task
 
 TAIL_LINES = 10  # of a failed task's log, in its error
 
 
-class RemoteTasks(Protocol):  # tasks/remote.py
+class RemoteTasks(Protocol):  # cache/task_remote.py
     def fetch(self, key: str, store: TaskStore) -> TaskResult | None: ...
     def push(self, result: TaskResult) -> None: ...
 

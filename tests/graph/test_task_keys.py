@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from buildgraph.tasks.keys import TASK_KEY_FIELDS, TaskInputs, files_digest, task_key
+from buildgraph.graph.task_keys import TASK_KEY_FIELDS, TaskInputs, files_digest, task_key
 
 BASE = TaskInputs(
     image="a" * 32,

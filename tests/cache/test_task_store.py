@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from buildgraph.errors import CacheError
-from buildgraph.tasks.store import TaskStore, restore_outputs
+from buildgraph.cache.task_store import TaskStore, restore_outputs
 
 KEY = "0123456789abcdef0123456789abcdef"
 
