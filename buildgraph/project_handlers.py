@@ -104,6 +104,7 @@ def _run_tasks(args: argparse.Namespace, project, tasks, result, sink):
         jobs=args.jobs or (os.cpu_count() or 2),
         isolation=args.isolation,
         no_cache=args.no_cache,
+        keep_going=args.keep_going,
         cache_from=args.cache_from,
         cache_to=args.cache_to,
         warn=lambda text: _say(f"buildgraph: warning: {text}"),

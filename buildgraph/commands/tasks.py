@@ -113,7 +113,8 @@ def run_task_phase(
     fetch_layers: Callable[[StepRecord], None] | None = None,
     warn: Callable[[str], None] = lambda _: None,
 ) -> dict[str, TaskOutcome]:
-    """Run (or replay) `tasks` in their built images (image name -> last key and record)."""
+    """Run (or replay) `tasks` in their images (image name -> last key and record, None when
+    it was not built: its tasks are skipped, and reported so)."""
     if not tasks:
         return {}
     from buildgraph.worker.execute import Worker
@@ -121,11 +122,7 @@ def run_task_phase(
     from buildgraph.worker.rootfs import RootPool
 
     snapshots = SnapshotStore(store.root / "snapshots")
-    built = {}
-    for name, (key, record) in images.items():
-        if record is None:
-            raise StepFailed(f"image {name} was not built: its tasks cannot run")
-        built[name] = (key, record)
+    built = {name: (key, record) for name, (key, record) in images.items() if record is not None}
     worker = Worker(store=store, snapshots=snapshots, fetch_layers=fetch_layers)
     with contextlib.ExitStack() as stack:
         lock = threading.Lock()
@@ -201,7 +198,8 @@ def task_summary(outcomes: Mapping[str, TaskOutcome]) -> str:
     lines = []
     for name, outcome in sorted(outcomes.items()):
         seconds = f"{outcome.seconds:6.2f}s" if outcome.state is StepState.DONE else "       "
-        lines.append(f"task {name:<24} {words[outcome.state]:<24} {seconds}")
+        why = f" ({outcome.error})" if outcome.state is StepState.SKIPPED else ""
+        lines.append(f"task {name:<24} {words[outcome.state]:<24} {seconds}{why}".rstrip())
     return "\n".join(lines)
 
 
@@ -236,12 +234,14 @@ def tasks_after_build(
     jobs: int,
     isolation: str,
     no_cache: bool,
+    keep_going: bool,
     cache_from: str | None,
     cache_to: str | None,
     warn: Callable[[str], None],
 ) -> dict[str, TaskOutcome]:
-    """`run`'s task phase, once its images are built (none when an image failed)."""
-    if not tasks or result.outcome.failures:
+    """`run`'s task phase, once its images are built. When something failed, no task runs;
+    with `keep_going`, the tasks whose images were built run, and the others are skipped."""
+    if not tasks or (result.outcome.failures and not keep_going):
         return {}
     finals = {target.name: target.key for target in result.targets}
     images = image_records(tasks, finals, result.outcome.records)

@@ -46,6 +46,7 @@ class ExportEvent:
 class LogEvent:
     title: str
     data: bytes  # output of a running step
+    replayed: bool = False  # a cached task's whole log, replayed: not a running step's output
 
 
 Event = StepEvent | ExportEvent | LogEvent

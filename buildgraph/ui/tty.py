@@ -36,7 +36,11 @@ class TtyRenderer:
 
     def emit(self, event: Event) -> None:
         with self.lock:
-            if isinstance(event, LogEvent):
+            if isinstance(event, LogEvent) and event.replayed:  # whole, at once: print it all
+                for line in event.data.decode(errors="replace").splitlines():
+                    self.live.console.print(Text(f"{event.title} | {line}", style="dim"))
+                return
+            if isinstance(event, LogEvent):  # live: the newest lines under the running step
                 lines = self.output.setdefault(event.title, [])
                 lines.extend(event.data.decode(errors="replace").splitlines())
                 del lines[:-OUTPUT_LINES]

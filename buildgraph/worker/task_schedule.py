@@ -51,7 +51,9 @@ class TaskPhase:
     """What the task phase works with; side effects come in here."""
 
     tasks: Mapping[str, TaskSpec]  # the tasks to run (and every task they depend on)
-    images: Mapping[str, tuple[str, StepRecord]]  # TaskSpec.image_name -> (last key, record)
+    # TaskSpec.image_name -> (last key, record) of each image that was built; the tasks in
+    # an image that is not here are skipped
+    images: Mapping[str, tuple[str, StepRecord]]
     store: TaskStore
     sandbox: Callable[[], Sandbox]  # called when a task has to run (probes the isolation)
     scratch: Callable[[], object]  # a context manager: an empty held dir on the cache's fs
@@ -140,9 +142,8 @@ def _loop(
             if waiting[name] - done.keys() or len(running) >= max(1, jobs):
                 continue
             del waiting[name]
-            broken = [d for d in phase.tasks[name].depends_on if done[d].result is None]
-            if broken:
-                reason = f"task {broken[0]} it depends on failed"
+            reason = _why_not_run(phase, phase.tasks[name], done)
+            if reason:
                 done[name] = TaskOutcome(name, "", StepState.SKIPPED, None, reason)
                 event = StepEvent(f"task:{name}", StepState.SKIPPED, f"task {name}", reason)
                 phase.sink.emit(event)
@@ -157,6 +158,18 @@ def _loop(
         for future in finished:
             name = running.pop(future)
             done[name] = future.result()
+
+
+def _why_not_run(phase: TaskPhase, task: TaskSpec, done: Mapping[str, TaskOutcome]) -> str:
+    """Why `task` cannot run ("" when it can): its image was not built (`run --keep-going`
+    after an image failed), or a task it depends on failed or was skipped."""
+    if task.image_name not in phase.images:
+        return f"its image {task.image_name} was not built"
+    for name in task.depends_on:
+        if done[name].result is None:
+            what = "failed" if done[name].state is StepState.FAILED else "was skipped"
+            return f"task {name} it depends on {what}"
+    return ""
 
 
 def perform(phase: TaskPhase, task: TaskSpec, done: Mapping[str, TaskOutcome]) -> TaskOutcome:
@@ -179,7 +192,7 @@ def perform(phase: TaskPhase, task: TaskSpec, done: Mapping[str, TaskOutcome]) -
         if found is not None:
             phase.sink.emit(StepEvent(event_key, state, title, reason))
             if found.log:
-                phase.sink.emit(LogEvent(f"{title} (cached)", found.log))
+                phase.sink.emit(LogEvent(f"{title} (cached)", found.log, replayed=True))
             restore_outputs(found, task.output_dir)
             phase.store.remember(task.name, key_fields(inputs))
             return TaskOutcome(task.name, key, state, found)

@@ -306,3 +306,55 @@ def test_a_task_runs_as_its_user_in_its_workdir_with_its_env(repo: Path) -> None
     (repo / "Buildfile.yaml").write_text(BUILDFILE + task)
     assert run(repo, "who") == 0
     assert (repo / "out/who/who").read_text() == "1000\n/tmp\nhello\n"
+
+
+BROKEN_IMAGE = "  broken:\n    context: broken\ntasks:\n"  # a target whose RUN fails
+BROKEN_TASKS = """  in-broken:
+    image: broken
+    run: "echo never > /out/x"
+    outputs: [/out/x]
+  after-broken:
+    image: app
+    run: "cat /deps/in-broken/x"
+    depends_on: [in-broken]
+"""
+
+
+def test_keep_going_runs_the_tasks_whose_images_built(repo: Path, capsys) -> None:
+    (repo / "Buildfile.yaml").write_text(
+        BUILDFILE.replace("tasks:\n", BROKEN_IMAGE, 1) + BROKEN_TASKS
+    )
+    (repo / "broken").mkdir()
+    (repo / "broken/Dockerfile").write_text("FROM busybox\nRUN echo broken; exit 5\n")
+    names = ("test-a", "in-broken", "after-broken")
+    assert run(repo, *names) == 1  # without --keep-going no task runs once an image failed
+    assert states(capsys.readouterr().out) == {}
+    assert not (repo / "out").exists()
+
+    assert run(repo, "--keep-going", *names) == 1  # the image's failure is still exit 1
+    out, err = capsys.readouterr()
+    assert states(out) == {"test-a": "done", "in-broken": "skipped", "after-broken": "skipped"}
+    reasons = {e["key"]: e.get("reason") for e in task_events(out) if e["state"] == "skipped"}
+    assert reasons == {
+        "task:in-broken": "its image broken was not built",
+        "task:after-broken": "task in-broken it depends on was skipped",
+    }
+    assert (repo / "out/test-a/stamp").is_file()
+    summary = [line.split(None, 3) for line in err.splitlines() if line.startswith("task ")]
+    assert summary == [
+        ["task", "after-broken", "skipped", "(task in-broken it depends on was skipped)"],
+        ["task", "in-broken", "skipped", "(its image broken was not built)"],
+        ["task", "test-a", "ran", summary[2][3]],
+    ]
+    assert "exited with code 5" in err.splitlines()[-1]
+
+
+def test_the_tty_progress_prints_a_replayed_tasks_log(repo: Path, capsys) -> None:
+    tty = ["run", "-f", str(repo / "Buildfile.yaml"), "--progress", "tty", "test-a"]
+    assert main(tty) == 0
+    first = capsys.readouterr().err
+    assert "task test-a (cached) |" not in first  # ran: its live lines are not kept
+    assert main(tty) == 0
+    lines = capsys.readouterr().err.splitlines()
+    assert "task test-a (cached) | input one" in lines
+    assert "task test-a (cached) | app v1" in lines
