@@ -123,8 +123,9 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from buildgraph.commands.build import BuildRequest, build, parse_secret
+    from buildgraph.commands.build import build, parse_secret
     from buildgraph.commands.image import build_timestamp
+    from buildgraph.commands.request import BuildRequest
 
     context = Path(args.context)
     dockerfile = Path(args.file) if args.file else context / "Dockerfile"

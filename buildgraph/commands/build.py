@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -14,6 +13,7 @@ from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
 from buildgraph.commands.compile import ClientFactory, base_resolver, relocate
 from buildgraph.commands.export import export_output
+from buildgraph.commands.request import BuildRequest
 from buildgraph.errors import InputError, StepFailed
 from buildgraph.frontend.dockerfile import parse_dockerfile
 from buildgraph.frontend.ignore import IgnoreMatcher, load_dockerignore
@@ -22,7 +22,7 @@ from buildgraph.graph.lower import BuildPlan, StagePlan, lower_dockerfile
 from buildgraph.graph.model import build_graph
 from buildgraph.graph.steps import check_entitlements
 from buildgraph.graph.urls import url_fetcher
-from buildgraph.image.oci import Descriptor, Platform
+from buildgraph.image.oci import Descriptor
 from buildgraph.registry.reference import parse_reference
 from buildgraph.solver.events import EventSink, LogEvent, StepEvent, StepState
 from buildgraph.solver.facts import gather_and_plan
@@ -32,29 +32,6 @@ from buildgraph.solver.remote import RemoteSession, remote_session
 
 if TYPE_CHECKING:
     from buildgraph.worker.phases import PhaseSink
-
-
-@dataclass(frozen=True, slots=True)
-class BuildRequest:
-    context: Path
-    dockerfile: Path
-    target: str | None = None
-    build_args: Mapping[str, str] = field(default_factory=dict)
-    tags: tuple[str, ...] = ()
-    outputs: tuple[str, ...] = ()
-    platform: Platform = field(default_factory=Platform)
-    no_cache: bool = False
-    pull: bool = False  # always ask the registry for FROM images
-    push: bool = False
-    jobs: int = os.cpu_count() or 2
-    network: str = "host"  # what RUN uses unless it says --network
-    cache_from: str | None = None  # remote cache repositories (--cache-repo sets both)
-    cache_to: str | None = None
-    secrets: Mapping[str, Path] = field(default_factory=dict)
-    labels: Mapping[str, str] = field(default_factory=dict)  # --label: added to the image config
-    allow: frozenset[str] = frozenset()  # entitlements (--allow), e.g. security.insecure
-    isolation: str = "auto"  # auto | namespaces | chroot (worker/isolation.py)
-    compression: str = "gzip"  # of layers pushed (--push, type=registry): gzip or zstd
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """`buildgraph executor`: Kaniko's command line, so that a Kaniko job migrates by swapping its
-image and binary. Kaniko's flags are read here and turned into one `BuildRequest` (pure); the
-build itself is `buildgraph build`'s."""
+image and binary. Kaniko's flags are read here and turned into one `BuildRequest`
+(commands/request.py, pure); the build itself is `buildgraph build`'s."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from buildgraph.commands.build import BuildRequest
+from buildgraph.commands.request import BuildRequest
 from buildgraph.errors import InputError
 from buildgraph.registry.reference import parse_reference
 

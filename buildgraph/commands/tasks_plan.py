@@ -127,7 +127,7 @@ def warm_project_tasks(
     warn: Callable[[str], None] = lambda _: None,
 ) -> str:
     """`warm` for tasks: their keys (from the compiled images; nothing built), then fetch."""
-    from buildgraph.commands.run import compile_project
+    from buildgraph.commands.compile import compile_project
     from buildgraph.commands.tasks import remote_tasks
 
     compiled = compile_project(project, names, store=store, client=client)
