@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
+
+from cli_runs import write_repo
 
 BUILDFILE = """version: 1
 cache: {{dir: cache, remote: "{remote}"}}
@@ -28,8 +29,6 @@ def make_repo(
     root: Path, busybox_cache: Path, remote: str, files: Mapping[str, str] = FILES
 ) -> Path:
     """Write the repository under ROOT with a cache dir holding only busybox (a copy)."""
-    for path, text in {**files, "Buildfile.yaml": BUILDFILE.format(remote=remote)}.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
-    return root
+    return write_repo(
+        root, {**files, "Buildfile.yaml": BUILDFILE.format(remote=remote)}, busybox_cache
+    )

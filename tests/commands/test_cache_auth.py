@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import base64
 import json
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runs import write_repo
 from registry_server import RegistryServer
 from tls_registry import htpasswd_registry, make_tls_ca
 
@@ -54,11 +54,7 @@ def docker_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, host: str, pa
 def make_repo(root: Path, busybox_cache: Path, remote: str = "") -> Path:
     extra = f', remote: "{remote}"' if remote else ""
     files = {"Buildfile.yaml": BUILDFILE.format(remote=extra), "app/Dockerfile": DOCKERFILE}
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)  # only the base image
-    return root
+    return write_repo(root, files, busybox_cache)  # the cache holds only the base image
 
 
 def nothing_built(repo: Path) -> bool:

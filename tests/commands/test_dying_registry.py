@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cli_runs import write_repo
 from registry_server import RegistryServer
 
 from buildgraph.errors import RegistryDown, RegistryError
@@ -93,12 +94,12 @@ def proxy(fresh_registry: RegistryServer) -> Iterator[CountingProxy]:
 
 
 def make_repo(root: Path, busybox_cache: Path, remote: str) -> Path:
-    (root / "app").mkdir(parents=True)
     runs = "".join(f"RUN echo {n} > /{n}\n" for n in range(STEPS))
-    (root / "app/Dockerfile").write_text("FROM busybox\n" + runs)
-    (root / "Buildfile.yaml").write_text(BUILDFILE.format(remote=remote))
-    subprocess.run(["cp", "-a", str(busybox_cache), str(root / "cache")], check=True)
-    return root
+    files = {
+        "app/Dockerfile": "FROM busybox\n" + runs,
+        "Buildfile.yaml": BUILDFILE.format(remote=remote),
+    }
+    return write_repo(root, files, busybox_cache)
 
 
 def run_killing(repo: Path, on_first_step_done: callable) -> tuple[int, str]:

@@ -9,6 +9,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from cli_runs import write_repo
 from conformance.compare import rootfs_tree
 from registry_server import RegistryServer
 
@@ -39,11 +40,7 @@ def make_repo(root: Path, busybox_cache: Path, name: str, tag: str, outputs: str
         "Buildfile.yaml": BUILDFILE.format(tag=tag, outputs=outputs),
         "x/Dockerfile": DOCKERFILE.format(name=name),
     }
-    for path, text in files.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)  # only the base image
-    return root
+    return write_repo(root, files, busybox_cache)  # the cache holds only the base image
 
 
 def build_on_a(root: Path, cache_to: str) -> None:

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from cli_runs import write_repo
 from registry_server import RegistryServer
 
 from buildgraph.cli import main
@@ -43,17 +44,13 @@ DOCKERFILE = (
 
 @pytest.fixture
 def repo(tmp_path: Path, busybox_cache: Path) -> Path:
-    root = tmp_path / "repo"
-    for path, text in {
+    files = {
         "Buildfile.yaml": BUILDFILE,
         "app/Dockerfile": DOCKERFILE,
         "a/one.txt": "input one\n",
         "b/two.txt": "input two\n",
-    }.items():
-        (root / path).parent.mkdir(parents=True, exist_ok=True)
-        (root / path).write_text(text)
-    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
-    return root
+    }
+    return write_repo(tmp_path / "repo", files, busybox_cache)
 
 
 def run(root: Path, *argv: str) -> int:

@@ -36,6 +36,7 @@ def remote(registry: RegistryServer, busybox_cache: Path, tmp_path_factory) -> s
 
 
 def make_repo(root: Path, busybox_cache: Path, remote: str) -> Path:
+    """remote_repo's two targets, with a base layer of some size (the totals count bytes)."""
     return make_two_targets(root, busybox_cache, remote, FILES)
 
 
