@@ -270,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--set", action="append", metavar="TARGET.KEY=VALUE", help="override")
         sub.add_argument("--cache-from", metavar="REF", help="also look in this remote cache")
         sub.set_defaults(handler=cmd_plan)
+    planp.add_argument("--push", action="store_true", help="plan as `run --push` would")
 
     affp = commands.add_parser(
         "affected", help="targets whose inputs changed since a git ref, and what builds on them"

@@ -139,6 +139,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         store=_project_store(args, project),
         client=lambda: _client(args),
         cache_from=args.cache_from,
+        push_all=getattr(args, "push", False),  # `graph` has no --push
         warn=lambda text: _say(f"buildgraph: warning: {text}"),
     )
     image_keys = {target.name: target.steps[-1].key for target in targets if target.steps}

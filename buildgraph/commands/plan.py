@@ -10,6 +10,7 @@ from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepIndex
 from buildgraph.commands.compile import ClientFactory, Compiled, compile_project, project_graph
+from buildgraph.commands.export import mount_cache
 from buildgraph.frontend.buildfile import Project
 from buildgraph.graph.explain import reason, summarize
 from buildgraph.graph.model import BuildGraph, Target
@@ -31,6 +32,9 @@ class PlannedStep:
 class TargetPlan:
     name: str
     steps: tuple[PlannedStep, ...]  # every step the target needs, inputs first
+    # False: its only use is a push that mounts its layers from the remote cache's registry,
+    # so a remote hit of its last step is not downloaded (Plan.files_here)
+    files_here: bool = True
 
 
 def plan_project(
@@ -40,6 +44,7 @@ def plan_project(
     store: LocalStore,
     client: ClientFactory,
     cache_from: str | None = None,
+    push_all: bool = False,
     warn: Callable[[str], None] = lambda _: None,
 ) -> tuple[tuple[TargetPlan, ...], BuildGraph]:
     """The plan `run` would carry out, step by step, with the reason each step is built."""
@@ -54,6 +59,10 @@ def plan_project(
         export_only=None,
     )
     graph = project_graph(compiled)
+    graph = graph.with_targets(  # as `run` marks them: where a push can mount from the cache
+        Target(t.name, t.key, mount_cache(project.target(t.name), push_all, remote) is not None)
+        for t in graph.targets
+    )
     index = StepIndex(store.root / "steps")
     planned, _ = gather_and_plan(graph, index=index, store=store, remote=remote, no_cache=False)
     records = BuildRecords(store.root / "targets")
@@ -82,7 +91,7 @@ def _target_plan(
         elif step.action in (Action.FETCH, Action.USE_REMOTE):
             why = ""
         steps.append(PlannedStep(key, _title(graph.steps[key]), step.action.state, why))
-    return TargetPlan(target.name, tuple(steps))
+    return TargetPlan(target.name, tuple(steps), planned.files_here[target.name])
 
 
 def _title(step) -> str:
@@ -97,6 +106,8 @@ def render_plan(targets: Sequence[TargetPlan], graph: BuildGraph) -> str:
     lines = []
     for target in targets:
         lines.append(f"{target.name}:")
+        if not target.files_here:
+            lines.append("  (files not needed here: the push mounts its layers from the cache)")
         for step in target.steps:
             why = f"  ({step.reason})" if step.reason else ""
             lines.append(f"  {step.key[:12]}  {step.state.value:10}  {step.title}{why}")

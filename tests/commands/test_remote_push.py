@@ -184,3 +184,25 @@ def test_a_push_that_needs_the_files_here_downloads_them(
     assert all(mt.compression_of(layer["mediaType"]) == "gzip" for layer in manifest["layers"])
     if case == "local output too":
         assert (out / "index.json").is_file()
+
+
+def test_plan_says_when_a_target_needs_no_files_here(
+    registry: RegistryServer, busybox_cache: Path, tmp_path: Path, capsys
+) -> None:
+    """As `run` decides: a target only pushed to the cache's registry is pushed by mounting
+    its layers, so `plan --push` says its files need not come here; tagged here, they must."""
+    host = registry.host
+    cache, tag = f"{host}/cache/plan-files", f"{host}/app/plan-files:1"
+    build_on_a(make_repo(tmp_path / "a", busybox_cache, "plan-files", tag), cache)
+    machine_b = make_repo(tmp_path / "b", busybox_cache, "plan-files", tag)
+    argv = ["plan", "-f", str(machine_b / "Buildfile.yaml"), "--cache-from", cache]
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "files not needed here" not in capsys.readouterr().out
+    assert main([*argv, "--push"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:2] == [
+        "x:",
+        "  (files not needed here: the push mounts its layers from the cache)",
+    ]
+    assert lines[-1].endswith("1 remote, 0 to build, 1 not needed")
