@@ -65,6 +65,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             allow=frozenset(args.allow or ()),
             isolation=args.isolation,
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
+            cluster=_cluster(args, project),
         )
     finally:
         if hasattr(sink, "close"):
@@ -77,6 +78,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         print(summary_table(result))
     raise_for_failures(result)
     return 0
+
+
+def _cluster(args: argparse.Namespace, project):
+    """--executor/--scheduler over the Buildfile's `executor:`; None for the local executor."""
+    from buildgraph.commands.cluster import ClusterOptions
+    from buildgraph.frontend.buildfile import check_executor_kind
+
+    kind = getattr(args, "executor", None) or project.executor.kind
+    scheduler = getattr(args, "scheduler", None) or project.executor.scheduler
+    if check_executor_kind(kind) == "local":
+        return None
+    if not scheduler:
+        raise InputError(
+            "--executor dask needs --scheduler tcp://HOST:8786 (or executor.scheduler)"
+        )
+    return ClusterOptions(
+        scheduler,
+        tuple(args.insecure_registry or ()),
+        args.ca_bundle,
+        args.registry_timeout,
+    )
 
 
 def cmd_plan(args: argparse.Namespace) -> int:
