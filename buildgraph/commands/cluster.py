@@ -22,7 +22,7 @@ class ClusterOptions:
     scheduler: str
     insecure: tuple[str, ...] = ()
     ca_bundle: str | None = None
-    registry_timeout: float | None = None
+    registry_timeout: float = 120.0
 
 
 def require_remote_cache(remote: RemoteSession | None) -> None:

@@ -107,11 +107,14 @@ class DaskExecutor:
 
     def build(self, key: str, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         if not isinstance(step, RunStep | CopyStep):  # FROM, ENV, ...: no files, done here
+            parent = getattr(step, "parent", "")
+            if parent in self.where_built:  # its files are where its parent's are
+                self.where_built[key] = self.where_built[parent]
             return self.local.build(key, step, inputs)
         start = time.monotonic()
         self._publish(inputs.values())
         context = self._context(step)
-        preferred = [self.where_built[k] for k in inputs if k in self.where_built]
+        preferred = self._holder(inputs)
         future = self.client.submit(  # type: ignore[attr-defined]
             build_step,
             key,
@@ -120,7 +123,7 @@ class DaskExecutor:
             self.settings,
             context,
             key=f"buildgraph-step-{key}",
-            workers=preferred[:1] or None,
+            workers=[preferred] if preferred else None,
             allow_other_workers=bool(preferred),  # a hint: an idle worker beats waiting
             pure=False,
             retries=0,
@@ -136,6 +139,16 @@ class DaskExecutor:
         self.where_built[key] = result.worker
         self.local.index.put(key, result.record)  # its layers stay in the remote cache
         return result.record
+
+    def _holder(self, inputs: Mapping[str, StepRecord]) -> str | None:
+        """The worker that built the input with the most layer bytes: it has those files
+        unpacked already, so the chain of a stage stays on one machine."""
+        sizes = {
+            key: sum(layer.descriptor.size for layer in record.layers)
+            for key, record in inputs.items()
+            if key in self.where_built
+        }
+        return self.where_built[max(sizes, key=sizes.__getitem__)] if sizes else None
 
     def _publish(self, records) -> None:
         """Make the layers of the records a worker reads present in the remote cache: those

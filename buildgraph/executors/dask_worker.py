@@ -33,7 +33,7 @@ class WorkerSettings:
     cache_repo: str  # the remote cache repository: the only store the machines share
     insecure: tuple[str, ...] = ()
     ca_bundle: str | None = None
-    registry_timeout: float | None = None
+    registry_timeout: float = 120.0  # seconds a registry request may take, retries included
     epoch: int | None = None
     network: str = "host"
     isolation: str = "auto"

@@ -239,3 +239,29 @@ def test_a_worker_without_a_cache_dir_is_refused_before_any_step(
     line = one_error_line(capsys.readouterr().err)
     assert "has no cache dir: set BUILDGRAPH_CACHE_DIR" in line
     assert "STARTED" not in capsys.readouterr().out
+
+
+def test_the_context_reaches_the_worker_through_the_registry_minus_dockerignore(
+    tmp_path: Path, busybox_cache: Path, registry, one_worker
+) -> None:
+    files = {
+        "Buildfile.yaml": "version: 1\ntargets:\n  app: {context: app}\n",
+        "app/Dockerfile": "FROM busybox\nCOPY . /app\nRUN test ! -e /app/local.env && "
+        "test -x /app/bin/run && test -L /app/bin/link && cat /app/bin/run\n",
+        "app/.dockerignore": "local.env\n",
+        "app/local.env": "TOKEN=not-for-workers\n",
+        "app/bin/run": "#!/bin/sh\necho shipped\n",
+    }
+    buildfile = tiny(tmp_path, busybox_cache, files["Buildfile.yaml"])
+    (tmp_path / "app/Dockerfile").unlink()
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    (tmp_path / "app/bin/run").chmod(0o755)
+    (tmp_path / "app/bin/link").symlink_to("run")
+    assert dask_run(buildfile, one_worker, *remote_args(registry, "context")) == 0
+    worker_cache = one_worker.root / "worker0" / "cache" / "contexts"
+    (shipped,) = list(worker_cache.iterdir())  # one context, unpacked once, by its digest
+    assert sorted(p.name for p in shipped.rglob("*")) == [
+        ".dockerignore", "Dockerfile", "bin", "link", "run"
+    ]  # fmt: skip
