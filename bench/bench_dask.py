@@ -54,15 +54,12 @@ def timed_run(buildfile: Path, log: Path, *argv: str) -> tuple[float, list[dict]
     """Seconds of one `buildgraph run --progress json`, and its events."""
     command = [*BUILDGRAPH, "run", "-f", str(buildfile), "--progress", "json", *argv]
     start = time.monotonic()
-    with log.open("w") as out:
-        done = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, check=False)
+    with log.open("w") as out, log.with_suffix(".err").open("w") as err:
+        done = subprocess.run(command, stdout=out, stderr=err, check=False)
     seconds = time.monotonic() - start
     if done.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed, see {log}")
-    events = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            events.append(json.loads(line))
+        raise SystemExit(f"{' '.join(command)} failed, see {log.with_suffix('.err')}")
+    events = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
     return seconds, events
 
 
