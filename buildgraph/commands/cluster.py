@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
@@ -63,6 +64,7 @@ def dask_executor(
             epoch=epoch,
             network=network,
             isolation=isolation,
+            run=uuid.uuid4().hex,
         )
         executor = DaskExecutor(local, client, settings, sink, ignores)
         yield executor, max(jobs, total_threads(client))

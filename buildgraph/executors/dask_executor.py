@@ -16,6 +16,7 @@ from buildgraph.executors.dask_worker import (
     StepResult,
     WorkerSettings,
     build_step,
+    has_sessions,
     probe,
 )
 from buildgraph.frontend.ignore import IgnoreMatcher
@@ -82,6 +83,12 @@ class DaskExecutor:
         if plan.keys(Action.BUILD):
             check_workers(self.client, self.settings.version)
         self.title = plan.graph.title
+        if plan.keys(Action.BUILD) and not all(self.client.run(has_sessions).values()):
+            # Registered once per cluster (the scheduler gives it to workers that join later);
+            # registering again would tear down the sessions of a concurrent run.
+            from buildgraph.executors.dask_state import RunSessions
+
+            self.client.register_plugin(RunSessions())  # type: ignore[attr-defined]
         self.client.subscribe_topic(EVENTS_TOPIC, self._event)  # type: ignore[attr-defined]
         self.local.start(plan)
 

@@ -23,6 +23,7 @@ from buildgraph.worker.snapshot import SnapshotStore
 
 CACHE_DIR_ENV = "BUILDGRAPH_CACHE_DIR"  # each worker's own local cache, on its own disk
 EVENTS_TOPIC = "buildgraph"  # Dask's event log: live output and what each worker built
+PLUGIN_NAME = "buildgraph"  # the worker plugin that keeps a run's registry session
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +39,7 @@ class WorkerSettings:
     network: str = "host"
     isolation: str = "auto"
     version: str = __version__
+    run: str = ""  # this run's id: workers keep a registry session per run (dask_state.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,9 +97,7 @@ def build_step(
     store = LocalStore(Path(cache_dir))
     store.ensure()
     index = StepIndex(store.root / "steps")
-    client = _client(settings)
-    repository = parse_reference(settings.cache_repo, default_tag=None)
-    cache = RemoteCache(lambda: client, repository)
+    cache, owned = _remote_cache(settings)
     remote = RemoteSession(store, source=cache, target=cache, warn=lambda _: None, required=True)
     try:
         found = _already_built(key, index, remote)
@@ -105,14 +105,32 @@ def build_step(
             _log({"key": key, "state": "reused", "worker": address})
             return StepResult(found, address, False, time.monotonic() - start)
         _log({"key": key, "state": "started", "worker": address, "title": step.title})
-        record = _execute(step, inputs, settings, store, remote, context, client, address)
+        record = _execute(step, inputs, settings, store, remote, context, cache.client, address)
         index.put(key, record)
         remote.export(key, record)
-        remote.finish()  # the tag is written before anyone is told the step is done
-        _log({"key": key, "state": "built", "worker": address})
-        return StepResult(record, address, True, time.monotonic() - start)
     finally:
-        client.close()
+        remote.finish()  # the tag is written before anyone is told the step is done
+        if owned:
+            cache.client.close()
+    _log({"key": key, "state": "built", "worker": address})
+    return StepResult(record, address, True, time.monotonic() - start)
+
+
+def _remote_cache(settings: WorkerSettings) -> tuple[RemoteCache, bool]:
+    """The run's session kept by this worker's plugin, or (no plugin: True, close its client
+    after the step) one for this step."""
+    from distributed import get_worker
+
+    sessions = get_worker().plugins.get(PLUGIN_NAME)
+    if sessions is not None and settings.run:
+        return sessions.cache(settings, _client), False  # type: ignore[attr-defined]
+    repository = parse_reference(settings.cache_repo, default_tag=None)
+    return RemoteCache(_client(settings), repository), True
+
+
+def has_sessions(dask_worker) -> bool:
+    """Does this worker have the sessions plugin already (`Client.run` passes the worker)?"""
+    return PLUGIN_NAME in dask_worker.plugins
 
 
 def _already_built(key: str, index: StepIndex, remote: RemoteSession) -> StepRecord | None:
