@@ -265,3 +265,16 @@ def test_the_context_reaches_the_worker_through_the_registry_minus_dockerignore(
     assert sorted(p.name for p in shipped.rglob("*")) == [
         ".dockerignore", "Dockerfile", "bin", "link", "run"
     ]  # fmt: skip
+
+
+def test_keep_going_builds_what_does_not_need_the_failed_step(
+    tmp_path: Path, busybox_cache: Path, registry, one_worker, capsys
+) -> None:
+    two = "version: 1\ntargets:\n  app: {context: app}\n  ok: {context: ok, tags: [ok]}\n"
+    buildfile = tiny(tmp_path, busybox_cache, two)
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok/Dockerfile").write_text("FROM busybox\nRUN echo fine > /fine\n")
+    argv = ["--keep-going", *remote_args(registry, "keep-going")]
+    assert dask_run(buildfile, one_worker, *argv) == 1
+    assert "ok:latest" in digests(tmp_path / "cache")  # built and tagged despite app's failure
+    assert "exited with code 3" in one_error_line(capsys.readouterr().err)
