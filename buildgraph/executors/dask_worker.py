@@ -100,10 +100,16 @@ def build_step(
     cache, owned = _remote_cache(settings)
     remote = RemoteSession(store, source=cache, target=cache, warn=lambda _: None, required=True)
     try:
-        found = _already_built(key, index, remote)
+        found = _already_built(key, remote)
         if found is not None:
             _log({"key": key, "state": "reused", "worker": address})
             return StepResult(found, address, False, time.monotonic() - start)
+        here = _built_here(key, index)
+        if here is not None:  # built for another cache repository: export it to this one
+            remote.export(key, here)
+            remote.finish()
+            _log({"key": key, "state": "reused", "worker": address})
+            return StepResult(here, address, False, time.monotonic() - start)
         _log({"key": key, "state": "started", "worker": address, "title": step.title})
         record = _execute(step, inputs, settings, store, remote, context, cache.client, address)
         index.put(key, record)
@@ -133,15 +139,19 @@ def has_sessions(dask_worker) -> bool:
     return PLUGIN_NAME in dask_worker.plugins
 
 
-def _already_built(key: str, index: StepIndex, remote: RemoteSession) -> StepRecord | None:
-    try:
-        here = index.get(key, touch=False)
-    except CacheError:
-        here = None
-    if here is not None:
-        return here
+def _already_built(key: str, remote: RemoteSession) -> StepRecord | None:
+    """The step's entry in this run's cache repository (exported by another worker, maybe
+    one that died since, or by an earlier run)."""
     remote.lookup([key])
     return remote.record(key)
+
+
+def _built_here(key: str, index: StepIndex) -> StepRecord | None:
+    """The step built by this worker before, with its layers in this worker's store."""
+    try:
+        return index.get(key, touch=False)
+    except CacheError:
+        return None
 
 
 def _execute(
