@@ -147,6 +147,7 @@ def _run_project(
     )
     if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
         sink.targets.update(step_targets(graph))  # type: ignore[attr-defined]
+    worker_exports = 0
     try:
         if cluster is None:
             outcome = execute(
@@ -161,6 +162,7 @@ def _run_project(
                 outcome = execute(
                     planned, executor=remote_executor, sink=sink, jobs=slots, keep_going=keep_going
                 )
+                worker_exports = remote_executor.exported  # the workers export what they build
     finally:
         worker.close()  # the chroot isolation's roots
     built = set(outcome.records) - outcome.cached
@@ -182,7 +184,7 @@ def _run_project(
         time.monotonic() - start,
         tuple(compiled.warnings),
         remote.downloaded if remote else 0,
-        len(remote.exported) if remote else 0,
+        (len(remote.exported) if remote else 0) + worker_exports,
     )
 
 

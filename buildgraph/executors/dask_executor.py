@@ -74,6 +74,7 @@ class DaskExecutor:
     ignores: Mapping[str, IgnoreMatcher] = field(default_factory=dict)
     where_built: dict[str, str] = field(default_factory=dict)  # key -> worker address
     overheads: list[float] = field(default_factory=list)  # seconds per dispatch, not building
+    exported: int = 0  # steps built and exported to the remote cache by the workers
     title: Callable[[str], str] = str  # a step's title (the plan's, once started)
     _futures: dict[str, object] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -144,6 +145,9 @@ class DaskExecutor:
                 self._futures.pop(key, None)
         self.overheads.append(time.monotonic() - start - result.seconds)
         self.where_built[key] = result.worker
+        if result.built:
+            with self._lock:
+                self.exported += 1
         self.local.index.put(key, result.record)  # its layers stay in the remote cache
         return result.record
 

@@ -99,8 +99,12 @@ def test_dask_gives_the_local_digests_and_builds_each_step_once(
     assert built and max(built.values()) == 1, built.most_common(3)
     workers = {e["worker"] for e in cluster.events() if e.get("state") == "built"}
     assert len(workers) >= 2  # the work was spread, not all on one worker
-    progress = capsys.readouterr().err  # plain progress goes to stderr
-    assert "built on tcp://127.0.0.1:" in progress  # worker events reached the renderer live
+    captured = capsys.readouterr()
+    assert "built on tcp://127.0.0.1:" in captured.err  # plain progress goes to stderr
+    (summary,) = [line for line in captured.out.splitlines() if line.startswith("remote cache:")]
+    assert int(summary.split(", ")[1].split()[0]) > len(
+        built
+    )  # workers' exports and ours  # worker events reached the renderer live
 
     # A second run, from a fresh coordinator cache too: no step is built on any worker.
     assert dask_run(buildfile, cluster, *cache) == 0
