@@ -223,6 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     runp.add_argument(
         "--offline", action="store_true", help="use only the local store and cache (no network)"
     )
+    runp.add_argument(
+        "--executor", metavar="KIND", help="local (default) or dask: the workers of --scheduler"
+    )
+    runp.add_argument("--scheduler", metavar="ADDRESS", help="--executor dask: tcp://HOST:8786")
     _allow(runp)
     _isolation(runp)
     _compression(runp)

@@ -72,6 +72,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             warn=lambda text: _say(f"buildgraph: warning: {text}"),
             compression=getattr(args, "compression", "gzip"),  # `warm` pushes no image
             phases=phases,
+            cluster=_cluster(args, project),
         )
         # tasks (issue 15): the phase after the images they run in
         outcomes = _run_tasks(args, project, tasks if args.command == "run" else {}, result, sink)
@@ -120,6 +121,27 @@ def _warm_tasks(args: argparse.Namespace, project, names, tasks) -> None:
         warm_project_tasks(
             project, names, tasks, store=store, client=client, cache_from=args.cache_from
         )
+    )
+
+
+def _cluster(args: argparse.Namespace, project):
+    """--executor/--scheduler over the Buildfile's `executor:`; None for the local executor."""
+    from buildgraph.commands.cluster import ClusterOptions
+    from buildgraph.frontend.buildfile import check_executor_kind
+
+    kind = getattr(args, "executor", None) or project.executor.kind
+    scheduler = getattr(args, "scheduler", None) or project.executor.scheduler
+    if check_executor_kind(kind) == "local":
+        return None
+    if not scheduler:
+        raise InputError(
+            "--executor dask needs --scheduler tcp://HOST:8786 (or executor.scheduler)"
+        )
+    return ClusterOptions(
+        scheduler,
+        tuple(args.insecure_registry or ()),
+        args.ca_bundle,
+        args.registry_timeout,
     )
 
 

@@ -24,7 +24,7 @@ SOURCE_DATE_EPOCH=$(git log -1 --format=%ct -- buildgraph pyproject.toml README.
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-315532800}
 export SOURCE_DATE_EPOCH
 rm -rf executor/wheels build/
-python -m pip wheel -q --disable-pip-version-check . -w executor/wheels
+python -m pip wheel -q --disable-pip-version-check '.[dask]' -w executor/wheels
 scripts/import-debian-bookworm.sh
 buildgraph run executor --progress plain
 if [ -n "$push" ]; then

@@ -39,3 +39,23 @@ def test_kubernetes_job_has_the_default_security_context() -> None:
     for container in pod["containers"] + pod["initContainers"]:
         assert "securityContext" not in container
     assert "buildgraph-executor" in pod["containers"][0]["image"]
+
+
+def test_dask_cluster_runs_the_executor_image_without_privileges() -> None:
+    documents = list(yaml.safe_load_all((EXAMPLES / "kubernetes/dask-cluster.yaml").read_text()))
+    kinds = [document["kind"] for document in documents]
+    assert kinds == ["Deployment", "Service", "Deployment"]
+    scheduler, _, workers = documents
+    for deployment in (scheduler, workers):
+        pod = deployment["spec"]["template"]["spec"]
+        assert "securityContext" not in pod
+        (container,) = pod["containers"]
+        assert "securityContext" not in container
+        assert "buildgraph-executor" in container["image"]
+    worker = workers["spec"]["template"]["spec"]["containers"][0]
+    assert worker["command"][:2] == ["dask", "worker"]
+    env = {variable["name"]: variable["value"] for variable in worker["env"]}
+    assert env["BUILDGRAPH_CACHE_DIR"] in [mount["mountPath"] for mount in worker["volumeMounts"]]
+    pipeline = yaml.safe_load((EXAMPLES / "gitlab-ci/.gitlab-ci.yml").read_text())
+    (script,) = pipeline["build-main-on-cluster"]["script"]
+    assert "--executor dask --scheduler" in script and "--cache-to" in script

@@ -13,6 +13,7 @@ from buildgraph.cache.builds import BuildRecords
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.prune import using
 from buildgraph.cache.steps import StepIndex, StepRecord
+from buildgraph.commands.cluster import ClusterOptions, dask_executor, require_remote_cache
 from buildgraph.commands.compile import STAT_CACHE, ClientFactory, Compiled, compile_project
 from buildgraph.commands.export import Exported, export_target, mount_cache
 from buildgraph.errors import BuildgraphError, CacheError, StepFailed
@@ -81,6 +82,7 @@ def _run_project(
     warn: Callable[[str], None] = lambda _: None,
     compression: str = "gzip",
     phases: PhaseSink | None = None,
+    cluster: ClusterOptions | None = None,
 ) -> RunResult:
     """Gather facts and compile → plan → execute (each target exported as soon as it is done)
     → report. `export_cached` (warm --build): also export the steps this run did not build,
@@ -103,6 +105,8 @@ def _run_project(
         export_only=_image_entries(steps, finals) if min_mode else None,
         layers_early=_image_steps(steps, finals) if min_mode else None,
     )
+    if cluster is not None:  # before anything is looked up: one line, exit 2
+        require_remote_cache(remote)
     # An export that pushes by mounting from the remote cache needs no layers here: the
     # plan then does not fetch the layers of its last step for it.
     graph = steps.with_targets(
@@ -148,8 +152,22 @@ def _run_project(
     )
     if isinstance(getattr(sink, "targets", None), dict):  # the json renderer names targets
         sink.targets.update(step_targets(graph))  # type: ignore[attr-defined]
+    worker_exports = 0
     try:
-        outcome = execute(planned, executor=executor, sink=sink, jobs=jobs, keep_going=keep_going)
+        if cluster is None:
+            outcome = execute(
+                planned, executor=executor, sink=sink, jobs=jobs, keep_going=keep_going
+            )
+        else:
+            options = dict(sink=sink, epoch=epoch, network=network, isolation=isolation, jobs=jobs)
+            with dask_executor(cluster, executor, ignores=compiled.ignores, **options) as (
+                remote_executor,
+                slots,
+            ):
+                outcome = execute(
+                    planned, executor=remote_executor, sink=sink, jobs=slots, keep_going=keep_going
+                )
+                worker_exports = remote_executor.exported  # the workers export what they build
     finally:
         worker.close()  # the chroot isolation's roots
     built = set(outcome.records) - outcome.cached
@@ -171,7 +189,7 @@ def _run_project(
         time.monotonic() - start,
         tuple(compiled.warnings),
         remote.downloaded if remote else 0,
-        len(remote.exported) if remote else 0,
+        (len(remote.exported) if remote else 0) + worker_exports,
     )
 
 

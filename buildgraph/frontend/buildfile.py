@@ -36,9 +36,20 @@ from buildgraph.frontend.yamlmarks import (
 
 __all__ = ["CacheSpec", "ContextRef", "Project", "TargetSpec", "load_project", "select_targets"]
 
-TOP_KEYS = ("version", "vars", "cache", "insecure_registries", "include", "groups", "targets",
-            "tasks")  # fmt: skip
-ROOT_ONLY_KEYS = ("cache", "insecure_registries")
+TOP_KEYS = (
+    "version",
+    "vars",
+    "cache",
+    "executor",
+    "insecure_registries",
+    "include",
+    "groups",
+    "targets",
+    "tasks",
+)
+ROOT_ONLY_KEYS = ("cache", "executor", "insecure_registries")
+EXECUTOR_KEYS = ("kind", "scheduler")
+EXECUTOR_KINDS = ("local", "dask")
 CACHE_KEYS = ("dir", "remote", "mode")
 CACHE_MODES = ("max", "min")
 NAME_RULE = re.compile(r"[A-Za-z0-9_-]+\Z")  # bake's; no "." so `--set NAME.KEY` is unambiguous
@@ -52,6 +63,21 @@ class CacheSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ExecutorSpec:
+    """Who carries out the plan: this machine, or the workers of a Dask scheduler."""
+
+    kind: str = "local"  # local | dask
+    scheduler: str | None = None  # dask: tcp://HOST:8786
+
+
+def check_executor_kind(kind: str, where: Location | None = None) -> str:
+    if kind not in EXECUTOR_KINDS:
+        hint = did_you_mean(kind, list(EXECUTOR_KINDS))
+        raise InputError(f"unknown executor kind {kind!r}{hint} (expected local or dask)", where)
+    return kind
+
+
+@dataclass(frozen=True, slots=True)
 class Project:
     path: Path  # the root Buildfile
     files: tuple[Path, ...]  # every file read (root first, then includes as read)
@@ -61,6 +87,7 @@ class Project:
     groups: tuple[tuple[str, tuple[str, ...]], ...]  # sorted; members sorted, unique
     targets: tuple[tuple[str, TargetSpec], ...]  # sorted by name
     tasks: tuple[tuple[str, TaskSpec], ...] = ()  # sorted by name; see frontend/tasks.py
+    executor: ExecutorSpec = ExecutorSpec()
 
     def target(self, name: str) -> TargetSpec:
         found = dict(self.targets).get(name)
@@ -128,6 +155,7 @@ def load_project(
         groups=_groups(declared_groups, {**defined, **defined_tasks}, table),
         targets=tuple(targets.items()),
         tasks=tasks,
+        executor=_executor(root_doc.get("executor"), table),
     )
 
 
@@ -251,6 +279,23 @@ def _cache(node: Node | None, root: Path, table: VarTable) -> CacheSpec:
     directory = values.get("dir", ("cache", spec.where))[0]
     remote = values["remote"][0] if "remote" in values else None
     return CacheSpec(dir=absolute(root.parent, directory), remote=remote, mode=mode)
+
+
+def _executor(node: Node | None, table: VarTable) -> ExecutorSpec:
+    if node is None:
+        return ExecutorSpec()
+    spec = as_map(node, "executor", keys=EXECUTOR_KEYS)
+    values = {
+        key.text: (table.expand(as_str(value, f"executor.{key.text}"), value.where), value.where)
+        for key, value in spec.entries
+        if spec.get(key.text) is not None
+    }
+    kind, where = values.get("kind", ("local", spec.where))
+    check_executor_kind(kind, where)
+    scheduler = values["scheduler"][0] if "scheduler" in values else None
+    if kind == "dask" and not scheduler:
+        raise InputError("executor: kind dask needs a scheduler (tcp://HOST:8786)", spec.where)
+    return ExecutorSpec(kind, scheduler)
 
 
 def _groups(

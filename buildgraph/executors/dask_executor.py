@@ -1,0 +1,221 @@
+"""The executor that sends a plan's RUN and COPY steps to the workers of a Dask cluster."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from buildgraph.cache.steps import StepRecord
+from buildgraph.errors import InputError, RegistryError
+from buildgraph.executors.context_blob import ContextBlob, push_context
+from buildgraph.executors.dask_worker import (
+    CACHE_DIR_ENV,
+    EVENTS_TOPIC,
+    StepResult,
+    WorkerSettings,
+    build_step,
+    has_sessions,
+    probe,
+)
+from buildgraph.frontend.ignore import IgnoreMatcher
+from buildgraph.graph.model import Target
+from buildgraph.graph.steps import CopyStep, RunStep, Step
+from buildgraph.solver.events import EventSink, LogEvent
+from buildgraph.solver.plan import Action, Plan
+from buildgraph.worker.local_executor import LocalExecutor
+
+CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler before exit 3
+
+
+class ClusterError(RegistryError):
+    """The Dask scheduler cannot be reached, or has no workers (a network failure: exit 3)."""
+
+
+def connect(address: str, timeout: float = CONNECT_TIMEOUT):
+    """A Dask client of the scheduler at `address` (exit 3, one line, when unreachable)."""
+    from distributed import Client
+
+    try:
+        return Client(address, timeout=timeout, set_as_default=False)
+    except (OSError, TimeoutError) as err:
+        raise ClusterError(f"dask scheduler {address} unreachable: {err}") from None
+
+
+def refuse_unshippable(plan: Plan) -> None:
+    """What a remote worker cannot be given: a secret file or a bind mount of the context,
+    both on this machine's disk only. One line, before any step runs."""
+    for key in plan.keys(Action.BUILD):
+        step = plan.graph.steps[key]
+        if not isinstance(step, RunStep):
+            continue
+        for mount in step.mounts:
+            if mount.type == "secret" or (mount.type == "bind" and not mount.stage_key):
+                what = "secrets" if mount.type == "secret" else "bind mounts of the build context"
+                raise InputError(
+                    f"{step.title}: RUN --mount=type={mount.type}: {what} are not sent to "
+                    "Dask workers; build this target with the local executor",
+                    step.where,
+                )
+
+
+@dataclass
+class DaskExecutor:
+    """RUN and COPY steps go to Dask workers, one task per step (keyed by the step's key, so
+    an equal step is one task); the rest (cached steps, FROM, metadata-only steps, exports)
+    stays with `local`, the coordinator's own executor. Every record a worker is given names
+    blobs the remote cache holds: the coordinator pushes (or mounts) them first."""
+
+    local: LocalExecutor
+    client: object  # distributed.Client
+    settings: WorkerSettings
+    sink: EventSink
+    ignores: Mapping[str, IgnoreMatcher] = field(default_factory=dict)
+    where_built: dict[str, str] = field(default_factory=dict)  # key -> worker address
+    overheads: list[float] = field(default_factory=list)  # seconds per dispatch, not building
+    exported: int = 0  # steps built and exported to the remote cache by the workers
+    title: Callable[[str], str] = str  # a step's title (the plan's, once started)
+    _futures: dict[str, object] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def start(self, plan: Plan) -> None:
+        refuse_unshippable(plan)
+        if plan.keys(Action.BUILD):
+            check_workers(self.client, self.settings.version)
+        self.title = plan.graph.title
+        if plan.keys(Action.BUILD) and not all(self.client.run(has_sessions).values()):
+            # Registered once per cluster (the scheduler gives it to workers that join later);
+            # registering again would tear down the sessions of a concurrent run.
+            from buildgraph.executors.dask_state import RunSessions
+
+            self.client.register_plugin(RunSessions())  # type: ignore[attr-defined]
+        self.client.subscribe_topic(EVENTS_TOPIC, self._event)  # type: ignore[attr-defined]
+        self.local.start(plan)
+
+    def _event(self, event: tuple[float, dict]) -> None:
+        message = event[1]
+        if "data" in message:  # a running step's output, shown live as a local one's is
+            self.sink.emit(LogEvent(str(message["title"]), bytes(message["data"])))
+        elif message.get("state") == "built":
+            line = f"built on {message['worker']}\n".encode()
+            self.sink.emit(LogEvent(self.title(str(message["key"])), line))
+
+    def use_local(self, key: str) -> StepRecord:
+        return self.local.use_local(key)
+
+    def use_remote(self, key: str) -> StepRecord:
+        return self.local.use_remote(key)
+
+    def fetch(self, key: str) -> StepRecord:
+        return self.local.fetch(key)
+
+    def before_build(self) -> None:
+        self.local.before_build()
+
+    def build(self, key: str, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
+        if not isinstance(step, RunStep | CopyStep):  # FROM, ENV, ...: no files, done here
+            parent = getattr(step, "parent", "")
+            if parent in self.where_built:  # its files are where its parent's are
+                self.where_built[key] = self.where_built[parent]
+            return self.local.build(key, step, inputs)
+        start = time.monotonic()
+        self._publish(inputs.values())
+        context = self._context(step)
+        preferred = self._holder(inputs)
+        future = self.client.submit(  # type: ignore[attr-defined]
+            build_step,
+            key,
+            step,
+            dict(inputs),
+            self.settings,
+            context,
+            key=f"buildgraph-step-{key}",
+            workers=[preferred] if preferred else None,
+            allow_other_workers=bool(preferred),  # a hint: an idle worker beats waiting
+            pure=False,
+            retries=0,
+        )
+        with self._lock:
+            self._futures[key] = future
+        try:
+            result: StepResult = future.result()  # type: ignore[attr-defined]
+        finally:
+            with self._lock:
+                self._futures.pop(key, None)
+        self.overheads.append(time.monotonic() - start - result.seconds)
+        self.where_built[key] = result.worker
+        if result.built:
+            with self._lock:
+                self.exported += 1
+        self.local.index.put(key, result.record)  # its layers stay in the remote cache
+        return result.record
+
+    def _holder(self, inputs: Mapping[str, StepRecord]) -> str | None:
+        """The worker that built the input with the most layer bytes: it has those files
+        unpacked already, so the chain of a stage stays on one machine."""
+        sizes = {
+            key: sum(layer.descriptor.size for layer in record.layers)
+            for key, record in inputs.items()
+            if key in self.where_built
+        }
+        return self.where_built[max(sizes, key=sizes.__getitem__)] if sizes else None
+
+    def _publish(self, records) -> None:
+        """Make the layers of the records a worker reads present in the remote cache: those
+        of base images and of steps cached only here are pushed (once per blob and run)."""
+        remote = self.local.remote
+        assert remote is not None and remote.target is not None
+        source = remote.source
+        mount_from = () if source is None else (source.repository,)
+        for record in records:
+            remote.target.push_layers(record, self.local.worker.store, mount_from=mount_from)
+
+    def _context(self, step: Step) -> ContextBlob | None:
+        if not isinstance(step, CopyStep) or step.source.stage_key or not step.source.context:
+            return None
+        remote = self.local.remote
+        assert remote is not None and remote.target is not None
+        from pathlib import Path
+
+        return push_context(
+            remote.target.client,
+            remote.target.repository,
+            Path(step.source.context),
+            step.source.paths,
+            self.ignores.get(step.source.context),
+        )
+
+    def export(self, target: Target, record: StepRecord) -> object:
+        return self.local.export(target, record)
+
+    def cancel(self) -> None:
+        with self._lock:
+            futures = list(self._futures.values())
+        if futures:
+            self.client.cancel(futures)  # type: ignore[attr-defined]
+        self.local.cancel()
+
+
+def check_workers(client, version: str, wait: float = CONNECT_TIMEOUT) -> dict[str, dict]:
+    """Every worker runs this buildgraph version and has its own cache dir; one line if not."""
+    try:
+        client.wait_for_workers(1, timeout=wait)
+    except (OSError, TimeoutError) as err:
+        raise ClusterError(f"dask scheduler has no workers after {wait:.0f} s") from err
+    found: dict[str, dict] = client.run(probe)
+    for address, facts in sorted(found.items()):
+        if facts["version"] != version:
+            raise InputError(
+                f"dask worker {address} runs buildgraph {facts['version']}, this coordinator "
+                f"{version}: step keys could differ; install the same version on both"
+            )
+        if not facts["cache_dir"]:
+            raise InputError(f"dask worker {address} has no cache dir: set {CACHE_DIR_ENV}")
+    return found
+
+
+def total_threads(client) -> int:
+    """Steps the cluster runs at once: the scheduler's threads waiting on them."""
+    info = client.scheduler_info()
+    return sum(worker.get("nthreads", 1) for worker in info.get("workers", {}).values())

@@ -1,0 +1,186 @@
+"""What runs inside a Dask worker: one step, built once, its result exported before it returns."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from buildgraph import __version__
+from buildgraph.cache.local import LocalStore
+from buildgraph.cache.remote import RemoteCache
+from buildgraph.cache.steps import StepIndex, StepRecord
+from buildgraph.errors import BuildgraphError, CacheError, InputError
+from buildgraph.executors.context_blob import ContextBlob, pull_context
+from buildgraph.graph.steps import CopyStep, Step
+from buildgraph.registry.reference import parse_reference
+from buildgraph.solver.remote import RemoteSession
+from buildgraph.worker.execute import Worker
+from buildgraph.worker.snapshot import SnapshotStore
+
+CACHE_DIR_ENV = "BUILDGRAPH_CACHE_DIR"  # each worker's own local cache, on its own disk
+EVENTS_TOPIC = "buildgraph"  # Dask's event log: live output and what each worker built
+PLUGIN_NAME = "buildgraph"  # the worker plugin that keeps a run's registry session
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What a worker needs to know of the run besides the step (no credentials: a worker
+    reads its own registry login, from $DOCKER_CONFIG like every buildgraph)."""
+
+    cache_repo: str  # the remote cache repository: the only store the machines share
+    insecure: tuple[str, ...] = ()
+    ca_bundle: str | None = None
+    registry_timeout: float = 120.0  # seconds a registry request may take, retries included
+    epoch: int | None = None
+    network: str = "host"
+    isolation: str = "auto"
+    version: str = __version__
+    run: str = ""  # this run's id: workers keep a registry session per run (dask_state.py)
+
+
+@dataclass(frozen=True, slots=True)
+class StepResult:
+    record: StepRecord
+    worker: str  # the Dask worker's address
+    built: bool  # False: another worker (or an earlier run) had exported it already
+    seconds: float  # spent in the worker, for the dispatch overhead
+
+
+def probe() -> dict[str, str]:
+    """What the coordinator checks on every worker before a step runs (via `Client.run`)."""
+    return {"version": __version__, "cache_dir": os.environ.get(CACHE_DIR_ENV, "")}
+
+
+def _address() -> str:
+    from distributed import get_worker
+
+    return get_worker().address
+
+
+def _log(message: dict[str, object]) -> None:
+    from distributed import get_worker
+
+    get_worker().log_event(EVENTS_TOPIC, message)
+
+
+def _client(settings: WorkerSettings):
+    from buildgraph.registry.auth import CredentialStore
+    from buildgraph.registry.client import RegistryClient
+
+    return RegistryClient(
+        credentials=CredentialStore.from_environment(),
+        insecure=settings.insecure,
+        ca_bundle=settings.ca_bundle,
+        total_timeout=settings.registry_timeout,
+    )
+
+
+def build_step(
+    key: str,
+    step: Step,
+    inputs: Mapping[str, StepRecord],
+    settings: WorkerSettings,
+    context: ContextBlob | None = None,
+) -> StepResult:
+    """Build `step` on this worker unless this worker's cache or the remote cache has it
+    already (a task rescheduled after a worker died must not build it twice); export it,
+    blobs first and tag last, before returning, so that any worker can read it next."""
+    start = time.monotonic()
+    address = _address()
+    cache_dir = os.environ.get(CACHE_DIR_ENV)
+    if not cache_dir:
+        raise InputError(f"worker {address}: no cache dir (set {CACHE_DIR_ENV})")
+    store = LocalStore(Path(cache_dir))
+    store.ensure()
+    index = StepIndex(store.root / "steps")
+    cache, owned = _remote_cache(settings)
+    remote = RemoteSession(store, source=cache, target=cache, warn=lambda _: None, required=True)
+    try:
+        found = _already_built(key, remote)
+        if found is not None:
+            _log({"key": key, "state": "reused", "worker": address})
+            return StepResult(found, address, False, time.monotonic() - start)
+        here = _built_here(key, index)
+        if here is not None:  # built for another cache repository: export it to this one
+            remote.export(key, here)
+            remote.finish()
+            _log({"key": key, "state": "reused", "worker": address})
+            return StepResult(here, address, False, time.monotonic() - start)
+        _log({"key": key, "state": "started", "worker": address, "title": step.title})
+        record = _execute(step, inputs, settings, store, remote, context, cache.client, address)
+        index.put(key, record)
+        remote.export(key, record)
+    finally:
+        remote.finish()  # the tag is written before anyone is told the step is done
+        if owned:
+            cache.client.close()
+    _log({"key": key, "state": "built", "worker": address})
+    return StepResult(record, address, True, time.monotonic() - start)
+
+
+def _remote_cache(settings: WorkerSettings) -> tuple[RemoteCache, bool]:
+    """The run's session kept by this worker's plugin, or (no plugin: True, close its client
+    after the step) one for this step."""
+    from distributed import get_worker
+
+    sessions = get_worker().plugins.get(PLUGIN_NAME)
+    if sessions is not None and settings.run:
+        return sessions.cache(settings, _client), False  # type: ignore[attr-defined]
+    repository = parse_reference(settings.cache_repo, default_tag=None)
+    return RemoteCache(_client(settings), repository), True
+
+
+def has_sessions(dask_worker) -> bool:
+    """Does this worker have the sessions plugin already (`Client.run` passes the worker)?"""
+    return PLUGIN_NAME in dask_worker.plugins
+
+
+def _already_built(key: str, remote: RemoteSession) -> StepRecord | None:
+    """The step's entry in this run's cache repository (exported by another worker, maybe
+    one that died since, or by an earlier run)."""
+    remote.lookup([key])
+    return remote.record(key)
+
+
+def _built_here(key: str, index: StepIndex) -> StepRecord | None:
+    """The step built by this worker before, with its layers in this worker's store."""
+    try:
+        return index.get(key, touch=False)
+    except CacheError:
+        return None
+
+
+def _execute(
+    step: Step,
+    inputs: Mapping[str, StepRecord],
+    settings: WorkerSettings,
+    store: LocalStore,
+    remote: RemoteSession,
+    context: ContextBlob | None,
+    client,
+    address: str,
+) -> StepRecord:
+    if context is not None and isinstance(step, CopyStep):
+        unpacked = pull_context(client, remote.target.repository, context, store)  # type: ignore[union-attr]
+        source = dataclasses.replace(step.source, context=str(unpacked))
+        step = dataclasses.replace(step, source=source)  # the context is not in the key
+    worker = Worker(
+        store=store,
+        snapshots=SnapshotStore(store.root / "snapshots"),
+        epoch=settings.epoch,
+        output=lambda name, data: _log({"title": name, "data": data, "worker": address}),
+        network=settings.network,
+        fetch_layers=remote.ensure_layers,
+        isolation=settings.isolation,
+    )
+    try:
+        return worker.execute(step, dict(inputs))
+    except BuildgraphError as err:  # the same message as locally, naming the worker
+        err.args = (f"{err.args[0]} (on worker {address})", *err.args[1:])
+        raise
+    finally:
+        worker.close()

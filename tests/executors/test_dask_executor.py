@@ -1,0 +1,284 @@
+"""`run --executor dask` on a real Dask cluster (scheduler + worker processes on 127.0.0.1) and
+the suite's real registry: the same digests as the local executor, each step built once, a
+killed worker costing only its work, a second run building nothing; bad input refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from dask_cluster import DaskCluster
+from registry_server import RegistryServer, free_port
+
+from buildgraph.cli import main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from monorepo import generate
+
+EPOCH = "1700000000"
+SERVICES = 12
+SLOW_STEP = "wc -l out/objects.md5 && sleep 4"  # svc05's last RUN: the one a kill interrupts
+
+
+def monorepo(root: Path, busybox_cache: Path) -> Path:
+    """The N=12 monorepo of bench/monorepo.py made reproducible, so that two builds can give
+    the same digests: its "linked binary" from /dev/zero, not /dev/urandom, and its archive
+    by `cat`, not `tar` (which records the build time as the objects' mtimes)."""
+    repo = generate(root, SERVICES)
+    for service in repo.services:
+        text = service.dockerfile.read_text().replace("/dev/urandom", "/dev/zero")
+        archive = f"tar -cf out/lib{service.name}.a obj"
+        text = text.replace(archive, f"cat obj/*.o > out/lib{service.name}.a")
+        if service.name == "svc05":
+            text = text.replace("wc -l out/objects.md5", SLOW_STEP)
+        service.dockerfile.write_text(text)
+    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
+    return repo.buildfile
+
+
+def digests(cache: Path) -> dict[str, str]:
+    """Tag -> manifest digest of every image in a local store."""
+    index = json.loads((cache / "index.json").read_text())
+    return {
+        entry["annotations"]["org.opencontainers.image.ref.name"]: entry["digest"]
+        for entry in index["manifests"]
+        if "org.opencontainers.image.ref.name" in entry.get("annotations", {})
+    }
+
+
+def remote_args(registry: RegistryServer, repository: str) -> list[str]:
+    where = f"{registry.host}/{repository}"
+    return ["--cache-to", where, "--cache-from", where, "--insecure-registry", registry.host]
+
+
+def dask_run(buildfile: Path, cluster: DaskCluster, *extra: str) -> int:
+    argv = ["run", "-f", str(buildfile), "--progress", "plain", "--executor", "dask"]
+    return main([*argv, "--scheduler", cluster.address, *extra])
+
+
+def built_keys(cluster: DaskCluster) -> Counter[str]:
+    return Counter(e["key"] for e in cluster.events() if e.get("state") == "built")
+
+
+@pytest.fixture(scope="module")
+def local_digests(tmp_path_factory, busybox_cache: Path, monkeypatch_module) -> dict[str, str]:
+    buildfile = monorepo(tmp_path_factory.mktemp("local") / "repo", busybox_cache)
+    assert main(["run", "-f", str(buildfile), "--progress", "plain"]) == 0
+    return digests(buildfile.parent / "cache")
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module() -> Iterator[pytest.MonkeyPatch]:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("SOURCE_DATE_EPOCH", EPOCH)
+        yield patch
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[DaskCluster]:
+    with DaskCluster(tmp_path / "cluster", workers=3) as started:
+        yield started
+
+
+@pytest.mark.slow
+def test_dask_gives_the_local_digests_and_builds_each_step_once(
+    tmp_path: Path, busybox_cache: Path, registry, cluster, local_digests, capsys
+) -> None:
+    buildfile = monorepo(tmp_path / "repo", busybox_cache)
+    cache = remote_args(registry, "dask-same")
+    assert dask_run(buildfile, cluster, *cache) == 0
+    assert digests(buildfile.parent / "cache") == local_digests
+    built = built_keys(cluster)
+    assert built and max(built.values()) == 1, built.most_common(3)
+    workers = {e["worker"] for e in cluster.events() if e.get("state") == "built"}
+    assert len(workers) >= 2  # the work was spread, not all on one worker
+    captured = capsys.readouterr()
+    assert "built on tcp://127.0.0.1:" in captured.err  # plain progress goes to stderr
+    (summary,) = [line for line in captured.out.splitlines() if line.startswith("remote cache:")]
+    assert int(summary.split(", ")[1].split()[0]) > len(
+        built
+    )  # workers' exports and ours  # worker events reached the renderer live
+
+    # A second run, from a fresh coordinator cache too: no step is built on any worker.
+    assert dask_run(buildfile, cluster, *cache) == 0
+    fresh = monorepo(tmp_path / "fresh", busybox_cache)
+    assert dask_run(fresh, cluster, *cache) == 0
+    assert digests(fresh.parent / "cache") == local_digests
+    assert built_keys(cluster) == built
+    assert not [e for e in cluster.events() if e.get("state") == "started"][len(built) :]
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_costs_only_its_work(
+    tmp_path: Path, busybox_cache: Path, registry, cluster, local_digests
+) -> None:
+    buildfile = monorepo(tmp_path / "repo", busybox_cache)
+    codes: list[int] = []
+    run = threading.Thread(
+        target=lambda: codes.append(dask_run(buildfile, cluster, *remote_args(registry, "kill")))
+    )
+    run.start()
+    victim = slow = None
+    deadline = time.monotonic() + 120
+    while victim is None and time.monotonic() < deadline and run.is_alive():
+        for event in cluster.events():
+            if event.get("state") == "started" and "sleep 4" in event.get("title", ""):
+                victim, slow = event["worker"], event["key"]
+        time.sleep(0.05)
+    assert victim is not None, "the slow step never started"
+    cluster.kill_worker(_process_of(cluster, victim))  # SIGKILL while it sleeps in its RUN
+    run.join(timeout=300)
+    assert codes == [0]
+    assert digests(buildfile.parent / "cache") == local_digests
+    assert max(built_keys(cluster).values()) == 1
+    rebuilt = [
+        e["worker"] for e in cluster.events() if e.get("key") == slow and e.get("state") == "built"
+    ]
+    assert len(rebuilt) == 1 and rebuilt[0] != victim  # Dask gave the lost task to another
+
+
+def _process_of(cluster: DaskCluster, address: str):
+    from distributed import Client
+
+    with Client(cluster.address) as client:
+        names = {addr: info["name"] for addr, info in client.scheduler_info()["workers"].items()}
+    number = int(str(names[address]).removeprefix("worker"))
+    return cluster.worker_processes[number]
+
+
+# -- bad input: one line, before any step runs -------------------------------------------------
+
+TINY = {
+    "Buildfile.yaml": "version: 1\ntargets:\n  app: {context: app}\n",
+    "app/Dockerfile": "FROM busybox\nRUN echo hello > /hello\nRUN exit 3\n",
+}
+
+
+def tiny(root: Path, busybox_cache: Path, buildfile: str = TINY["Buildfile.yaml"]) -> Path:
+    for path, text in {**TINY, "Buildfile.yaml": buildfile}.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(text)
+    shutil.copytree(busybox_cache, root / "cache", symlinks=True)
+    return root / "Buildfile.yaml"
+
+
+def one_error_line(err: str) -> str:
+    lines = [line for line in err.splitlines() if line.startswith("buildgraph: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_an_unknown_executor_kind_is_refused(tmp_path: Path, busybox_cache: Path, capsys) -> None:
+    buildfile = tiny(tmp_path, busybox_cache)
+    assert main(["run", "-f", str(buildfile), "--executor", "dusk"]) == 2
+    assert "unknown executor kind 'dusk' (did you mean 'dask'?)" in one_error_line(
+        capsys.readouterr().err
+    )
+    in_file = TINY["Buildfile.yaml"] + "executor: {kind: ray, scheduler: tcp://127.0.0.1:1}\n"
+    buildfile = tiny(tmp_path / "file", busybox_cache, in_file)
+    assert main(["run", "-f", str(buildfile)]) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "Buildfile.yaml:4: unknown executor kind 'ray'" in line
+
+
+def test_dask_needs_a_remote_cache(tmp_path: Path, busybox_cache: Path, capsys) -> None:
+    buildfile = tiny(tmp_path, busybox_cache)
+    argv = ["run", "-f", str(buildfile), "--executor", "dask", "--scheduler", "tcp://127.0.0.1:1"]
+    assert main(argv) == 2
+    assert "needs a remote cache" in one_error_line(capsys.readouterr().err)
+
+
+def test_an_unreachable_scheduler_is_exit_3(
+    tmp_path: Path, busybox_cache: Path, registry, capsys
+) -> None:
+    buildfile = tiny(tmp_path, busybox_cache)
+    address = f"tcp://127.0.0.1:{free_port()}"
+    argv = ["run", "-f", str(buildfile), "--executor", "dask", "--scheduler", address]
+    assert main([*argv, *remote_args(registry, "unreachable")]) == 3
+    assert f"dask scheduler {address} unreachable" in one_error_line(capsys.readouterr().err)
+
+
+@pytest.fixture(scope="module")
+def one_worker(tmp_path_factory) -> Iterator[DaskCluster]:
+    with DaskCluster(tmp_path_factory.mktemp("one"), workers=1) as started:
+        yield started
+
+
+def test_a_failing_run_is_exit_1_naming_the_worker(
+    tmp_path: Path, busybox_cache: Path, registry, one_worker, capsys
+) -> None:
+    buildfile = tiny(tmp_path, busybox_cache)
+    assert dask_run(buildfile, one_worker, *remote_args(registry, "failing")) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "RUN exit 3" in line and "exited with code 3" in line
+    assert "app/Dockerfile:3" in line and "(on worker tcp://127.0.0.1:" in line
+
+
+def test_another_buildgraph_version_on_a_worker_is_refused(one_worker) -> None:
+    from distributed import Client
+
+    from buildgraph.errors import InputError
+    from buildgraph.executors.dask_executor import check_workers
+
+    with Client(one_worker.address) as client:
+        assert check_workers(client, "0.1.0")  # the version installed on both sides
+        with pytest.raises(InputError, match=r"runs buildgraph 0\.1\.0, this coordinator 9\.9"):
+            check_workers(client, "9.9")
+
+
+def test_a_worker_without_a_cache_dir_is_refused_before_any_step(
+    tmp_path: Path, busybox_cache: Path, registry, capsys
+) -> None:
+    buildfile = tiny(tmp_path, busybox_cache)
+    with DaskCluster(tmp_path / "cluster", workers=1, cache_dirs=False) as cluster:
+        assert dask_run(buildfile, cluster, *remote_args(registry, "nocache")) == 2
+        assert not cluster.events()  # no step started anywhere
+    line = one_error_line(capsys.readouterr().err)
+    assert "has no cache dir: set BUILDGRAPH_CACHE_DIR" in line
+    assert "STARTED" not in capsys.readouterr().out
+
+
+def test_the_context_reaches_the_worker_through_the_registry_minus_dockerignore(
+    tmp_path: Path, busybox_cache: Path, registry, one_worker
+) -> None:
+    files = {
+        "Buildfile.yaml": "version: 1\ntargets:\n  app: {context: app}\n",
+        "app/Dockerfile": "FROM busybox\nCOPY . /app\nRUN test ! -e /app/local.env && "
+        "test -x /app/bin/run && test -L /app/bin/link && cat /app/bin/run\n",
+        "app/.dockerignore": "local.env\n",
+        "app/local.env": "TOKEN=not-for-workers\n",
+        "app/bin/run": "#!/bin/sh\necho shipped\n",
+    }
+    buildfile = tiny(tmp_path, busybox_cache, files["Buildfile.yaml"])
+    (tmp_path / "app/Dockerfile").unlink()
+    for path, text in files.items():
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text(text)
+    (tmp_path / "app/bin/run").chmod(0o755)
+    (tmp_path / "app/bin/link").symlink_to("run")
+    assert dask_run(buildfile, one_worker, *remote_args(registry, "context")) == 0
+    worker_cache = one_worker.root / "worker0" / "cache" / "contexts"
+    (shipped,) = list(worker_cache.iterdir())  # one context, unpacked once, by its digest
+    assert sorted(p.name for p in shipped.rglob("*")) == [
+        ".dockerignore", "Dockerfile", "bin", "link", "run"
+    ]  # fmt: skip
+
+
+def test_keep_going_builds_what_does_not_need_the_failed_step(
+    tmp_path: Path, busybox_cache: Path, registry, one_worker, capsys
+) -> None:
+    two = "version: 1\ntargets:\n  app: {context: app}\n  ok: {context: ok, tags: [ok]}\n"
+    buildfile = tiny(tmp_path, busybox_cache, two)
+    (tmp_path / "ok").mkdir()
+    (tmp_path / "ok/Dockerfile").write_text("FROM busybox\nRUN echo fine > /fine\n")
+    argv = ["--keep-going", *remote_args(registry, "keep-going")]
+    assert dask_run(buildfile, one_worker, *argv) == 1
+    assert "ok:latest" in digests(tmp_path / "cache")  # built and tagged despite app's failure
+    assert "exited with code 3" in one_error_line(capsys.readouterr().err)
