@@ -14,7 +14,8 @@ from buildgraph.errors import StepFailed
 from buildgraph.graph.steps import CopyStep, RunStep
 from buildgraph.worker.copy_plan import CopyJob
 from buildgraph.worker.execute import HISTORY_SUFFIX, run_failed
-from buildgraph.worker.rootfs import Root, RootPool, changes, scan, write_upper
+from buildgraph.worker.rootfs import Root, RootPool
+from buildgraph.worker.treediff import changes, scan, write_upper
 
 if TYPE_CHECKING:
     from buildgraph.worker.execute import Worker

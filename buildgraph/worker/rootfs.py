@@ -1,22 +1,18 @@
 """Whole root filesystems on disk, for the chroot isolation (where mount(2) and unshare(2) are
 not allowed, as in an ordinary Docker container): a step's tree is materialized from its
 layers once, kept between the steps of a stage, and what a step changes is found by a metadata
-walk against the tree's previous manifest, as Kaniko's snapshotter finds it.
-
-A change is a path whose type, mode, owner, size, mtime, inode or link target differs; a file
-rewritten in place with the same size and mtime (`touch -d`) is not seen, as in Kaniko's
-default mode. Extended attributes changed alone are not seen either.
+walk against the tree's previous manifest, as Kaniko's snapshotter finds it (treediff.py).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import stat
 import subprocess
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,110 +21,10 @@ from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import StepFailed
 from buildgraph.fs import held_dir
 from buildgraph.image.unpack import unpack_layer
+from buildgraph.worker.treediff import Manifest, scan
 
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    mode: int  # st_mode: type and permission bits
-    uid: int
-    gid: int
-    size: int
-    mtime_ns: int
-    inode: int
-    link: str  # symlink target, else ""
-
-
+SPARES = 2  # copies of a forked chain made ahead (see RootPool)
 KEEP_BYTES = 2 << 30  # idle roots kept on disk, in file bytes (see RootPool)
-Manifest = dict[str, Entry]  # "etc/passwd" -> its entry; the root itself is not in it
-
-
-def scan(tree: Path) -> Manifest:
-    """Every path below `tree`, never following a symlink."""
-    found: Manifest = {}
-    pending = [("", str(tree))]
-    while pending:
-        prefix, directory = pending.pop()
-        with os.scandir(directory) as entries:
-            for entry in entries:
-                info = entry.stat(follow_symlinks=False)
-                relative = prefix + entry.name
-                link = os.readlink(entry.path) if stat.S_ISLNK(info.st_mode) else ""
-                found[relative] = Entry(
-                    info.st_mode,
-                    info.st_uid,
-                    info.st_gid,
-                    info.st_size,
-                    info.st_mtime_ns,
-                    info.st_ino,
-                    link,
-                )
-                if stat.S_ISDIR(info.st_mode):
-                    pending.append((relative + "/", entry.path))
-    return found
-
-
-def changes(before: Manifest, after: Manifest) -> tuple[list[str], list[str]]:
-    """(paths to write, paths to white out), parents before children. A deleted path under a
-    deleted dir, or under a dir that became something else, needs no whiteout of its own."""
-    changed = {path for path, entry in after.items() if before.get(path) != entry}
-    # A new name for a file links it to names the step did not touch: the layer carries the
-    # whole link group, as overlayfs copies the file up and the worker relinks the names.
-    names_of: dict[int, list[str]] = {}
-    for path, entry in after.items():
-        if not stat.S_ISDIR(entry.mode):
-            names_of.setdefault(entry.inode, []).append(path)
-    for path in list(changed):
-        entry = after[path]
-        if not stat.S_ISDIR(entry.mode):
-            changed.update(names_of.get(entry.inode, ()))
-    written = sorted(changed)
-    deleted = []
-    for path in sorted(before.keys() - after.keys()):
-        parent = path.rpartition("/")[0]
-        if not parent or (
-            parent in after
-            and stat.S_ISDIR(after[parent].mode)
-            and stat.S_ISDIR(before[parent].mode)
-        ):
-            deleted.append(path)
-    return written, deleted
-
-
-def write_upper(
-    tree: Path, upper: Path, after: Manifest, written: list[str], deleted: list[str]
-) -> frozenset[str]:
-    """An overlay-style diff of `tree` in `upper` (same filesystem): changed entries as hard
-    links to the tree's own inodes (no copy; `upper` is read once, by write_layer, and
-    removed), changed dirs and the parents of anything below them with the tree's metadata.
-    What overlayfs leaves in a RUN's upper dir, but for deletions: an unprivileged container
-    may not mknod the 0/0 device overlayfs uses, so each is an empty file, and the names are
-    returned for write_layer's `whiteout_names`."""
-    made_dirs: list[str] = []
-
-    def ensure_dir(relative: str) -> None:
-        if not relative or (upper / relative).is_dir():
-            return
-        ensure_dir(relative.rpartition("/")[0])
-        (upper / relative).mkdir()
-        made_dirs.append(relative)
-
-    for relative in written:
-        entry = after[relative]
-        ensure_dir(relative.rpartition("/")[0])
-        if stat.S_ISDIR(entry.mode):
-            ensure_dir(relative)
-        else:
-            os.link(tree / relative, upper / relative, follow_symlinks=False)
-    for relative in deleted:
-        ensure_dir(relative.rpartition("/")[0])
-        os.close(os.open(upper / relative, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
-    for relative in reversed(made_dirs):  # children first: setting times last keeps them
-        entry = after[relative]
-        path = upper / relative
-        os.chown(path, entry.uid, entry.gid, follow_symlinks=False)
-        os.chmod(path, stat.S_IMODE(entry.mode))
-        os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns), follow_symlinks=False)
-    return frozenset(deleted)
 
 
 @dataclass(eq=False)
@@ -169,6 +65,8 @@ class _Template:
     ready: threading.Lock
     root: Root | None = None
     users: int = 0  # clones under way: eviction waits for none
+    spares: list[Root] = field(default_factory=list)  # copies made ahead, ready to take
+    filling: bool = False  # the background thread is making spares
 
 
 class RootPool:
@@ -180,7 +78,10 @@ class RootPool:
     process instead of a tar read, gunzip and safe-path walk per entry in Python). So the
     second time a chain of layers must be laid out (FROM base in every service: the fork of
     a monorepo), it is unpacked once more into a template that no step ever changes, and this
-    and every later root of that chain is a copy of the template."""
+    and every later root of that chain is a copy of the template. A copy is a few ms of CPU
+    but creates every entry of the tree, and on a disk busy with the build's own RUNs and
+    commits that waited 0.1-0.5 s per copy: so SPARES copies of a forked chain are made ahead,
+    in a background thread, and a step that needs one takes it ready."""
 
     def __init__(
         self,
@@ -200,6 +101,8 @@ class RootPool:
         self._laid_out: set[tuple[str, ...]] = set()  # chains materialized at least once
         self._lock = threading.Lock()
         self._copy = shutil.which("cp")  # GNU cp (coreutils): absent, every root is unpacked
+        self._closed = False
+        self._background: ThreadPoolExecutor | None = None  # makes the spare copies
 
     def take(self, record: StepRecord) -> Root:
         """A root of `record` for one step to change."""
@@ -213,12 +116,49 @@ class RootPool:
         if forked and self._copy is not None:
             template = self._template(record, chain)
             try:
-                return self._clone(template)
+                with self._lock:
+                    spare = template.spares.pop() if template.spares else None
+                root = spare or self._clone(template)
             finally:
                 with self._lock:
                     template.users -= 1
                 self._evict()
+            self._replenish(template)
+            return root
         return self._materialize(record, chain)
+
+    def _replenish(self, template: _Template) -> None:
+        """Make the template's spare copies in the background, up to SPARES."""
+        with self._lock:
+            if self._closed or template.filling or len(template.spares) >= SPARES:
+                return
+            template.filling = True
+            template.users += 1  # not evicted while copies are made of it
+            if self._background is None:
+                self._background = ThreadPoolExecutor(1, thread_name_prefix="root-spares")
+            background = self._background
+        background.submit(self._fill, template)
+
+    def _fill(self, template: _Template) -> None:
+        try:
+            while True:
+                with self._lock:
+                    if self._closed or len(template.spares) >= SPARES:
+                        return
+                try:
+                    spare = self._clone(template)
+                except BaseException:  # a step that needs a copy makes it, and says why
+                    return
+                with self._lock:
+                    if not self._closed:
+                        template.spares.append(spare)
+                        continue
+                spare.discard()
+                return
+        finally:
+            with self._lock:
+                template.filling = False
+                template.users -= 1
 
     def give(self, root: Root, record: StepRecord, manifest: Manifest | None = None) -> None:
         """Put `root` back as the tree of `record` (after a step changed it: its new manifest)."""
@@ -247,12 +187,19 @@ class RootPool:
 
     def close(self) -> None:
         with self._lock:
+            self._closed = True
+            background, self._background = self._background, None
+        if background is not None:
+            background.shutdown(wait=True)  # a copy under way ends, and is discarded
+        with self._lock:
             idle, self._idle = self._idle, []
             templates, self._templates = list(self._templates.values()), {}
         for template in templates:
             with template.ready:
                 if template.root is not None:
                     idle.append(template.root)
+            idle.extend(template.spares)
+            template.spares.clear()
         remover = shutil.which("rm")
         if remover is not None and idle:
             # One C process unlinks every tree ~4x faster than rmtree in this process, and
@@ -293,6 +240,9 @@ class RootPool:
             unused = [chain for chain, t in self._templates.items() if t.users == 0]
             evicted = [self._templates.pop(chain) for chain in unused[: max(surplus, 0)]]
         for template in evicted:
+            for spare in template.spares:
+                spare.discard()
+            template.spares.clear()
             if template.root is not None:
                 template.root.discard()
 

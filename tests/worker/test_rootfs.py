@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from buildgraph.image.layer import write_layer
-from buildgraph.worker.rootfs import changes, scan, write_upper
+from buildgraph.worker.treediff import changes, scan, write_upper
 
 
 @pytest.fixture
@@ -195,3 +195,37 @@ def test_idle_roots_are_kept_up_to_a_byte_budget(tree: Path, tmp_path: Path) -> 
                 assert not root.holder.exists()  # evicted: removed from disk
     finally:
         pool.close()
+
+
+def test_spare_copies_of_a_fork_are_made_ahead_and_removed_with_the_pool(
+    tree: Path, tmp_path: Path
+) -> None:
+    import time
+
+    from buildgraph.worker.rootfs import SPARES, RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    pool = RootPool(tmp_path / "work", store)
+
+    def spares() -> list:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with pool._lock:
+                (template,) = pool._templates.values()
+                if len(template.spares) == SPARES and not template.filling:
+                    return list(template.spares)
+            time.sleep(0.01)
+        raise AssertionError("the spare copies were never made")
+
+    try:
+        first, second = pool.take(record), pool.take(record)  # the fork: a template, spares
+        ready = spares()
+        third = pool.take(record)
+        assert third in ready  # taken ready-made, not copied on the spot
+        assert _shape(third.manifest) == _shape(first.manifest) == _shape(scan(third.tree))
+        assert third not in spares()  # and another made in its place
+        for root in (first, second, third):
+            root.discard()
+    finally:
+        pool.close()
+    assert list((tmp_path / "work").iterdir()) == []  # spares go with the pool
