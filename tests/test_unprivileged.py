@@ -180,7 +180,7 @@ def executor_archive(tmp_path_factory: pytest.TempPathFactory, host_store: Path)
             "pip",
             "wheel",
             "-q",
-            str(repo),
+            f"{repo}[dask]",  # as scripts/build-executor-image.sh: the image runs Dask workers
             "-w",
             str(repo / "executor/wheels"),
         ],
