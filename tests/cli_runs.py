@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -17,6 +18,21 @@ def write_repo(root: Path, files: Mapping[str, str], busybox_cache: Path | None 
         (root / path).write_text(text)
     if busybox_cache is not None:
         shutil.copytree(busybox_cache, root / "cache", symlinks=True)
+    return root
+
+
+def git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True)
+
+
+def git_repo(root: Path, files: Mapping[str, str]) -> Path:
+    """FILES written under ROOT and committed as the first commit of branch main."""
+    write_repo(root, files)
+    git(root, "init", "-q", "-b", "main")
+    git(root, "config", "user.name", "Test")
+    git(root, "config", "user.email", "test@example.com")
+    git(root, "add", "-A")
+    git(root, "commit", "-q", "-m", "start")
     return root
 
 
