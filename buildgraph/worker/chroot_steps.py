@@ -14,6 +14,7 @@ from buildgraph.errors import StepFailed
 from buildgraph.graph.steps import CopyStep, RunStep
 from buildgraph.worker.copy_plan import CopyJob
 from buildgraph.worker.execute import HISTORY_SUFFIX, run_failed
+from buildgraph.worker.phases import DIFF, RUN, SNAPSHOT_PREPARE
 from buildgraph.worker.rootfs import Root, RootPool
 from buildgraph.worker.treediff import changes, scan, write_upper
 
@@ -29,14 +30,17 @@ def run_step(
     from buildgraph.worker.sandbox import RunSpec
 
     parent = inputs[step.parent]
-    _ensure_blobs(worker, parent)
-    root = roots.take(parent)
+    with worker.phase(SNAPSHOT_PREPARE):
+        _ensure_blobs(worker, parent)
+        root = roots.take(parent)
     try:
         with worker.snapshots.scratch() as scratch, contextlib.ExitStack() as borrowed:
             trees = {}
             for key in dict.fromkeys(m.stage_key for m in step.mounts if m.stage_key):
-                _ensure_blobs(worker, inputs[key])  # RUN --mount from=: that tree's own root
-                trees[key] = [borrowed.enter_context(roots.borrowed(inputs[key])).tree]
+                with worker.phase(SNAPSHOT_PREPARE):  # RUN --mount from=: that tree's own root
+                    _ensure_blobs(worker, inputs[key])
+                    trees[key] = [borrowed.enter_context(roots.borrowed(inputs[key])).tree]
+            worker.trees_taken()
             cache_root = worker.store.root / "mounts"
             binds = run_mounts(step, scratch, cache_root, worker.secrets, trees, materialized=True)
             spec = RunSpec(
@@ -49,14 +53,15 @@ def run_step(
                 security=step.security,
             )
             try:
-                result, clean = run_in_root(
-                    spec,
-                    root.tree,
-                    root.aside,
-                    cache_root=cache_root,
-                    output=lambda data: worker.output(step.title, data),
-                    cancel=worker.cancel,
-                )
+                with worker.phase(RUN):
+                    result, clean = run_in_root(
+                        spec,
+                        root.tree,
+                        root.aside,
+                        cache_root=cache_root,
+                        output=lambda data: worker.output(step.title, data),
+                        cancel=worker.cancel,
+                    )
             except StepFailed as err:
                 raise StepFailed(f"{step.title}: {err}", err.where or step.where) from err
             if result.exit_code != 0:
@@ -80,19 +85,26 @@ def copy_step(
     from buildgraph.worker.copy import copy_in_root
 
     parent = inputs[step.parent]
-    _ensure_blobs(worker, parent)
     source = step.source
-    root = roots.take(parent)
+    with worker.phase(SNAPSHOT_PREPARE):
+        _ensure_blobs(worker, parent)
+        root = roots.take(parent)
     try:
         if source.stage_key:
             record = inputs[source.stage_key]
-            _ensure_blobs(worker, record)
-            with roots.borrowed(record) as tree:
-                copy_in_root(job, root.tree, source_tree=tree.tree)
+            with contextlib.ExitStack() as borrowed:
+                with worker.phase(SNAPSHOT_PREPARE):
+                    _ensure_blobs(worker, record)
+                    tree = borrowed.enter_context(roots.borrowed(record))
+                    worker.trees_taken()
+                with worker.phase(RUN):
+                    copy_in_root(job, root.tree, source_tree=tree.tree)
         else:
+            worker.trees_taken()
             context = Path(source.context) if source.context else None
             ignore = worker.ignores.get(source.context) if source.context else None
-            copy_in_root(job, root.tree, context=context, ignore=ignore)
+            with worker.phase(RUN):
+                copy_in_root(job, root.tree, context=context, ignore=ignore)
         created_by = (step.title.split("] ", 1)[-1]) + HISTORY_SUFFIX
         with worker.snapshots.scratch() as scratch:
             return _commit(worker, roots, root, parent, scratch, created_by)
@@ -110,13 +122,15 @@ def _commit(
     created_by: str,
 ) -> StepRecord:
     """The layer of what changed in `root`; the root then belongs to the new record."""
-    after = scan(root.tree)
-    written, deleted = changes(root.manifest, after)
-    upper = scratch / "upper"
-    upper.mkdir()
-    whiteouts = write_upper(root.tree, upper, after, written, deleted)
+    with worker.phase(DIFF):  # the metadata walk; the layer tar is timed in commit's own
+        after = scan(root.tree)
+        written, deleted = changes(root.manifest, after)
+        upper = scratch / "upper"
+        upper.mkdir()
+        whiteouts = write_upper(root.tree, upper, after, written, deleted)
     # The upper dir shares inodes with the live root: never keep it as a snapshot.
     record = worker.commit(upper, parent, created_by, snapshot=False, whiteouts=whiteouts)
+    worker.result_known(record)  # before the root is given back: a step may still want it
     roots.give(root, record, after)
     return record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import assert_never
@@ -19,6 +19,7 @@ from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.layer import write_layer
 from buildgraph.image.oci import Descriptor
 from buildgraph.worker.phases import COMMIT, DIFF, RUN, SNAPSHOT_PREPARE, PhaseClock, PhaseSink
+from buildgraph.worker.root_demand import RootDemand
 from buildgraph.worker.rootfs import RootPool
 from buildgraph.worker.snapshot import WORK_DIR, SnapshotStore
 
@@ -72,6 +73,8 @@ class Worker:
     _roots: RootPool | None = field(default=None, init=False, repr=False)
     _choosing: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
     _clock: PhaseClock = field(init=False, repr=False)
+    _demand: RootDemand | None = field(default=None, init=False, repr=False)
+    _current: threading.local = field(default_factory=threading.local, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._clock = PhaseClock(self.phases)
@@ -91,17 +94,55 @@ class Worker:
                 self._chosen, why = choose(self.isolation)
                 if self._chosen == "chroot":
                     self.output("isolation", f"isolation: chroot ({why})\n".encode())
-                    self._roots = RootPool(self.snapshots.root / WORK_DIR, self.store)
+                    self._roots = RootPool(
+                        self.snapshots.root / WORK_DIR, self.store, demand=self._demanded
+                    )
         return self._chosen
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """Time a phase of the step this thread executes (for --trace; free without it)."""
+        return self._clock.phase(name)
 
     def network_of(self, step: RunStep) -> str:
         """What RUN --network=default (or none written) means in this build."""
         return self.network if step.network == "default" else step.network
 
-    def execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
-        """Run `step` given the records of its inputs; the result is not cached here."""
-        with self._clock.step(getattr(step, "title", "")):
-            return self._execute(step, inputs)
+    def expect(self, steps: Mapping[str, Step], build: Iterable[str]) -> None:
+        """The steps of `steps` named in `build` are still to run (under chroot, what tells
+        which materialized roots are needed again: see worker/root_demand.py)."""
+        self._demand = RootDemand(steps, build)
+
+    def execute(self, step: Step, inputs: Mapping[str, StepRecord], key: str = "") -> StepRecord:
+        """Run `step` (whose cache key is `key`, if known) given the records of its inputs;
+        the result is not cached here."""
+        demand = self._demand
+        if demand is not None:
+            for known, record in inputs.items():
+                demand.seen(known, record)
+        self._current.key = key
+        try:
+            with self._clock.step(getattr(step, "title", "")):
+                record = self._execute(step, inputs)
+            self.result_known(record)  # a config step's: the layers of its parent
+            return record
+        finally:
+            self._current.key = ""
+
+    def trees_taken(self) -> None:
+        """The running step holds the trees it needs: no other step will ask for them."""
+        key = getattr(self._current, "key", "")
+        if self._demand is not None and key:
+            self._demand.started(key)
+
+    def result_known(self, record: StepRecord) -> None:
+        """`record` is the running step's result (said before its root is given back)."""
+        key = getattr(self._current, "key", "")
+        if self._demand is not None and key:
+            self._demand.seen(key, record)
+
+    def _demanded(self, chain: tuple[str, ...]) -> int:
+        demand = self._demand
+        return -1 if demand is None else demand.pending(chain)
 
     def _execute(self, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
         match step:

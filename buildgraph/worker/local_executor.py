@@ -36,6 +36,7 @@ class LocalExecutor:
 
     def start(self, plan: Plan) -> None:
         self.title = plan.graph.title
+        self.worker.expect(plan.graph.steps, plan.keys(Action.BUILD))
         if self.remote is not None:  # read the needed remote records in parallel, up front
             self.remote.prefetch(plan.keys(Action.FETCH, Action.USE_REMOTE))
 
@@ -85,7 +86,7 @@ class LocalExecutor:
             self.remote.check_export_access()
 
     def build(self, key: str, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
-        record = self.worker.execute(step, dict(inputs))
+        record = self.worker.execute(step, dict(inputs), key)
         self.index.put(key, record)
         if self.remote is not None:
             self.remote.export(key, record)

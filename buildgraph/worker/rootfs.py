@@ -11,7 +11,7 @@ import shutil
 import stat
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +21,7 @@ from buildgraph.cache.steps import StepRecord
 from buildgraph.errors import StepFailed
 from buildgraph.fs import held_dir
 from buildgraph.image.unpack import unpack_layer
+from buildgraph.worker.revert import revert
 from buildgraph.worker.treediff import Manifest, scan
 
 SPARES = 2  # copies of a forked chain made ahead (see RootPool)
@@ -35,6 +36,10 @@ class Root:
     manifest: Manifest
     chain: tuple[str, ...]  # the diff_ids the tree holds, bottom first
     _release: contextlib.ExitStack = field(repr=False)
+    # A copy of a template: the template's chain, and the tree's manifest as copied (what a
+    # revert puts back, see worker/revert.py). None for a root unpacked from its layers.
+    origin: tuple[str, ...] | None = None
+    pristine: Manifest | None = field(default=None, repr=False)
     _size: tuple[Manifest, int] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -81,7 +86,11 @@ class RootPool:
     and every later root of that chain is a copy of the template. A copy is a few ms of CPU
     but creates every entry of the tree, and on a disk busy with the build's own RUNs and
     commits that waited 0.1-0.5 s per copy: so SPARES copies of a forked chain are made ahead,
-    in a background thread, and a step that needs one takes it ready."""
+    in a background thread, and a step that needs one takes it ready.
+
+    And a copy whose steps are done with it (`demand` says no step still to run needs its
+    layers) is put back to the template's tree (worker/revert.py) and used as the next copy:
+    removing what a finished service added costs far fewer entries than a new copy."""
 
     def __init__(
         self,
@@ -89,9 +98,13 @@ class RootPool:
         store: LocalStore,
         keep_bytes: int = KEEP_BYTES,
         templates: int = 8,
+        demand: Callable[[tuple[str, ...]], int] | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.store = store
+        # How many steps still to run need a root of these layers (worker/root_demand.py);
+        # without it (-1: not known), every root may be needed again.
+        self.demand = demand or (lambda _chain: -1)
         self.keep_bytes = keep_bytes  # idle roots kept, most recently used first, while their
         # files add up to no more (each is a whole tree on disk; a stage forked by many, FROM
         # base in every service, needs one per branch, and a COPY --from reads a stage's last)
@@ -108,17 +121,22 @@ class RootPool:
         """A root of `record` for one step to change."""
         chain = tuple(layer.diff_id for layer in record.layers)
         with self._lock:
+            # A template pays off from the second root of a chain: known from the plan when
+            # the build started (this step and another still to run), else seen when it comes.
+            shared = self.demand(chain) >= 2 and chain not in self._templates
             idle = self._take_idle(chain)
-            if idle is not None:
+            if idle is not None and not (shared and self._copy is not None):
                 return idle
-            forked = chain in self._laid_out
+            if idle is not None:  # the stage's own root becomes the template the others copy
+                self._templates[chain] = _Template(threading.Lock(), idle)
+            forked = chain in self._laid_out or shared
             self._laid_out.add(chain)
         if forked and self._copy is not None:
             template = self._template(record, chain)
             try:
                 with self._lock:
                     spare = template.spares.pop() if template.spares else None
-                root = spare or self._clone(template)
+                root = spare or self._reverted(template) or self._clone(template)
             finally:
                 with self._lock:
                     template.users -= 1
@@ -130,7 +148,7 @@ class RootPool:
     def _replenish(self, template: _Template) -> None:
         """Make the template's spare copies in the background, up to SPARES."""
         with self._lock:
-            if self._closed or template.filling or len(template.spares) >= SPARES:
+            if self._closed or template.filling or len(template.spares) >= self._spares(template):
                 return
             template.filling = True
             template.users += 1  # not evicted while copies are made of it
@@ -139,14 +157,20 @@ class RootPool:
             background = self._background
         background.submit(self._fill, template)
 
+    def _spares(self, template: _Template) -> int:
+        """How many copies to have ready: SPARES, or fewer if fewer steps still need one."""
+        assert template.root is not None  # caller holds the lock
+        pending = self.demand(template.root.chain)
+        return SPARES if pending < 0 else min(SPARES, pending)
+
     def _fill(self, template: _Template) -> None:
         try:
             while True:
                 with self._lock:
-                    if self._closed or len(template.spares) >= SPARES:
+                    if self._closed or len(template.spares) >= self._spares(template):
                         return
                 try:
-                    spare = self._clone(template)
+                    spare = self._reverted(template) or self._clone(template)
                 except BaseException:  # a step that needs a copy makes it, and says why
                     return
                 with self._lock:
@@ -246,6 +270,35 @@ class RootPool:
             if template.root is not None:
                 template.root.discard()
 
+    def _reverted(self, template: _Template) -> Root | None:
+        """An idle copy of `template` that no step still needs, put back to the template's
+        tree; None if there is none (or it could not be put back: it is then thrown away)."""
+        assert template.root is not None
+        with self._lock:
+            found = next(
+                (
+                    index
+                    for index, idle in enumerate(self._idle)
+                    if idle.origin == template.root.chain
+                    and idle.pristine is not None
+                    and self.demand(idle.chain) == 0
+                ),
+                None,
+            )
+            root = self._idle.pop(found) if found is not None else None
+        if root is None:
+            return None
+        assert root.pristine is not None
+        try:
+            after = revert(root.tree, root.pristine, template.root.tree, template.root.manifest)
+        except OSError:
+            after = None
+        if after is None:
+            root.discard()
+            return None
+        root.chain, root.manifest, root.pristine = template.root.chain, after, after
+        return root
+
     def _clone(self, template: _Template) -> Root:
         assert template.root is not None and self._copy is not None
         release = contextlib.ExitStack()
@@ -267,28 +320,67 @@ class RootPool:
                     "cannot lay out a root for the chroot isolation: "
                     + (message[-1] if message else f"cp exited with {copied.returncode}")
                 )
-            return Root(holder, scan(holder / "tree"), template.root.chain, release)
+            manifest = scan(holder / "tree")
+            chain = template.root.chain
+            return Root(holder, manifest, chain, release, origin=chain, pristine=manifest)
         except BaseException:
             release.close()
             raise
 
     def _materialize(self, record: StepRecord, chain: tuple[str, ...]) -> Root:
-        release = contextlib.ExitStack()
+        """A root of `chain`: a copy of the template of its longest prefix that has one, with
+        the layers past it unpacked on top; else every layer unpacked."""
+        base = self._prefix_template(chain)
         try:
-            holder = release.enter_context(held_dir(self.work_dir, "root-"))
-            tree = holder / "tree"
-            tree.mkdir(0o755)
-            (holder / "aside").mkdir(0o700)
+            root = self._clone(base) if base is not None else self._empty_root()
+        finally:
+            if base is not None:
+                with self._lock:
+                    base.users -= 1
+        try:
+            done = len(root.chain)
             try:
-                for layer in record.layers:
+                for layer in record.layers[done:]:
                     with self.store.open_blob(layer.descriptor.digest) as blob:
-                        unpack_layer(blob, layer.descriptor.media_type, tree, whiteouts="apply")
+                        unpack_layer(
+                            blob, layer.descriptor.media_type, root.tree, whiteouts="apply"
+                        )
             except PermissionError as err:  # a container without CHOWN, MKNOD, FOWNER...
                 raise StepFailed(
                     f"cannot lay out a root for the chroot isolation: {err.strerror}: "
                     f"{err.filename or 'a layer entry'} (it needs Docker's default capabilities)"
                 ) from err
-            return Root(holder, scan(tree), chain, release)
+            if done < len(chain):
+                root.manifest = scan(root.tree)
+            root.chain = chain
+            return root
+        except BaseException:
+            root.discard()
+            raise
+
+    def _prefix_template(self, chain: tuple[str, ...]) -> _Template | None:
+        """The unpacked template of the longest proper prefix of `chain`, with a user counted."""
+        with self._lock:
+            found = [
+                template
+                for prefix, template in self._templates.items()
+                if template.root is not None
+                and len(prefix) < len(chain)
+                and chain[: len(prefix)] == prefix
+            ]
+            if not found or self._copy is None:
+                return None
+            best = max(found, key=lambda template: len(template.root.chain))
+            best.users += 1
+            return best
+
+    def _empty_root(self) -> Root:
+        release = contextlib.ExitStack()
+        try:
+            holder = release.enter_context(held_dir(self.work_dir, "root-"))
+            (holder / "tree").mkdir(0o755)
+            (holder / "aside").mkdir(0o700)
+            return Root(holder, {}, (), release)
         except BaseException:
             release.close()
             raise

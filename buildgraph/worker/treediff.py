@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 
@@ -24,6 +24,11 @@ class Entry:
     mtime_ns: int
     inode: int
     link: str  # symlink target, else ""
+    # Not part of what a step changed (the keeper's own renames touch ctime), but what tells
+    # a root put back to its pristine copy (worker/revert.py) that an entry was touched at
+    # all: no unprivileged process can set ctime back.
+    ctime_ns: int = field(default=0, compare=False)
+    links: int = field(default=1, compare=False)  # st_nlink
 
 
 Manifest = dict[str, Entry]  # "etc/passwd" -> its entry; the root itself is not in it
@@ -48,6 +53,8 @@ def scan(tree: Path) -> Manifest:
                     info.st_mtime_ns,
                     info.st_ino,
                     link,
+                    info.st_ctime_ns,
+                    info.st_nlink,
                 )
                 if stat.S_ISDIR(info.st_mode):
                     pending.append((relative + "/", entry.path))

@@ -229,3 +229,118 @@ def test_spare_copies_of_a_fork_are_made_ahead_and_removed_with_the_pool(
     finally:
         pool.close()
     assert list((tmp_path / "work").iterdir()) == []  # spares go with the pool
+
+
+# --- what the plan tells the pool (worker/root_demand.py) --------------------------------
+
+
+def _with_layer(store, record, tmp_path: Path, name: str):
+    """`record` with one more layer on top: a file NAME at the top of the tree."""
+    from buildgraph.cache.steps import LayerRef, StepRecord
+    from buildgraph.image.oci import Descriptor
+
+    upper = tmp_path / f"layer-{name}"
+    upper.mkdir()
+    (upper / name).write_text(name)
+    with store.ingest() as writer:
+        blob = write_layer(upper, writer, compression="none", whiteouts="none")
+    layer = LayerRef(Descriptor(blob.media_type, blob.digest, blob.size), blob.diff_id)
+    return StepRecord((*record.layers, layer), ())
+
+
+def _chain(record) -> tuple[str, ...]:
+    return tuple(layer.diff_id for layer in record.layers)
+
+
+def _idle_filler(pool) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while any(t.filling for t in pool._templates.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def test_a_chain_the_plan_needs_twice_is_a_template_at_its_first_take(
+    tree: Path, tmp_path: Path
+) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    pool = RootPool(tmp_path / "work", store, demand=lambda chain: 2)
+    try:
+        first = pool.take(record)  # unpacked once, as the template; the step gets a copy
+        assert list(pool._templates) == [_chain(record)]
+        assert first.origin == _chain(record) and first.pristine == first.manifest
+        first.discard()
+    finally:
+        pool.close()
+
+
+def test_a_stage_root_others_need_becomes_their_template(tree: Path, tmp_path: Path) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    demand = {"now": 0}
+    pool = RootPool(tmp_path / "work", store, demand=lambda chain: demand["now"])
+    try:
+        own = pool.take(record)  # the stage's root: no one else needs it yet
+        assert pool._templates == {}
+        pool.give(own, record)
+        demand["now"] = 2  # two steps still to run need these layers
+        copy = pool.take(record)
+        (template,) = pool._templates.values()
+        assert template.root is own  # not unpacked again
+        assert copy.holder != own.holder and _shape(copy.manifest) == _shape(own.manifest)
+        copy.discard()
+    finally:
+        pool.close()
+
+
+def test_a_root_no_step_needs_is_put_back_and_served_again(tree: Path, tmp_path: Path) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    longer = _with_layer(store, record, tmp_path, "service")
+    demand = {_chain(record): 2, _chain(longer): 1}
+    pool = RootPool(tmp_path / "work", store, demand=lambda chain: demand.get(chain, 0))
+    try:
+        used = pool.take(record)
+        (template,) = pool._templates.values()
+        demand[_chain(record)] = 0  # no spare copies from here on: this test takes its own
+        _idle_filler(pool)
+        for spare in template.spares:
+            spare.discard()
+        template.spares.clear()
+        (used.tree / "service").write_text("what a service step added")
+        os.chmod(used.tree / "etc", 0o700)
+        manifest = scan(used.tree)
+        pool.give(used, longer, manifest)
+        assert pool._reverted(template) is None  # a step still needs it
+        demand[_chain(longer)] = 0
+        again = pool._reverted(template)
+        assert again is used  # the same dir, put back
+        assert again.chain == _chain(record) and again.manifest == scan(again.tree)
+        assert _shape(again.manifest) == _shape(template.root.manifest)
+        assert not (again.tree / "service").exists()
+        again.discard()
+    finally:
+        pool.close()
+
+
+def test_a_chain_past_a_template_is_laid_out_from_it(tree: Path, tmp_path: Path) -> None:
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    longer = _with_layer(store, record, tmp_path, "service")
+    demand = {_chain(record): 2}
+    pool = RootPool(tmp_path / "work", store, demand=lambda chain: demand.get(chain, 0))
+    try:
+        pool.take(record).discard()  # makes the template of the shorter chain
+        root = pool.take(longer)  # a copy of that template, and the one layer unpacked
+        assert root.origin == _chain(record) and root.chain == _chain(longer)
+        assert (root.tree / "service").read_text() == "service"
+        assert (root.tree / "etc" / "passwd").read_text().startswith("root:")
+        assert root.manifest == scan(root.tree)
+        root.discard()
+    finally:
+        pool.close()
