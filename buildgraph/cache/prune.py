@@ -21,6 +21,7 @@ from buildgraph.cache.task_store import TaskStore
 GC_LOCK = ".gc.lock"  # builds hold it shared, prune exclusive
 WORK_DIR = "snapshots/.work"  # step dirs, each held by its process (worker.snapshot.WORK_DIR)
 LEGACY_TMP_DIR = "snapshots/.tmp"  # step dirs of versions before issue 16 (never held)
+KEPT_ROOTS_DIR = "snapshots/.roots"  # chroot templates kept between builds (worker.kept_templates)
 UNITS = {
     "": 1,
     "b": 1,
@@ -174,7 +175,7 @@ def prune(
                 shutil.rmtree(store.root / "snapshots" / diff_id.removeprefix("sha256:"))
                 freed += size
                 snapshots_removed += 1
-        freed += orphan_bytes + legacy_bytes
+        freed += orphan_bytes + legacy_bytes + _remove_kept_roots(store)
         budget = (
             None
             if keep_storage is None
@@ -187,6 +188,17 @@ def prune(
         return PruneResult(
             removed, blobs_removed, snapshots_removed, freed, orphans + legacy, tasks
         )
+
+
+def _remove_kept_roots(store: LocalStore) -> int:
+    """The chroot isolation's kept templates: only a speed-up, and no build holds one while
+    prune holds the cache exclusively. Returns the bytes freed."""
+    kept = store.root / KEPT_ROOTS_DIR
+    if not kept.is_dir():
+        return 0
+    size = tree_size(kept)
+    shutil.rmtree(kept, ignore_errors=True)
+    return size
 
 
 def _kept_bytes(store: LocalStore, snapshot_sizes: dict[str, int]) -> int:

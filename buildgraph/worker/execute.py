@@ -18,6 +18,7 @@ from buildgraph.graph.steps import ConfigStep, CopyStep, RunStep, SourceStep, St
 from buildgraph.image.config import HistoryEntry, ImageConfig
 from buildgraph.image.layer import write_layer
 from buildgraph.image.oci import Descriptor
+from buildgraph.worker.kept_templates import KeptTemplates, kept_dir
 from buildgraph.worker.phases import COMMIT, DIFF, RUN, SNAPSHOT_PREPARE, PhaseClock, PhaseSink
 from buildgraph.worker.root_demand import RootDemand
 from buildgraph.worker.rootfs import RootPool
@@ -95,7 +96,10 @@ class Worker:
                 if self._chosen == "chroot":
                     self.output("isolation", f"isolation: chroot ({why})\n".encode())
                     self._roots = RootPool(
-                        self.snapshots.root / WORK_DIR, self.store, demand=self._demanded
+                        self.snapshots.root / WORK_DIR,
+                        self.store,
+                        demand=self._demanded,
+                        kept=KeptTemplates(kept_dir(self.snapshots.root)),
                     )
         return self._chosen
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import shutil
-import stat
-import subprocess
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -18,48 +16,13 @@ from pathlib import Path
 
 from buildgraph.cache.local import LocalStore
 from buildgraph.cache.steps import StepRecord
-from buildgraph.errors import StepFailed
-from buildgraph.fs import held_dir
-from buildgraph.image.unpack import unpack_layer
+from buildgraph.worker.kept_templates import KeptTemplates
 from buildgraph.worker.revert import revert
-from buildgraph.worker.treediff import Manifest, scan
+from buildgraph.worker.roots import Root, copy_root, empty_root, remove_all, unpack_onto
+from buildgraph.worker.treediff import Manifest
 
 SPARES = 2  # copies of a forked chain made ahead (see RootPool)
 KEEP_BYTES = 2 << 30  # idle roots kept on disk, in file bytes (see RootPool)
-
-
-@dataclass(eq=False)
-class Root:
-    """A materialized tree, held (flock'ed) by this process; `manifest` describes `tree`."""
-
-    holder: Path  # the held dir: `tree`, plus `aside` for what a RUN moves out of the way
-    manifest: Manifest
-    chain: tuple[str, ...]  # the diff_ids the tree holds, bottom first
-    _release: contextlib.ExitStack = field(repr=False)
-    # A copy of a template: the template's chain, and the tree's manifest as copied (what a
-    # revert puts back, see worker/revert.py). None for a root unpacked from its layers.
-    origin: tuple[str, ...] | None = None
-    pristine: Manifest | None = field(default=None, repr=False)
-    _size: tuple[Manifest, int] | None = field(default=None, init=False, repr=False)
-
-    @property
-    def tree(self) -> Path:
-        return self.holder / "tree"
-
-    @property
-    def aside(self) -> Path:
-        return self.holder / "aside"
-
-    @property
-    def size(self) -> int:
-        """Bytes of the regular files of `tree` (what keeping it idle costs on disk)."""
-        if self._size is None or self._size[0] is not self.manifest:
-            total = sum(entry.size for entry in self.manifest.values() if stat.S_ISREG(entry.mode))
-            self._size = (self.manifest, total)
-        return self._size[1]
-
-    def discard(self) -> None:
-        self._release.close()  # removes the dir, then drops the lock
 
 
 @dataclass(eq=False)
@@ -72,6 +35,7 @@ class _Template:
     users: int = 0  # clones under way: eviction waits for none
     spares: list[Root] = field(default_factory=list)  # copies made ahead, ready to take
     filling: bool = False  # the background thread is making spares
+    from_disk: bool = False  # a template kept by an earlier build (worker/kept_templates.py)
 
 
 class RootPool:
@@ -99,12 +63,14 @@ class RootPool:
         keep_bytes: int = KEEP_BYTES,
         templates: int = 8,
         demand: Callable[[tuple[str, ...]], int] | None = None,
+        kept: KeptTemplates | None = None,
     ) -> None:
         self.work_dir = work_dir
         self.store = store
         # How many steps still to run need a root of these layers (worker/root_demand.py);
         # without it (-1: not known), every root may be needed again.
         self.demand = demand or (lambda _chain: -1)
+        self.kept = kept  # templates kept from one build to the next, if any
         self.keep_bytes = keep_bytes  # idle roots kept, most recently used first, while their
         # files add up to no more (each is a whole tree on disk; a stage forked by many, FROM
         # base in every service, needs one per branch, and a COPY --from reads a stage's last)
@@ -129,8 +95,9 @@ class RootPool:
                 return idle
             if idle is not None:  # the stage's own root becomes the template the others copy
                 self._templates[chain] = _Template(threading.Lock(), idle)
-            forked = chain in self._laid_out or shared
+            forked = chain in self._laid_out or shared or chain in self._templates
             self._laid_out.add(chain)
+        forked = forked or (self.kept is not None and self.kept.has(chain))
         if forked and self._copy is not None:
             template = self._template(record, chain)
             try:
@@ -220,24 +187,22 @@ class RootPool:
             templates, self._templates = list(self._templates.values()), {}
         for template in templates:
             with template.ready:
-                if template.root is not None:
+                if template.root is not None and not self._keep(template):
                     idle.append(template.root)
             idle.extend(template.spares)
             template.spares.clear()
-        remover = shutil.which("rm")
-        if remover is not None and idle:
-            # One C process unlinks every tree ~4x faster than rmtree in this process, and
-            # this is on the wall time of every build (after its last step). Each dir is
-            # still held meanwhile, so no other process reclaims it under our feet.
-            subprocess.run(
-                [remover, "-rf", "--", *(str(root.tree) for root in idle)],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                check=False,
-            )
-        for root in idle:
-            root.discard()  # what rm left (its holder dir, or everything if rm failed)
+        remove_all(idle)
+
+    def _keep(self, template: _Template) -> bool:
+        """Keep `template` for the next build (or leave the kept one it came from there)."""
+        root = template.root
+        assert root is not None
+        if template.from_disk or (
+            self.kept is not None and self.kept.keep_tree(root.holder, root.chain, root.manifest)
+        ):
+            root.discard()  # drops the lock (the dir is elsewhere now, or not ours to remove)
+            return True
+        return False
 
     def _template(self, record: StepRecord, chain: tuple[str, ...]) -> _Template:
         """The template of `chain`, unpacked by the first thread that needs it (the others
@@ -247,6 +212,12 @@ class RootPool:
             self._templates[chain] = template  # now the most recently used
             template.users += 1
         with template.ready:
+            if template.root is None and self.kept is not None:
+                opened = self.kept.open(chain)
+                if opened is not None:
+                    place, manifest, release = opened
+                    template.root = Root(place, manifest, chain, release)
+                    template.from_disk = True
             if template.root is None:
                 try:
                     template.root = self._materialize(record, chain)
@@ -301,57 +272,21 @@ class RootPool:
 
     def _clone(self, template: _Template) -> Root:
         assert template.root is not None and self._copy is not None
-        release = contextlib.ExitStack()
-        try:
-            holder = release.enter_context(held_dir(self.work_dir, "root-"))
-            (holder / "aside").mkdir(0o700)
-            # -a keeps owners, modes, times, links (hard ones too), device nodes and xattrs;
-            # -T makes `tree` the copy itself rather than a dir in it.
-            copied = subprocess.run(
-                [self._copy, "-a", "-T", "--", str(template.root.tree), str(holder / "tree")],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                check=False,
-            )
-            if copied.returncode != 0:
-                message = copied.stderr.decode(errors="replace").strip().splitlines()
-                raise StepFailed(
-                    "cannot lay out a root for the chroot isolation: "
-                    + (message[-1] if message else f"cp exited with {copied.returncode}")
-                )
-            manifest = scan(holder / "tree")
-            chain = template.root.chain
-            return Root(holder, manifest, chain, release, origin=chain, pristine=manifest)
-        except BaseException:
-            release.close()
-            raise
+        return copy_root(self._copy, template.root, self.work_dir)
 
     def _materialize(self, record: StepRecord, chain: tuple[str, ...]) -> Root:
         """A root of `chain`: a copy of the template of its longest prefix that has one, with
         the layers past it unpacked on top; else every layer unpacked."""
         base = self._prefix_template(chain)
         try:
-            root = self._clone(base) if base is not None else self._empty_root()
+            root = self._clone(base) if base is not None else empty_root(self.work_dir)
         finally:
             if base is not None:
                 with self._lock:
                     base.users -= 1
         try:
-            done = len(root.chain)
-            try:
-                for layer in record.layers[done:]:
-                    with self.store.open_blob(layer.descriptor.digest) as blob:
-                        unpack_layer(
-                            blob, layer.descriptor.media_type, root.tree, whiteouts="apply"
-                        )
-            except PermissionError as err:  # a container without CHOWN, MKNOD, FOWNER...
-                raise StepFailed(
-                    f"cannot lay out a root for the chroot isolation: {err.strerror}: "
-                    f"{err.filename or 'a layer entry'} (it needs Docker's default capabilities)"
-                ) from err
-            if done < len(chain):
-                root.manifest = scan(root.tree)
+            if len(root.chain) < len(chain):
+                unpack_onto(root, record.layers[len(root.chain) :], self.store)
             root.chain = chain
             return root
         except BaseException:
@@ -373,17 +308,6 @@ class RootPool:
             best = max(found, key=lambda template: len(template.root.chain))
             best.users += 1
             return best
-
-    def _empty_root(self) -> Root:
-        release = contextlib.ExitStack()
-        try:
-            holder = release.enter_context(held_dir(self.work_dir, "root-"))
-            (holder / "tree").mkdir(0o755)
-            (holder / "aside").mkdir(0o700)
-            return Root(holder, {}, (), release)
-        except BaseException:
-            release.close()
-            raise
 
     @contextlib.contextmanager
     def borrowed(self, record: StepRecord) -> Iterator[Root]:

@@ -84,3 +84,29 @@ def test_every_service_sees_only_the_base(busybox_cache: Path, tmp_path: Path, j
     for name in trees["chroot"]:
         problems = diff_trees(trees["namespaces"][name], trees["chroot"][name], ("ns", "chroot"))
         assert problems == [], f"{name}:\n" + "\n".join(problems)
+
+
+def test_the_next_build_copies_kept_templates_and_gives_the_same_images(
+    busybox_cache: Path, tmp_path: Path
+) -> None:
+    """A one-file change after a cold build: the chroot isolation copies the templates the
+    first build kept in the cache dir instead of unpacking, and still builds what namespaces do."""
+    roots = {}
+    for isolation in ("namespaces", "chroot"):
+        root = repo(tmp_path / isolation, busybox_cache)
+        assert run(root, "--isolation", isolation) == 0
+        dockerfile = root / "services" / "svc2" / "Dockerfile"
+        dockerfile.write_text(dockerfile.read_text().replace("echo svc2 >", "echo svc2 v2 >"))
+        assert run(root, "--isolation", isolation) == 0
+        roots[isolation] = root
+    assert list((roots["chroot"] / "cache" / "snapshots" / ".roots").iterdir()) != []
+    for index in range(SERVICES):
+        name = f"svc{index}"
+        trees = [
+            image_tree(roots[isolation] / "cache", name, tmp_path / f"{isolation}-{name}")
+            for isolation in ("namespaces", "chroot")
+        ]
+        problems = diff_trees(*trees, ("ns", "chroot"))
+        assert problems == [], f"{name}:\n" + "\n".join(problems)
+    artifact = tmp_path / "chroot-svc2" / "opt" / "app" / "svc2"
+    assert artifact.read_text() == "svc2 v2\n"

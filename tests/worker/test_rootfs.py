@@ -344,3 +344,88 @@ def test_a_chain_past_a_template_is_laid_out_from_it(tree: Path, tmp_path: Path)
         root.discard()
     finally:
         pool.close()
+
+
+# --- templates kept from one build to the next (worker/kept_templates.py) ---------------------
+
+
+def test_a_template_is_kept_for_the_next_build_and_copied_from_there(
+    tree: Path, tmp_path: Path
+) -> None:
+    from buildgraph.worker.kept_templates import KeptTemplates
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    kept = KeptTemplates(tmp_path / "kept")
+    first = RootPool(tmp_path / "work", store, demand=lambda chain: 2, kept=kept)
+    first.take(record).discard()  # a template, unpacked
+    first.close()
+    assert kept.has(_chain(record))
+    assert list((tmp_path / "work").iterdir()) == []  # moved to the kept dir, not left behind
+
+    second = RootPool(tmp_path / "work", store, demand=lambda chain: 1, kept=kept)
+    try:
+        root = second.take(record)  # one step needs it: a copy of the kept template
+        (template,) = second._templates.values()
+        assert template.from_disk and template.root.holder.parent == tmp_path / "kept"
+        assert root.origin == _chain(record)
+        assert _shape(root.manifest) == _shape(template.root.manifest)
+        (root.tree / "etc" / "passwd").write_text("changed in the copy")
+        root.discard()
+    finally:
+        second.close()
+    assert kept.has(_chain(record))  # left where it was, unchanged
+    reopened = kept.open(_chain(record))
+    assert reopened is not None
+    assert (reopened[0] / "tree" / "etc" / "passwd").read_text().startswith("root:x:0:0")
+    reopened[2].close()
+
+
+@pytest.mark.parametrize("tamper", ["in place", "added", "mode"])
+def test_a_kept_template_changed_on_disk_is_removed_not_used(
+    tree: Path, tmp_path: Path, tamper: str
+) -> None:
+    from buildgraph.worker.kept_templates import KeptTemplates
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    kept = KeptTemplates(tmp_path / "kept")
+    first = RootPool(tmp_path / "work", store, demand=lambda chain: 2, kept=kept)
+    first.take(record).discard()
+    first.close()
+    (place,) = (tmp_path / "kept").iterdir()
+    passwd = place / "tree" / "etc" / "passwd"
+    if tamper == "in place":  # same size, mtime put back: only the ctime tells
+        before = os.stat(passwd)
+        passwd.write_text("evil:x:0:0::/root:/bin/sh\n"[: before.st_size].ljust(before.st_size))
+        os.utime(passwd, ns=(before.st_atime_ns, before.st_mtime_ns))
+    elif tamper == "added":
+        (place / "tree" / "etc" / "backdoor").write_text("x")
+    else:
+        os.chmod(place / "tree", 0o777)
+
+    assert kept.open(_chain(record)) is None
+    assert not place.exists()  # removed, so the next build unpacks a clean one
+    second = RootPool(tmp_path / "work", store, demand=lambda chain: 2, kept=kept)
+    try:
+        root = second.take(record)
+        assert (root.tree / "etc" / "passwd").read_text().startswith("root:x:0:0")
+        root.discard()
+    finally:
+        second.close()
+
+
+def test_kept_templates_are_trimmed_to_the_most_recently_used(tree: Path, tmp_path: Path) -> None:
+    from buildgraph.worker.kept_templates import KeptTemplates
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    records = [record] + [
+        _with_layer(store, record, tmp_path, f"extra{index}") for index in range(3)
+    ]
+    kept = KeptTemplates(tmp_path / "kept", keep=2)
+    for one in records:
+        pool = RootPool(tmp_path / "work", store, demand=lambda chain: 2, kept=kept)
+        pool.take(one).discard()
+        pool.close()
+    assert [kept.has(_chain(one)) for one in records] == [False, False, True, True]
