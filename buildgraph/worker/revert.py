@@ -67,7 +67,7 @@ def _remove_touched(tree: Path, now: Manifest, pristine: Manifest) -> set[str] |
     link group the template shares would be split by restoring one name)."""
     removed: set[str] = set()
     for path in sorted(now):  # parents before children
-        if _parent_removed(path, removed):
+        if _parent_in(path, removed):
             continue
         entry, before = now[path], pristine.get(path)
         if not _touched(entry, before):
@@ -94,15 +94,6 @@ def _touched(entry: Entry, before: Entry | None) -> bool:
     )
 
 
-def _parent_removed(path: str, removed: set[str]) -> bool:
-    parent = _parent(path)
-    while parent:
-        if parent in removed:
-            return True
-        parent = _parent(parent)
-    return False
-
-
 def _parent(path: str) -> str:
     return path.rpartition("/")[0]
 
@@ -118,6 +109,7 @@ def _topmost(paths: list[str]) -> list[str]:
 
 
 def _parent_in(path: str, chosen: set[str]) -> bool:
+    """Whether a dir above `path` is in `chosen`."""
     parent = _parent(path)
     while parent:
         if parent in chosen:

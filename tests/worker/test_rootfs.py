@@ -296,13 +296,21 @@ def test_a_stage_root_others_need_becomes_their_template(tree: Path, tmp_path: P
         pool.close()
 
 
-def test_a_root_no_step_needs_is_put_back_and_served_again(tree: Path, tmp_path: Path) -> None:
+def _two_chains(tree: Path, tmp_path: Path, demand: dict):
+    """A record, the same with one more layer, and a pool whose demand is read from DEMAND
+    (filled in by the caller; chains missing count as needed by no step)."""
     from buildgraph.worker.rootfs import RootPool
 
     store, record = _store_record(tmp_path, tree)
     longer = _with_layer(store, record, tmp_path, "service")
-    demand = {_chain(record): 2, _chain(longer): 1}
     pool = RootPool(tmp_path / "work", store, demand=lambda chain: demand.get(chain, 0))
+    return record, longer, pool
+
+
+def test_a_root_no_step_needs_is_put_back_and_served_again(tree: Path, tmp_path: Path) -> None:
+    demand: dict = {}
+    record, longer, pool = _two_chains(tree, tmp_path, demand)
+    demand.update({_chain(record): 2, _chain(longer): 1})
     try:
         used = pool.take(record)
         (template,) = pool._templates.values()
@@ -328,12 +336,9 @@ def test_a_root_no_step_needs_is_put_back_and_served_again(tree: Path, tmp_path:
 
 
 def test_a_chain_past_a_template_is_laid_out_from_it(tree: Path, tmp_path: Path) -> None:
-    from buildgraph.worker.rootfs import RootPool
-
-    store, record = _store_record(tmp_path, tree)
-    longer = _with_layer(store, record, tmp_path, "service")
-    demand = {_chain(record): 2}
-    pool = RootPool(tmp_path / "work", store, demand=lambda chain: demand.get(chain, 0))
+    demand: dict = {}
+    record, longer, pool = _two_chains(tree, tmp_path, demand)
+    demand[_chain(record)] = 2
     try:
         pool.take(record).discard()  # makes the template of the shorter chain
         root = pool.take(longer)  # a copy of that template, and the one layer unpacked
