@@ -80,31 +80,37 @@ class KeptTemplates:
             return None
 
     def keep_tree(self, holder: Path, chain: tuple[str, ...], manifest: Manifest) -> bool:
-        """Move `holder` (a held dir with the template's `tree`) here, if there is none of
-        `chain` yet; then drop the least recently used past the limits. True if moved."""
+        """Move `holder` (a held dir with the template's `tree`, which `manifest` describes)
+        here, if there is none of `chain` yet; then drop the least recently used past the
+        limits. True if moved. Never raises: keeping is only a speed-up."""
         place = self.directory / name_of(chain)
-        if place.exists():
-            return False
-        top = os.lstat(holder / "tree")
-        record = {
-            "chain": list(chain),
-            "top": [top.st_mode, top.st_uid, top.st_gid, top.st_mtime_ns],
-            "entries": {path: _fields(entry) for path, entry in manifest.items()},
-        }
-        with contextlib.suppress(FileNotFoundError):
-            shutil.rmtree(holder / "aside")
-        (holder / MANIFEST).write_text(json.dumps(record))
-        self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            os.rename(holder, place)
-        except OSError:  # another build kept the same chain first
+            if place.exists():
+                return False
+            # Scanned again: the ctimes of a template that was a stage's root moved when its
+            # last layer was written out (hard links in and out of the upper dir).
+            found = scan(holder / "tree")
+            if found != manifest:
+                return False
+            top = os.lstat(holder / "tree")
+            record = {
+                "chain": list(chain),
+                "top": [top.st_mode, top.st_uid, top.st_gid, top.st_mtime_ns],
+                "entries": {path: _fields(entry) for path, entry in found.items()},
+            }
+            with contextlib.suppress(FileNotFoundError):
+                shutil.rmtree(holder / "aside")
+            (holder / MANIFEST).write_text(json.dumps(record))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            os.rename(holder, place)  # fails if another build kept the same chain first
+        except OSError:
             return False
         self._trim()
         return True
 
     def _trim(self) -> None:
         kept = []
-        for place in self.directory.iterdir():
+        for place in list(self.directory.iterdir()):
             if place.name.startswith(".gone-"):  # a removal cut short: its holder died
                 shutil.rmtree(place, ignore_errors=True)
                 continue

@@ -434,3 +434,32 @@ def test_kept_templates_are_trimmed_to_the_most_recently_used(tree: Path, tmp_pa
         pool.take(one).discard()
         pool.close()
     assert [kept.has(_chain(one)) for one in records] == [False, False, True, True]
+
+
+def test_a_stage_root_kept_as_a_template_is_found_by_the_next_build(
+    tree: Path, tmp_path: Path
+) -> None:
+    from buildgraph.worker.kept_templates import KeptTemplates
+    from buildgraph.worker.rootfs import RootPool
+
+    store, record = _store_record(tmp_path, tree)
+    kept = KeptTemplates(tmp_path / "kept")
+    demand = {"now": 0}
+    pool = RootPool(tmp_path / "work", store, demand=lambda chain: demand["now"], kept=kept)
+    own = pool.take(record)
+    pool.give(own, record, scan(own.tree))
+    # What a commit does after its scan: the layer's files are linked into the upper dir and
+    # unlinked with it, which moves their ctimes.
+    os.link(own.tree / "keep", tmp_path / "upper-link")
+    os.unlink(tmp_path / "upper-link")
+    demand["now"] = 2
+    pool.take(record).discard()  # the idle stage root becomes the template
+    pool.close()
+    assert kept.has(_chain(record))
+    second = RootPool(tmp_path / "work", store, demand=lambda chain: 1, kept=kept)
+    try:
+        second.take(record).discard()
+        (template,) = second._templates.values()
+        assert template.from_disk  # it passed the check: not thrown away and unpacked again
+    finally:
+        second.close()
