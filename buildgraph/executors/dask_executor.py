@@ -76,6 +76,7 @@ class DaskExecutor:
     overheads: list[float] = field(default_factory=list)  # seconds per dispatch, not building
     exported: int = 0  # steps built and exported to the remote cache by the workers
     title: Callable[[str], str] = str  # a step's title (the plan's, once started)
+    consumers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the plan's graph's
     _futures: dict[str, object] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -84,6 +85,7 @@ class DaskExecutor:
         if plan.keys(Action.BUILD):
             check_workers(self.client, self.settings.version)
         self.title = plan.graph.title
+        self.consumers = plan.graph.consumers
         if plan.keys(Action.BUILD) and not all(self.client.run(has_sessions).values()):
             # Registered once per cluster (the scheduler gives it to workers that join later);
             # registering again would tear down the sessions of a concurrent run.
@@ -153,11 +155,13 @@ class DaskExecutor:
 
     def _holder(self, inputs: Mapping[str, StepRecord]) -> str | None:
         """The worker that built the input with the most layer bytes: it has those files
-        unpacked already, so the chain of a stage stays on one machine."""
+        unpacked already, so the chain of a stage stays on one machine. An input that other
+        steps read too (a shared base stage) does not count: its readers would all be sent to
+        one worker, queued there while the others idle; any worker fetches it once."""
         sizes = {
             key: sum(layer.descriptor.size for layer in record.layers)
             for key, record in inputs.items()
-            if key in self.where_built
+            if key in self.where_built and len(self.consumers.get(key, ())) <= 1
         }
         return self.where_built[max(sizes, key=sizes.__getitem__)] if sizes else None
 
