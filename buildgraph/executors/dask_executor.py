@@ -27,6 +27,7 @@ from buildgraph.solver.plan import Action, Plan
 from buildgraph.worker.local_executor import LocalExecutor
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler before exit 3
+EXPORT_CHECK = 0.5  # seconds between looks at a task whose export has not been confirmed
 
 
 class ClusterError(RegistryError):
@@ -61,6 +62,16 @@ def refuse_unshippable(plan: Plan) -> None:
 
 
 @dataclass
+class _ExportEnd:
+    """How a step's export ended, as the worker's event told: "exported" or "reused" (the
+    entry is in the remote cache), or "export-failed" with `error`."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    worker: str = ""
+    error: str = ""
+
+
+@dataclass
 class DaskExecutor:
     """RUN and COPY steps go to Dask workers, one task per step (keyed by the step's key, so
     an equal step is one task); the rest (cached steps, FROM, metadata-only steps, exports)
@@ -78,6 +89,7 @@ class DaskExecutor:
     title: Callable[[str], str] = str  # a step's title (the plan's, once started)
     consumers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the plan's graph's
     _futures: dict[str, object] = field(default_factory=dict)
+    _export_ends: dict[str, _ExportEnd] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, plan: Plan) -> None:
@@ -97,11 +109,22 @@ class DaskExecutor:
 
     def _event(self, event: tuple[float, dict]) -> None:
         message = event[1]
+        if message.get("run", self.settings.run) != self.settings.run:
+            return  # another coordinator's run on the same cluster
+        state = message.get("state")
         if "data" in message:  # a running step's output, shown live as a local one's is
             self.sink.emit(LogEvent(str(message["title"]), bytes(message["data"])))
-        elif message.get("state") == "built":
+        elif state == "built":
             line = f"built on {message['worker']}\n".encode()
             self.sink.emit(LogEvent(self.title(str(message["key"])), line))
+        elif state in ("exported", "reused", "export-failed"):
+            end = self._export_end(str(message["key"]))
+            end.worker, end.error = str(message["worker"]), str(message.get("error", ""))
+            end.done.set()
+
+    def _export_end(self, key: str) -> _ExportEnd:
+        with self._lock:
+            return self._export_ends.setdefault(key, _ExportEnd())
 
     def use_local(self, key: str) -> StepRecord:
         return self.local.use_local(key)
@@ -142,16 +165,40 @@ class DaskExecutor:
             self._futures[key] = future
         try:
             result: StepResult = future.result()  # type: ignore[attr-defined]
+            self.overheads.append(time.monotonic() - start - result.seconds)
+            result = self._exported(key, future, result)
         finally:
             with self._lock:
                 self._futures.pop(key, None)
-        self.overheads.append(time.monotonic() - start - result.seconds)
+                self._export_ends.pop(key, None)
         self.where_built[key] = result.worker
         if result.built:
             with self._lock:
                 self.exported += 1
         self.local.index.put(key, result.record)  # its layers stay in the remote cache
         return result.record
+
+    def _exported(self, key: str, future, result: StepResult) -> StepResult:
+        """The step's result once its entry is in the remote cache, where any worker can read
+        it: its worker said so, or that worker died first (the future is still held, so Dask
+        computes the task again on another worker, which finds the entry or builds and
+        exports the step again; that result is the one used)."""
+        end = self._export_end(key)
+        while result.exporting:
+            told = end.done.wait(EXPORT_CHECK)
+            if told and end.error:
+                raise RegistryError(
+                    f"{self.title(key)}: export to the remote cache failed on worker "
+                    f"{end.worker}: {end.error}"
+                )
+            if told and end.worker == result.worker:
+                return result
+            if told or future.status != "finished":  # type: ignore[attr-defined]
+                # Its worker died: the task is (being) computed again on another one.
+                result = future.result()  # type: ignore[attr-defined]
+                if told and result.worker != end.worker:
+                    time.sleep(EXPORT_CHECK)  # not seen here yet: no busy loop meanwhile
+        return result
 
     def _holder(self, inputs: Mapping[str, StepRecord]) -> str | None:
         """The worker that built the input with the most layer bytes: it has those files
