@@ -137,10 +137,21 @@ def test_a_worker_killed_mid_run_costs_only_its_work(
     run.join(timeout=300)
     assert codes == [0]
     assert digests(buildfile.parent / "cache") == local_digests
-    assert max(built_keys(cluster).values()) == 1
-    rebuilt = [
-        e["worker"] for e in cluster.events() if e.get("key") == slow and e.get("state") == "built"
-    ]
+    events = cluster.events()
+    builders: dict[str, list[str]] = {}
+    for event in events:
+        if event.get("state") == "built":
+            builders.setdefault(event["key"], []).append(event["worker"])
+    exported = {(e["key"], e["worker"]) for e in events if e.get("state") == "exported"}
+    for key, workers in builders.items():
+        # Built once; or twice when the victim had built it but its background export had
+        # not ended at the kill (no tag: another worker builds it again).
+        lost = workers[0] == victim and (key, victim) not in exported
+        assert len(workers) == 1 or (len(workers) == 2 and lost and workers[1] != victim), (
+            key,
+            workers,
+        )
+    rebuilt = builders[slow]
     assert len(rebuilt) == 1 and rebuilt[0] != victim  # Dask gave the lost task to another
 
 
