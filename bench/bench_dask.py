@@ -11,7 +11,8 @@ holding only busybox:
 - local cold (the local executor, the same --cache-to, so both export) and local no-op;
 - dask cold (fresh worker caches, a new cache repository) and dask no-op;
 - per-step dispatch: `build_step` of every RUN/COPY of the graph submitted once more, one at a
-  time; each worker finds the step in its cache and returns its record: what a remote step
+  time, as one run (its id, so each worker keeps its registry session, as in `run`); each
+  worker finds the step in the cache repository and returns its record: what a remote step
   costs beyond building it (submit, schedule, run, look up, send the record back);
 - --scale: dask cold with 1, 2, 3 workers (new cluster each, new repository), beside the
   README's scale model for the same N and worker counts.
@@ -29,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -75,12 +77,14 @@ def remote(registry: RegistryServer, repository: str) -> list[str]:
 
 
 def dispatch_seconds(cluster: DaskCluster, buildfile: Path, registry, repository: str, count: int):
-    """Per-step cost of a remote dispatch: RUN/COPY steps already built, submitted again."""
-    from distributed import Client
+    """Per-step cost of a remote dispatch: RUN/COPY steps already built, submitted again
+    through a client made as the coordinator makes its own (`connect`)."""
 
     from buildgraph.cache.steps import StepIndex
     from buildgraph.commands.plan import plan_project
-    from buildgraph.executors.dask_worker import WorkerSettings, build_step
+    from buildgraph.executors.dask_executor import connect
+    from buildgraph.executors.dask_state import RunSessions
+    from buildgraph.executors.dask_worker import WorkerSettings, build_step, has_sessions
     from buildgraph.frontend.buildfile import load_project
     from buildgraph.graph.steps import CopyStep, RunStep
     from buildgraph.handlers import _client
@@ -95,10 +99,13 @@ def dispatch_seconds(cluster: DaskCluster, buildfile: Path, registry, repository
     _, graph = plan_project(project, [], store=LocalStore(store_dir), client=lambda: _client(args),
                             cache_from=None, warn=lambda _: None)  # fmt: skip
     index = StepIndex(store_dir / "steps")
-    settings = WorkerSettings(f"{registry.host}/{repository}", insecure=(registry.host,))
+    run = uuid.uuid4().hex
+    settings = WorkerSettings(f"{registry.host}/{repository}", insecure=(registry.host,), run=run)
     keys = [k for k, s in graph.steps.items() if isinstance(s, RunStep | CopyStep)][:count]
     times = []
-    with Client(cluster.address) as client:
+    with connect(cluster.address) as client:
+        if not all(client.run(has_sessions).values()):
+            client.register_plugin(RunSessions())
         for key in keys:
             inputs = {parent: index.get(parent) for parent in graph.inputs[key]}
             start = time.monotonic()

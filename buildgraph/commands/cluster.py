@@ -47,7 +47,10 @@ def dask_executor(
     jobs: int,
 ) -> Iterator[tuple[object, int]]:
     """The Dask executor over `local` (which keeps cached steps and exports) and the number
-    of steps the scheduler may have running: at least the cluster's threads."""
+    of steps the scheduler may have running: two per thread of the cluster (the next step
+    waits in the worker's queue while one runs, so no worker idles through a dispatch's
+    round trip) plus `jobs` for the coordinator's own steps and exports, which would
+    otherwise wait behind the remote ones."""
     from buildgraph.executors.dask_executor import DaskExecutor, connect, total_threads
     from buildgraph.executors.dask_worker import WorkerSettings
 
@@ -67,6 +70,6 @@ def dask_executor(
             run=uuid.uuid4().hex,
         )
         executor = DaskExecutor(local, client, settings, sink, ignores)
-        yield executor, max(jobs, total_threads(client))
+        yield executor, jobs + 2 * total_threads(client)
     finally:
         client.close()

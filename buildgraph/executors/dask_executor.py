@@ -27,6 +27,11 @@ from buildgraph.solver.plan import Action, Plan
 from buildgraph.worker.local_executor import LocalExecutor
 
 CONNECT_TIMEOUT = 10.0  # seconds to reach the scheduler before exit 3
+EXPORT_CHECK = 0.5  # seconds between looks at a task whose export has not been confirmed
+# distributed's Client sends to the scheduler at most every 10 ms (its BatchedSend, fixed in
+# Client): a step's submit then waits behind the release of the step before it. 2 ms is what
+# the scheduler's stream to a client uses; measured: dispatch median ~20 -> ~12 ms.
+CLIENT_SEND_INTERVAL = 0.002
 
 
 class ClusterError(RegistryError):
@@ -38,9 +43,13 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT):
     from distributed import Client
 
     try:
-        return Client(address, timeout=timeout, set_as_default=False)
+        client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError) as err:
         raise ClusterError(f"dask scheduler {address} unreachable: {err}") from None
+    stream = getattr(client, "scheduler_comm", None)
+    if stream is not None and hasattr(stream, "interval"):  # else: distributed changed it
+        stream.interval = CLIENT_SEND_INTERVAL
+    return client
 
 
 def refuse_unshippable(plan: Plan) -> None:
@@ -61,6 +70,16 @@ def refuse_unshippable(plan: Plan) -> None:
 
 
 @dataclass
+class _ExportEnd:
+    """How a step's export ended, as the worker's event told: "exported", or "export-failed"
+    with `error`."""
+
+    done: threading.Event = field(default_factory=threading.Event)
+    worker: str = ""
+    error: str = ""
+
+
+@dataclass
 class DaskExecutor:
     """RUN and COPY steps go to Dask workers, one task per step (keyed by the step's key, so
     an equal step is one task); the rest (cached steps, FROM, metadata-only steps, exports)
@@ -76,7 +95,9 @@ class DaskExecutor:
     overheads: list[float] = field(default_factory=list)  # seconds per dispatch, not building
     exported: int = 0  # steps built and exported to the remote cache by the workers
     title: Callable[[str], str] = str  # a step's title (the plan's, once started)
+    consumers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # the plan's graph's
     _futures: dict[str, object] = field(default_factory=dict)
+    _export_ends: dict[str, _ExportEnd] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def start(self, plan: Plan) -> None:
@@ -84,6 +105,7 @@ class DaskExecutor:
         if plan.keys(Action.BUILD):
             check_workers(self.client, self.settings.version)
         self.title = plan.graph.title
+        self.consumers = plan.graph.consumers
         if plan.keys(Action.BUILD) and not all(self.client.run(has_sessions).values()):
             # Registered once per cluster (the scheduler gives it to workers that join later);
             # registering again would tear down the sessions of a concurrent run.
@@ -95,11 +117,22 @@ class DaskExecutor:
 
     def _event(self, event: tuple[float, dict]) -> None:
         message = event[1]
+        if message.get("run", self.settings.run) != self.settings.run:
+            return  # another coordinator's run on the same cluster
+        state = message.get("state")
         if "data" in message:  # a running step's output, shown live as a local one's is
             self.sink.emit(LogEvent(str(message["title"]), bytes(message["data"])))
-        elif message.get("state") == "built":
+        elif state == "built":
             line = f"built on {message['worker']}\n".encode()
             self.sink.emit(LogEvent(self.title(str(message["key"])), line))
+        elif state in ("exported", "export-failed"):
+            end = self._export_end(str(message["key"]))
+            end.worker, end.error = str(message["worker"]), str(message.get("error", ""))
+            end.done.set()
+
+    def _export_end(self, key: str) -> _ExportEnd:
+        with self._lock:
+            return self._export_ends.setdefault(key, _ExportEnd())
 
     def use_local(self, key: str) -> StepRecord:
         return self.local.use_local(key)
@@ -140,10 +173,12 @@ class DaskExecutor:
             self._futures[key] = future
         try:
             result: StepResult = future.result()  # type: ignore[attr-defined]
+            self.overheads.append(time.monotonic() - start - result.seconds)
+            result = self._exported(key, future, result)
         finally:
             with self._lock:
                 self._futures.pop(key, None)
-        self.overheads.append(time.monotonic() - start - result.seconds)
+                self._export_ends.pop(key, None)
         self.where_built[key] = result.worker
         if result.built:
             with self._lock:
@@ -151,13 +186,38 @@ class DaskExecutor:
         self.local.index.put(key, result.record)  # its layers stay in the remote cache
         return result.record
 
+    def _exported(self, key: str, future, result: StepResult) -> StepResult:
+        """The step's result once its entry is in the remote cache, where any worker can read
+        it: its worker said so, or that worker died first (the future is still held, so Dask
+        computes the task again on another worker, which finds the entry or builds and
+        exports the step again; that result is the one used)."""
+        end = self._export_end(key)
+        while result.exporting:
+            told = end.done.wait(EXPORT_CHECK)
+            if told and end.error:
+                raise RegistryError(
+                    f"{self.title(key)}: export to the remote cache failed on worker "
+                    f"{end.worker}: {end.error}"
+                )
+            if told and end.worker == result.worker:
+                return result
+            # No word yet, or from another worker: if this one died, Dask has computed the
+            # task again (or is computing it: then this waits), and that result counts. One
+            # that found the entry in the remote cache is not exporting: no event comes.
+            result = future.result()  # type: ignore[attr-defined]
+            if told and result.worker != end.worker:
+                time.sleep(EXPORT_CHECK)  # the new result is not seen here yet: no busy loop
+        return result
+
     def _holder(self, inputs: Mapping[str, StepRecord]) -> str | None:
         """The worker that built the input with the most layer bytes: it has those files
-        unpacked already, so the chain of a stage stays on one machine."""
+        unpacked already, so the chain of a stage stays on one machine. An input that other
+        steps read too (a shared base stage) does not count: its readers would all be sent to
+        one worker, queued there while the others idle; any worker fetches it once."""
         sizes = {
             key: sum(layer.descriptor.size for layer in record.layers)
             for key, record in inputs.items()
-            if key in self.where_built
+            if key in self.where_built and len(self.consumers.get(key, ())) <= 1
         }
         return self.where_built[max(sizes, key=sizes.__getitem__)] if sizes else None
 

@@ -1,9 +1,10 @@
-"""What runs inside a Dask worker: one step, built once, its result exported before it returns."""
+"""What runs inside a Dask worker: one step, built once; its export finishes after it returns."""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -48,6 +49,9 @@ class StepResult:
     worker: str  # the Dask worker's address
     built: bool  # False: another worker (or an earlier run) had exported it already
     seconds: float  # spent in the worker, for the dispatch overhead
+    # True: the export is still running on `worker`, which logs "exported" (or
+    # "export-failed") when it ends; False: the entry is in the remote cache already.
+    exporting: bool = False
 
 
 def probe() -> dict[str, str]:
@@ -55,16 +59,19 @@ def probe() -> dict[str, str]:
     return {"version": __version__, "cache_dir": os.environ.get(CACHE_DIR_ENV, "")}
 
 
+def _worker():
+    from distributed import get_worker
+
+    return get_worker()
+
+
 def _address() -> str:
-    from distributed import get_worker
-
-    return get_worker().address
+    return _worker().address
 
 
-def _log(message: dict[str, object]) -> None:
-    from distributed import get_worker
-
-    get_worker().log_event(EVENTS_TOPIC, message)
+def _log(message: dict[str, object], worker=None) -> None:
+    """Send `message` to the event log; `worker` is given from a thread Dask did not start."""
+    (worker or _worker()).log_event(EVENTS_TOPIC, message)  # thread-safe (via its loop)
 
 
 def _client(settings: WorkerSettings):
@@ -87,8 +94,11 @@ def build_step(
     context: ContextBlob | None = None,
 ) -> StepResult:
     """Build `step` on this worker unless this worker's cache or the remote cache has it
-    already (a task rescheduled after a worker died must not build it twice); export it,
-    blobs first and tag last, before returning, so that any worker can read it next."""
+    already (a task rescheduled after a worker died must not build it twice). A built step is
+    returned as soon as it is in this worker's cache, its export (blobs first, tag last)
+    still running in a thread of this worker, which logs "exported" when the tag is written:
+    the worker takes its next step meanwhile, and the coordinator counts the step done only
+    once that event came (see DaskExecutor.build)."""
     start = time.monotonic()
     address = _address()
     cache_dir = os.environ.get(CACHE_DIR_ENV)
@@ -99,27 +109,49 @@ def build_step(
     index = StepIndex(store.root / "steps")
     cache, owned = _remote_cache(settings)
     remote = RemoteSession(store, source=cache, target=cache, warn=lambda _: None, required=True)
+    handed_off = False  # the export thread finishes the session and closes the client
+    note = {"key": key, "worker": address, "run": settings.run}
     try:
         found = _already_built(key, remote)
-        if found is not None:
-            _log({"key": key, "state": "reused", "worker": address})
+        if found is not None:  # no event: one costs the round trip ~5 ms (measured)
             return StepResult(found, address, False, time.monotonic() - start)
         here = _built_here(key, index)
         if here is not None:  # built for another cache repository: export it to this one
             remote.export(key, here)
             remote.finish()
-            _log({"key": key, "state": "reused", "worker": address})
+            _log({**note, "state": "reused"})
             return StepResult(here, address, False, time.monotonic() - start)
-        _log({"key": key, "state": "started", "worker": address, "title": step.title})
+        _log({**note, "state": "started", "title": step.title})
         record = _execute(step, inputs, settings, store, remote, context, cache.client, address)
         index.put(key, record)
-        remote.export(key, record)
+        remote.export(key, record)  # in the session's threads, from now on
+        _log({**note, "state": "built"})
+        worker = _worker()
+        threading.Thread(
+            target=_finish_export, args=(remote, cache, owned, note, worker), daemon=True
+        ).start()
+        handed_off = True
+        return StepResult(record, address, True, time.monotonic() - start, exporting=True)
     finally:
-        remote.finish()  # the tag is written before anyone is told the step is done
+        if not handed_off:
+            remote.finish()
+            if owned:
+                cache.client.close()
+
+
+def _finish_export(remote: RemoteSession, cache: RemoteCache, owned: bool, note: dict, worker):
+    """Wait for the step's export and tell the coordinator how it ended. A worker that dies
+    before this leaves no tag (at most unreferenced blobs): the coordinator, still holding
+    the task's future, sees Dask compute it again on another worker."""
+    try:
+        remote.finish()
+    except Exception as err:  # whatever it is, the coordinator must hear of it, not wait
+        _log({**note, "state": "export-failed", "error": str(err)}, worker)
+    else:
+        _log({**note, "state": "exported"}, worker)
+    finally:
         if owned:
             cache.client.close()
-    _log({"key": key, "state": "built", "worker": address})
-    return StepResult(record, address, True, time.monotonic() - start)
 
 
 def _remote_cache(settings: WorkerSettings) -> tuple[RemoteCache, bool]:
@@ -172,7 +204,9 @@ def _execute(
         store=store,
         snapshots=SnapshotStore(store.root / "snapshots"),
         epoch=settings.epoch,
-        output=lambda name, data: _log({"title": name, "data": data, "worker": address}),
+        output=lambda name, data: _log(
+            {"title": name, "data": data, "worker": address, "run": settings.run}
+        ),
         network=settings.network,
         fetch_layers=remote.ensure_layers,
         isolation=settings.isolation,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import threading
 import time
 from typing import TextIO
 
@@ -14,6 +15,7 @@ class JsonRenderer:
     def __init__(self, stream: TextIO | None = None, targets: dict[str, list[str]] | None = None):
         self.stream = stream or sys.stdout
         self.targets = targets or {}  # step key -> every target it serves
+        self._lock = threading.Lock()  # events come from several threads; a line stays whole
 
     def emit(self, event: Event) -> None:
         if isinstance(event, LogEvent):
@@ -45,4 +47,7 @@ class JsonRenderer:
             }
             if event.reason:
                 doc["reason"] = event.reason
-        print(json.dumps(doc, ensure_ascii=False), file=self.stream, flush=True)
+        line = json.dumps(doc, ensure_ascii=False) + "\n"
+        with self._lock:  # one write per line: print() writes the newline separately
+            self.stream.write(line)
+            self.stream.flush()
