@@ -249,6 +249,11 @@ class RemoteCache:
     def _upload_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
+        if not mount_from:  # one POST asks whether it is here and, if not, opens the upload
+            with store.open_blob(blob.digest) as handle:
+                self.client.push_blob(self.repository, blob.digest, blob.size, handle)
+            return
+        # The layer may be only in a source repository (not in the store): ask, mount, upload.
         if self.client.blob_exists(self.repository, blob.digest, pushing=True):
             return
         for source in mount_from:
