@@ -76,16 +76,19 @@ def mount_or_upload(
     201 means it is. A registry that cannot mount it opens an upload session instead (202, as
     the distribution spec says), and the bytes go into that session: a new blob costs a POST
     and a PUT, and the HEAD that would have asked first is saved. A registry that answers
-    the mount with another 2xx gets a plain upload."""
+    the mount with another 2xx, or refuses it (a 4xx other than 401, 403 and 429), gets a plain
+    upload."""
     params = {"mount": digest, "from": repo.repository}
     response = transport.request(
         "POST", repo.registry, uploads_path(repo), scopes=scopes, params=params
     )
     with response:
-        if response.status_code == 201:
+        status = response.status_code
+        if status == 201:
             return False
-        raise_for_status(response, repo.registry, scopes, f"upload of {digest} to {repo.name}")
-        location = location_of(response) if response.status_code == 202 else ""
+        if not 400 <= status < 500 or status in (401, 403, 429):
+            raise_for_status(response, repo.registry, scopes, f"upload to {repo.name}")
+        location = location_of(response) if status == 202 else ""
     upload(transport, repo, digest, size, source, chunk_size=None, scopes=scopes, started=location)
     return True
 

@@ -56,6 +56,24 @@ def test_5xx_is_retried_then_succeeds(registry: RegistryServer, scripted: Script
     assert _count(scripted, "GET /v2/" + repo.repository + "/manifests/v1") == 3
 
 
+@pytest.mark.parametrize("status", [400, 404, 405])
+def test_a_registry_that_refuses_to_mount_gets_a_plain_upload(
+    registry: RegistryServer, scripted: ScriptedServer, status: int
+) -> None:
+    """push_blob opens with a mount POST from the repository itself; a registry that refuses
+    such a mount instead of opening an upload (202) is sent the blob the ordinary way."""
+    repo = _via(scripted, unique_repo(registry))
+    scripted.script.append(Answer("mount=", status, body=b'{"errors": []}'))
+    with _client() as client:
+        assert client.push_blob(repo, PAYLOAD.digest, len(PAYLOAD.data), io.BytesIO(PAYLOAD.data))
+        assert client.blob_exists(repo, PAYLOAD.digest)
+        assert not client.push_blob(  # there now: the mount answers 201, nothing is sent
+            repo, PAYLOAD.digest, len(PAYLOAD.data), io.BytesIO(PAYLOAD.data)
+        )
+    assert _count(scripted, "mount=") == 2
+    assert _count(scripted, "PUT ") == 1
+
+
 def test_a_manifest_cut_off_midway_is_read_again(
     registry: RegistryServer, scripted: ScriptedServer
 ) -> None:
