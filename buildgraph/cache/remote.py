@@ -24,6 +24,7 @@ itself is a miss (`fetch_record` returns None and reports why).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -250,10 +251,9 @@ class RemoteCache:
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
         if not mount_from:  # one POST asks whether it is here and, if not, opens the upload
-            with store.open_blob(blob.digest) as handle:
-                self.client.push_blob(self.repository, blob.digest, blob.size, handle)
+            opener = functools.partial(store.open_blob, blob.digest)  # not here if read remotely
+            self.client.push_blob(self.repository, blob.digest, blob.size, opener)
             return
-        # The layer may be only in a source repository (not in the store): ask, mount, upload.
         if self.client.blob_exists(self.repository, blob.digest, pushing=True):
             return
         for source in mount_from:

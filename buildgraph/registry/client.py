@@ -265,9 +265,15 @@ class RegistryClient:
                 self._transport, repo, digest, size, source, chunk_size=chunk_size, scopes=scopes
             )
 
-    def push_blob(self, repo: Reference, digest: str, size: int, source: BinaryIO) -> bool:
+    def push_blob(
+        self,
+        repo: Reference,
+        digest: str,
+        size: int,
+        source: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+    ) -> bool:
         """Make blob `digest` present in `repo` without a HEAD first; True if its bytes were
-        uploaded (see upload.mount_or_upload)."""
+        uploaded, from `source()`, opened only then (see upload.mount_or_upload)."""
         _check_digest(digest)
         return mount_or_upload(self._transport, repo, digest, size, source, scopes=_push(repo))
 

@@ -66,11 +66,12 @@ def mount_or_upload(
     repo: Reference,
     digest: str,
     size: int,
-    source: BinaryIO,
+    source: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
     *,
     scopes: Sequence[str],
 ) -> bool:
-    """Make blob `digest` present in `repo`; True if its bytes were uploaded.
+    """Make blob `digest` present in `repo`; True if its bytes were uploaded (`source` opens
+    them, only then: a blob the registry has need not be here).
 
     One POST asks to mount the blob from `repo` itself, which asks "is it here already?":
     201 means it is. A registry that cannot mount it opens an upload session instead (202, as
@@ -89,7 +90,16 @@ def mount_or_upload(
         if not 400 <= status < 500 or status in (401, 403, 429):
             raise_for_status(response, repo.registry, scopes, f"upload to {repo.name}")
         location = location_of(response) if status == 202 else ""
-    upload(transport, repo, digest, size, source, chunk_size=None, scopes=scopes, started=location)
+    with contextlib.ExitStack() as stack:
+        try:
+            data = stack.enter_context(source())
+        except BaseException:
+            if location:  # the session the mount opened, never used
+                cancel_upload(transport, repo, location, scopes)
+            raise
+        upload(
+            transport, repo, digest, size, data, chunk_size=None, scopes=scopes, started=location
+        )
     return True
 
 
