@@ -2,14 +2,18 @@
 
 Usage (as root, from the repository): python bench/bench_monorepo.py [--services 12]
     [--large 50] [--wide 1000x10] [--repeat N] [--only buildgraph,buildkit,buildah]
-    [--skip large,wide] [--keep]
+    [--tree monorepo,shared] [--skip large,wide] [--keep]
 
-One generated tree (bench/monorepo.py: a base target on busybox and SERVICES multi-stage services
-`FROM base`) is built by every engine in the same run. buildgraph runs `buildgraph run` once for
-every target; a peer runs the CI script a monorepo without buildgraph has: build base/ with
-`-t base`, then each service, one after another. Scenarios: cold (the engine's cache holds only
-the busybox image, imported beforehand and not timed), no-op (the same build again), one-file
-change (one source file of svc00 changed). Then buildgraph alone: a no-op rebuild of LARGE
+Two generated trees, each built by every engine in the same run:
+- `monorepo` (bench/monorepo.py): a base target on busybox and SERVICES multi-stage services
+  `FROM base`. A peer runs the CI script a monorepo without buildgraph has: build base/ with
+  `-t base`, then each service, one after another; the one-file change is to svc00.
+- `shared` (../shared/bench/make_workload.py, seed 1, see bench/shared_tree.py): its own base
+  and services; BuildKit runs the script `make_workload.py plain DIR --tool docker` prints
+  (buildah is left out of this tree); the one-file change is `make_workload.py mutate DIR`.
+buildgraph runs `buildgraph run` once for every target. Scenarios: cold (the engine's cache
+holds only the busybox image, imported beforehand and not timed), no-op (the same build
+again), one-file change (one source file changed). Then buildgraph alone: a no-op rebuild of LARGE
 services, `buildgraph plan` of a graph of 1000 targets x 10 steps, and the scheduler's time per
 cached step. Times are wall-clock seconds of the command lines; no-op and one-file change are the
 best of REPEAT runs.
@@ -26,12 +30,13 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
 from monorepo import Monorepo, Service, generate, generate_wide, touch_one
 from peers import (
+    DOCKER,
     PeerError,
     buildgraph_command,
     machine_summary,
@@ -43,11 +48,13 @@ from peers import (
     tool_versions,
     work_dir,
 )
+from shared_tree import REGISTRY, SharedTree, change_one, docker_script, generate_shared
 from workloads import Workload
 
 REPO = Path(__file__).resolve().parent.parent
 ENGINES = ("buildgraph", "buildkit", "buildah")
 PARTS = ("peers", "large", "wide")  # what --skip can leave out
+TREES = ("monorepo", "shared")  # what --tree chooses from
 # The issue's targets: a ratio to BuildKit's time, or an absolute bound.
 COLD_VS_BUILDKIT = 0.8
 NO_OP_VS_BUILDKIT = 0.5
@@ -62,7 +69,7 @@ class Engine(Protocol):
 
     def reset(self) -> None: ...  # forget every build: the next one is cold
 
-    def build_all(self, repo: Monorepo, log: Path) -> None: ...  # every target of REPO
+    def build_all(self, repo: Monorepo | SharedTree, log: Path) -> None: ...  # every target
 
 
 class Buildgraph:
@@ -79,8 +86,10 @@ class Buildgraph:
         shutil.rmtree(self.cache, ignore_errors=True)
         shutil.copytree(self.seed, self.cache, symlinks=True)
 
-    def build_all(self, repo: Monorepo, log: Path) -> None:
+    def build_all(self, repo: Monorepo | SharedTree, log: Path) -> None:
         options = ["-f", str(repo.buildfile), "--cache-dir", str(self.cache), "--progress", "json"]
+        if isinstance(repo, SharedTree):  # its Buildfile names a remote cache; nothing listens
+            options += ["--cache-from", "", "--cache-to", ""]
         run([*self.command, "run", *options], log=log)
 
     def plan(self, buildfile: Path, log: Path) -> None:
@@ -97,7 +106,11 @@ class CiScript:
     def reset(self) -> None:
         self.peer.reset()
 
-    def build_all(self, repo: Monorepo, log: Path) -> None:
+    def build_all(self, repo: Monorepo | SharedTree, log: Path) -> None:
+        if isinstance(repo, SharedTree):  # the workload's own CI script (BuildKit only)
+            self.peer.tags.update(repo.tags)  # so that reset removes them
+            run(["bash", "-c", docker_script(repo, DOCKER)], env=self.peer.env, log=log)
+            return
         for service in (repo.base, *repo.services):
             self.peer.build(_workload(service), service.name, log)
 
@@ -115,6 +128,7 @@ class Row:
     target: str  # the target in words
     met: bool | None  # None when there was nothing to compare with
     note: str = ""
+    tree: str = "monorepo"
 
 
 def main() -> None:
@@ -126,7 +140,8 @@ def main() -> None:
             note(f"work dir: {work}")
             seed = make_seed(work)
             if "peers" not in options.skip:
-                rows += compare_engines(options, work, seed)
+                for tree in options.tree:
+                    rows += compare_engines(options, work, seed, tree)
             if "large" not in options.skip:
                 rows += large_no_op(options, work, seed)
             if "wide" not in options.skip:
@@ -143,6 +158,7 @@ def parse_options() -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=3, help="best of N warm runs (default 3)")
     parser.add_argument("--only", type=names_option(ENGINES), default=ENGINES, help="engines, a,b")
     parser.add_argument("--skip", type=names_option(PARTS), default=(), help=f"parts of {PARTS}")
+    parser.add_argument("--tree", type=names_option(TREES), default=TREES, help="trees, a,b")
     parser.add_argument("--keep", action="store_true", help="keep the temporary work dir")
     return parser.parse_args()
 
@@ -161,18 +177,26 @@ def make_seed(work: Path) -> Path:
     rootfs = work / "busybox-rootfs"
     subprocess.run([str(REPO / "scripts/make-busybox-rootfs.sh"), str(rootfs)], check=True)
     bootstrap = Buildgraph(seed, seed)
-    import_rootfs = ["image", "import", str(rootfs), "-t", "busybox", "--cache-dir", str(seed)]
-    run([*bootstrap.command, *import_rootfs])
+    for name in ("busybox", f"{REGISTRY}/busybox:latest"):  # the shared tree's name for it
+        import_rootfs = ["image", "import", str(rootfs), "-t", name, "--cache-dir", str(seed)]
+        run([*bootstrap.command, *import_rootfs])
     return seed
 
 
 # -- BuildKit and buildah against buildgraph on one tree --------------------------------------
-def compare_engines(options: argparse.Namespace, work: Path, seed: Path) -> list[Row]:
-    repo = generate(work / "repo", options.services)
-    logs = work / "logs"
-    logs.mkdir(exist_ok=True)
+def compare_engines(options: argparse.Namespace, work: Path, seed: Path, tree: str) -> list[Row]:
+    shared = tree == "shared"
+    if shared:
+        repo: Monorepo | SharedTree = generate_shared(work / "shared", options.services)
+        changed = repo.changed
+    else:
+        repo = generate(work / "repo", options.services)
+        changed = repo.services[0].name
+    logs = work / "logs" / tree
+    logs.mkdir(parents=True, exist_ok=True)
+    only = tuple(name for name in options.only if not (shared and name == "buildah"))
     with contextlib.ExitStack() as stack:
-        engines = start_engines(options.only, work, seed, stack)
+        engines = start_engines(only, work / tree, seed, stack)
         for engine in engines:
             warm_up(engine, work)
         times: dict[tuple[str, str], float | None] = {}
@@ -181,8 +205,10 @@ def compare_engines(options: argparse.Namespace, work: Path, seed: Path) -> list
             times["cold", engine.name] = timed(engine, repo, logs / f"cold-{engine.name}.log", True)
         for scenario in ("no-op", "one-file change"):
             for attempt in range(options.repeat):
-                if scenario == "one-file change":
-                    touch_one(repo, revision=attempt + 1)  # the same change for every engine
+                if scenario == "one-file change" and isinstance(repo, SharedTree):
+                    change_one(repo)  # the same change for every engine
+                elif scenario == "one-file change":
+                    touch_one(repo, revision=attempt + 1)
                 for engine in engines:
                     log = logs / f"{scenario.replace(' ', '-')}-{attempt}-{engine.name}.log"
                     seconds = timed(engine, repo, log, False)
@@ -197,19 +223,19 @@ def compare_engines(options: argparse.Namespace, work: Path, seed: Path) -> list
     ]
     one_file = _versus("one-file change", n, times, ONE_FILE_VS_BUILDKIT, "")
     steps = started.get("one-file change")
-    only_svc00 = steps is not None and all(step["target"] == ["svc00"] for step in steps)
-    return [
-        *rows,
+    only_changed = steps is not None and all(step["target"] == [changed] for step in steps)
+    rows.append(
         Row(
             one_file.scenario,
             n,
             one_file.seconds,
             "s",
-            one_file.target + "; only svc00's steps run",
-            None if one_file.met is None else one_file.met and only_svc00,
+            one_file.target + f"; only {changed}'s steps run",
+            None if one_file.met is None else one_file.met and only_changed,
             _ran(steps),
-        ),
-    ]
+        )
+    )
+    return [replace(row, tree=tree) for row in rows]
 
 
 def start_engines(
@@ -218,7 +244,10 @@ def start_engines(
     """Start each chosen engine; one that cannot start is left out (and said so)."""
     ours = Buildgraph(work / "buildgraph" / "cache", seed)
     engines: list[Engine] = [ours] if "buildgraph" in only else []
+    work.mkdir(parents=True, exist_ok=True)
     kit, bah = start_peers(only, work, seed, ours.command, stack)
+    if kit is not None:  # the shared tree's Dockerfiles name busybox by the registry's name
+        kit.docker("tag", "busybox:latest", f"{REGISTRY}/busybox:latest")
     engines += [CiScript(peer) for peer in (kit, bah) if peer is not None]
     return engines
 
@@ -231,7 +260,7 @@ def warm_up(engine: Engine, work: Path) -> None:
         engine.build_all(repo, work / "logs" / f"warm-up-{engine.name}.log")
 
 
-def timed(engine: Engine, repo: Monorepo, log: Path, cold: bool) -> float | None:
+def timed(engine: Engine, repo: Monorepo | SharedTree, log: Path, cold: bool) -> float | None:
     try:
         if cold:
             engine.reset()
@@ -435,7 +464,7 @@ def print_report(command: str, options: argparse.Namespace, rows: list[Row]) -> 
     print(f"versions: {tool_versions()}")
     print()
     header = (
-        f"{'scenario':<28} {'N':>8} {'buildgraph':>10} {'BuildKit':>9} {'buildah':>9} "
+        f"{'tree':<9}{'scenario':<28} {'N':>8} {'buildgraph':>10} {'BuildKit':>9} {'buildah':>9} "
         f"{'x BuildKit':>10} {'x buildah':>9}  {'target':<40} {'met':<4} note"
     )
     print(header)
@@ -445,7 +474,8 @@ def print_report(command: str, options: argparse.Namespace, rows: list[Row]) -> 
         versus = [_ratio(row.seconds.get("buildgraph"), row.seconds.get(e)) for e in ENGINES[1:]]
         met = "-" if row.met is None else "yes" if row.met else "NO"
         print(
-            f"{row.scenario:<28} {row.size:>8} {cells[0]:>10} {cells[1]:>9} {cells[2]:>9} "
+            f"{row.tree:<9}{row.scenario:<28} {row.size:>8} "
+            f"{cells[0]:>10} {cells[1]:>9} {cells[2]:>9} "
             f"{ratio(versus[0]):>10} {ratio(versus[1]):>9}  {row.target:<40} {met:<4} {row.note}"
         )
 

@@ -24,6 +24,7 @@ itself is a miss (`fetch_record` returns None and reports why).
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -249,6 +250,10 @@ class RemoteCache:
     def _upload_layer(
         self, blob: Descriptor, store: LocalStore, mount_from: Sequence[Reference]
     ) -> None:
+        if not mount_from:  # one POST asks whether it is here and, if not, opens the upload
+            opener = functools.partial(store.open_blob, blob.digest)  # not here if read remotely
+            self.client.push_blob(self.repository, blob.digest, blob.size, opener)
+            return
         if self.client.blob_exists(self.repository, blob.digest, pushing=True):
             return
         for source in mount_from:

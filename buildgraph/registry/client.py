@@ -22,6 +22,7 @@ from buildgraph.registry.transport import RETRYABLE_ERRORS, Deadline, Retry, Tra
 from buildgraph.registry.upload import (
     cancel_upload,
     location_of,
+    mount_or_upload,
     position,
     upload,
     upload_stream,
@@ -263,6 +264,18 @@ class RegistryClient:
             upload(
                 self._transport, repo, digest, size, source, chunk_size=chunk_size, scopes=scopes
             )
+
+    def push_blob(
+        self,
+        repo: Reference,
+        digest: str,
+        size: int,
+        source: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+    ) -> bool:
+        """Make blob `digest` present in `repo` without a HEAD first; True if its bytes were
+        uploaded, from `source()`, opened only then (see upload.mount_or_upload)."""
+        _check_digest(digest)
+        return mount_or_upload(self._transport, repo, digest, size, source, scopes=_push(repo))
 
     def upload_blob_stream(
         self, repo: Reference, chunks: Iterable[bytes], digest: Callable[[], str]

@@ -27,16 +27,21 @@ def upload(
     *,
     chunk_size: int | None,
     scopes: Sequence[str],
+    started: str = "",
 ) -> None:
-    """Push `size` bytes of `source`; a failed attempt starts a new upload if `source` seeks."""
+    """Push `size` bytes of `source`; a failed attempt starts a new upload if `source` seeks.
+    `started`: the Location of an upload session already open (a mount the registry turned
+    into an upload), used by the first attempt instead of POSTing a new one."""
     start = position(source)
+    opened = [started] if started else []
 
     def attempt(deadline: Deadline) -> None:
         if start is not None:
             source.seek(start)
         reader = _BoundedReader(source, size, digest)
+        given = opened.pop() if opened else ""  # a retry opens a session of its own
         try:
-            with upload_session(transport, repo, scopes, deadline) as location:
+            with upload_session(transport, repo, scopes, deadline, given) as location:
                 if chunk_size is None:
                     _put(transport, repo, location, digest, reader, scopes, deadline)
                 else:
@@ -54,6 +59,48 @@ def upload(
             raise
 
     transport.run(repo.registry, attempt)
+
+
+def mount_or_upload(
+    transport: Transport,
+    repo: Reference,
+    digest: str,
+    size: int,
+    source: Callable[[], contextlib.AbstractContextManager[BinaryIO]],
+    *,
+    scopes: Sequence[str],
+) -> bool:
+    """Make blob `digest` present in `repo`; True if its bytes were uploaded (`source` opens
+    them, only then: a blob the registry has need not be here).
+
+    One POST asks to mount the blob from `repo` itself, which asks "is it here already?":
+    201 means it is. A registry that cannot mount it opens an upload session instead (202, as
+    the distribution spec says), and the bytes go into that session: a new blob costs a POST
+    and a PUT, and the HEAD that would have asked first is saved. A registry that answers
+    the mount with another 2xx, or refuses it (a 4xx other than 401, 403 and 429), gets a plain
+    upload."""
+    params = {"mount": digest, "from": repo.repository}
+    response = transport.request(
+        "POST", repo.registry, uploads_path(repo), scopes=scopes, params=params
+    )
+    with response:
+        status = response.status_code
+        if status == 201:
+            return False
+        if not 400 <= status < 500 or status in (401, 403, 429):
+            raise_for_status(response, repo.registry, scopes, f"upload to {repo.name}")
+        location = location_of(response) if status == 202 else ""
+    with contextlib.ExitStack() as stack:
+        try:
+            data = stack.enter_context(source())
+        except BaseException:
+            if location:  # the session the mount opened, never used
+                cancel_upload(transport, repo, location, scopes)
+            raise
+        upload(
+            transport, repo, digest, size, data, chunk_size=None, scopes=scopes, started=location
+        )
+    return True
 
 
 def upload_stream(
@@ -105,15 +152,21 @@ def upload_stream(
 
 @contextlib.contextmanager
 def upload_session(
-    transport: Transport, repo: Reference, scopes: Sequence[str], deadline: Deadline
+    transport: Transport,
+    repo: Reference,
+    scopes: Sequence[str],
+    deadline: Deadline,
+    location: str = "",
 ) -> Iterator[str]:
-    """POST a new upload and yield its Location; cancel it (DELETE) if anything fails."""
-    response = transport.send(
-        "POST", repo.registry, uploads_path(repo), scopes=scopes, deadline=deadline
-    )
-    with response:
-        raise_for_status(response, repo.registry, scopes, f"upload to {repo.name}")
-        location = location_of(response)
+    """POST a new upload (unless `location` is one already open) and yield its Location;
+    cancel it (DELETE) if anything fails."""
+    if not location:
+        response = transport.send(
+            "POST", repo.registry, uploads_path(repo), scopes=scopes, deadline=deadline
+        )
+        with response:
+            raise_for_status(response, repo.registry, scopes, f"upload to {repo.name}")
+            location = location_of(response)
     if not location:
         raise RegistryError(f"registry {repo.registry} started an upload without a Location")
     try:

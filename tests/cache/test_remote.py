@@ -11,6 +11,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from typing import BinaryIO
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import xxhash
@@ -335,6 +336,35 @@ def test_export_again_uploads_no_layer(
     again = RemoteCache(client, repository)  # a new run: nothing remembered
     assert again.export(key, record, store, platform=PLATFORM) == digest  # the same entry
     assert {path: path.stat().st_mtime_ns for path in layers} == before  # no layer sent again
+
+
+def test_a_new_layer_costs_a_post_and_a_put_and_a_present_one_a_post(
+    logged_registry: RegistryServer, client: RegistryClient, store: LocalStore, tmp_path: Path
+) -> None:
+    """No HEAD: the POST that opens a layer's upload first asks to mount the layer from the
+    repository itself, which the registry does (201) when the layer is there already."""
+    record = make_record(store, tmp_path, count=2)
+    repository = unique_repo(logged_registry)
+    digests = [layer.descriptor.digest for layer in record.layers]
+
+    def layer_requests(start: int) -> list[tuple[str, str]]:
+        return sorted(
+            (method, digest)
+            for method, path in logged_registry.requests()[start:]
+            for digest in digests
+            if quote(digest, safe="") in path or digest in path
+        )
+
+    RemoteCache(client, repository).export(key_of("first"), record, store, platform=PLATFORM)
+    assert layer_requests(0) == sorted([("POST", d) for d in digests] + [("PUT", d) for d in digests])
+    assert "HEAD" not in {method for method, _ in logged_registry.requests()}
+    seen = len(logged_registry.requests())
+    again = RemoteCache(client, repository)  # a new run: nothing remembered
+    key = key_of("second")
+    again.export(key, record, store, platform=PLATFORM)
+    assert layer_requests(seen) == sorted(("POST", d) for d in digests)  # mounted, not sent
+    found = again.lookup([key])[key]
+    assert again.fetch_record(found) == record
 
 
 def test_export_mounts_blobs_from_another_repository(

@@ -3,12 +3,14 @@ that plays scripted answers in front of the real registry."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
 import time
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import pytest
 from registry_helpers import Blob, StaticCredentials, push_blob, push_image, unique_repo
@@ -54,6 +56,30 @@ def test_5xx_is_retried_then_succeeds(registry: RegistryServer, scripted: Script
         got = client.get_manifest(_via(scripted, repo).with_tag("v1"))
     assert got.digest == digest
     assert _count(scripted, "GET /v2/" + repo.repository + "/manifests/v1") == 3
+
+
+@pytest.mark.parametrize("status", [400, 404, 405])
+def test_a_registry_that_refuses_to_mount_gets_a_plain_upload(
+    registry: RegistryServer, scripted: ScriptedServer, status: int
+) -> None:
+    """push_blob opens with a mount POST from the repository itself; a registry that refuses
+    such a mount instead of opening an upload (202) is sent the blob the ordinary way."""
+    repo = _via(scripted, unique_repo(registry))
+    scripted.script.append(Answer("mount=", status, body=b'{"errors": []}'))
+
+    def source() -> contextlib.AbstractContextManager[BinaryIO]:
+        return contextlib.nullcontext(io.BytesIO(PAYLOAD.data))
+
+    def nothing() -> contextlib.AbstractContextManager[BinaryIO]:
+        raise AssertionError("the blob was read, though the registry has it")
+
+    with _client() as client:
+        assert client.push_blob(repo, PAYLOAD.digest, len(PAYLOAD.data), source)
+        assert client.blob_exists(repo, PAYLOAD.digest)
+        # there now: the mount answers 201, the blob is neither read nor sent
+        assert not client.push_blob(repo, PAYLOAD.digest, len(PAYLOAD.data), nothing)
+    assert _count(scripted, "mount=") == 2
+    assert _count(scripted, "PUT ") == 1
 
 
 def test_a_manifest_cut_off_midway_is_read_again(
