@@ -1,8 +1,10 @@
-"""Execute a plan: ready steps run in parallel, longest remaining path first; decides nothing."""
+"""Execute a plan: ready steps run in parallel, those on the longest path first, a started
+chain before another as long; decides nothing."""
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -25,6 +27,7 @@ class _Job:
 
     key: str = ""
     target: Target | None = None
+    slot: bool = False  # holds one of the `jobs` slots (a build or an export)
 
 
 def execute(
@@ -45,7 +48,7 @@ class _Execution:
         self.executor = executor
         self.sink = sink
         self.keep_going = keep_going
-        self.priority = remaining_path_lengths(plan.graph)
+        self.priority = path_lengths(plan.graph)
         self.records: dict[str, StepRecord] = {}
         self.failures: dict[str, BuildgraphError] = {}
         self.skipped: set[str] = set()
@@ -53,7 +56,13 @@ class _Execution:
         self.exported: dict[str, object] = {}
         self.scheduled: set[str] = set()  # steps given a place in the loop
         self.waiting: dict[str, set[str]] = {}  # step to build -> inputs it waits for
-        self.ready: list[tuple[int, str]] = []
+        # (-priority, -order, key): the longest path first; among equals, the step made ready
+        # last, the next step of a chain that just finished: a chain goes on before another
+        # as long starts (its trees are at hand: the chroot isolation reuses a finished
+        # service's root for the next), and its image is done sooner.
+        self.ready: list[tuple[int, int, str]] = []
+        self.order = itertools.count()
+        self.slots = 1  # builds and exports running at once (`jobs`)
         self.running: dict[Future, _Job] = {}
         self.built_any = False
         self.exports: dict[str, list[Target]] = {}  # last step -> the targets it makes
@@ -61,6 +70,7 @@ class _Execution:
             self.exports.setdefault(target.key, []).append(target)
 
     def run(self, jobs: int) -> Outcome:
+        self.slots = max(1, jobs)
         self.executor.start(self.plan)
         for key in self.plan.keys(Action.NOT_NEEDED):
             if key in self.plan.facts.remote:  # a hit that nothing needs is not even read
@@ -93,7 +103,10 @@ class _Execution:
         inputs = self.graph.inputs[key] if self.plan.action(key) is Action.BUILD else ()
         self.waiting[key] = {parent for parent in inputs if parent not in self.records}
         if not self.waiting[key]:
-            heapq.heappush(self.ready, (-self.priority[key], key))
+            self._push(key)
+
+    def _push(self, key: str) -> None:
+        heapq.heappush(self.ready, (-self.priority[key], -next(self.order), key))
 
     def _finished(self, key: str, record: StepRecord) -> None:
         self.records[key] = record
@@ -102,20 +115,32 @@ class _Execution:
             if waits and key in waits:
                 waits.discard(key)
                 if not waits and child not in self.skipped:
-                    heapq.heappush(self.ready, (-self.priority[child], child))
+                    self._push(child)
         if self.failures and not self.keep_going:
             return
         for target in self.exports.get(key, ()):  # tag, output or push it, in parallel
             self.sink.emit(ExportEvent(target.name, StepState.RUNNING))
             export = self.executor.export
-            self._submit(self.pool, _Job(target=target), _timed, export, target, record)
+            self._submit(self.pool, _Job(target=target, slot=True), _timed, export, target, record)
 
     def _start_ready(self) -> None:
+        """Start ready steps by priority: cached ones at once, builds while a slot is free
+        (the rest stay in `ready`, so a step made ready later can still go first)."""
+        deferred = []
         while self.ready and not (self.failures and not self.keep_going):
-            _, key = heapq.heappop(self.ready)
+            item = heapq.heappop(self.ready)
+            key = item[-1]
             if key in self.records or key in self.skipped:
                 continue
+            if self.plan.action(key) is Action.BUILD and self._busy() >= self.slots:
+                deferred.append(item)
+                continue
             self._start(key)
+        for item in deferred:
+            heapq.heappush(self.ready, item)
+
+    def _busy(self) -> int:
+        return sum(1 for job in self.running.values() if job.slot)
 
     def _start(self, key: str) -> None:
         action = self.plan.action(key)
@@ -150,7 +175,9 @@ class _Execution:
             self._emit(key, StepState.TO_BUILD, reason=planned.reason)
         self._emit(key, StepState.RUNNING)
         step = self.graph.steps[key]
-        self._submit(self.pool, _Job(key), _timed, self.executor.build, key, step, inputs)
+        self._submit(
+            self.pool, _Job(key, slot=True), _timed, self.executor.build, key, step, inputs
+        )
 
     def _replan(self, key: str, reason: str) -> None:
         """The entry of `key` is unusable: build it, after what it now needs."""
@@ -265,9 +292,13 @@ def _unusable_as_value(fetch: Callable[[str], StepRecord], key: str) -> StepReco
         return err
 
 
-def remaining_path_lengths(graph: BuildGraph) -> dict[str, int]:
-    """Steps on the longest remaining chain start first, so the critical path never waits."""
-    lengths: dict[str, int] = {}
+def path_lengths(graph: BuildGraph) -> dict[str, int]:
+    """For each step, the length of the longest chain of steps through it: the steps of the
+    critical path start first, so it never waits."""
+    remaining: dict[str, int] = {}
     for key in reversed(list(graph.steps)):
-        lengths[key] = 1 + max((lengths[child] for child in graph.consumers[key]), default=0)
-    return lengths
+        remaining[key] = 1 + max((remaining[child] for child in graph.consumers[key]), default=0)
+    done: dict[str, int] = {}
+    for key in graph.steps:  # inputs first
+        done[key] = 1 + max((done[parent] for parent in graph.inputs[key]), default=0)
+    return {key: done[key] + remaining[key] - 1 for key in graph.steps}

@@ -203,3 +203,64 @@ def test_a_refusal_before_the_first_build_ends_the_run(tmp_path: Path) -> None:
             plan(graph, local=set(), remote=set()), executor=counting, sink=CollectingSink(), jobs=1
         )
     assert methods(counting, "build") == set()
+
+
+class OverlapExecutor(CountingExecutor):
+    """Counts how many builds run at once; each build takes a little while, so they overlap
+    when the scheduler lets them; records the order builds start in."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = self.most = 0
+        self.started: list[str] = []
+
+    def build(self, key: str, step: Step, inputs: Mapping[str, StepRecord]) -> StepRecord:
+        import time
+
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+            self.started.append(key)
+        try:
+            time.sleep(0.01)
+            return super().build(key, step, inputs)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def test_no_more_builds_run_at_once_than_jobs(tmp_path: Path) -> None:
+    graph = graph_of(tmp_path, "a", "b", "c", "d")
+    overlap = OverlapExecutor()
+    execute(plan(graph, local=set(), remote=set()), executor=overlap, sink=CollectingSink(), jobs=2)
+    assert overlap.most == 2
+    assert methods(overlap, "build") == set(graph.steps)
+
+
+def test_a_started_chain_goes_on_before_another_as_long_starts(tmp_path: Path) -> None:
+    """With one slot and services of the same length, a service is built to its end before
+    the last one begins (its trees are at hand, its image is done sooner); the steps they
+    share aside. Breadth first, every service would start before any is done."""
+    from lowered import lower
+
+    from buildgraph.graph.model import build_graph
+
+    chain = "FROM busybox\nCOPY main.txt /\nRUN cat /main.txt > /a\nRUN cat /a > /b\n"
+    plans = {name: lower(tmp_path / name, chain, {"main.txt": name}) for name in "abc"}
+    graph = build_graph(
+        (built.steps for built in plans.values()),
+        (Target(name, built.target.key) for name, built in plans.items()),
+    )
+    overlap = OverlapExecutor()
+    execute(plan(graph, local=set(), remote=set()), executor=overlap, sink=CollectingSink(), jobs=1)
+    targets = {target.key: target.name for target in graph.targets}
+    owner = {}
+    for target_key, name in targets.items():
+        for key in graph.needed_by(target_key):
+            owner.setdefault(key, set()).add(name)
+    own = [next(iter(owner[key])) for key in overlap.started if len(owner[key]) == 1]
+    first, last = own[0], own[-1]
+    assert first != last
+    finished_first = max(index for index, name in enumerate(own) if name == first)
+    started_last = min(index for index, name in enumerate(own) if name == last)
+    assert finished_first < started_last
