@@ -123,7 +123,7 @@ def _commit(
 ) -> StepRecord:
     """The layer of what changed in `root`; the root then belongs to the new record."""
     with worker.phase(DIFF):  # the metadata walk; the layer tar is timed in commit's own
-        after = scan(root.tree)
+        after = scan(root.tree, root.manifest)
         written, deleted = changes(root.manifest, after)
         upper = scratch / "upper"
         upper.mkdir()

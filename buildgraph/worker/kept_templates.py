@@ -63,7 +63,7 @@ class KeptTemplates:
             kept = json.loads((place / MANIFEST).read_text())
             manifest = {path: Entry(*fields) for path, fields in kept["entries"].items()}
             top = os.lstat(place / "tree")
-            found = scan(place / "tree")
+            found = scan(place / "tree", manifest)
             if (
                 kept["chain"] != list(chain)
                 or kept["top"] != [top.st_mode, top.st_uid, top.st_gid, top.st_mtime_ns]
@@ -89,7 +89,7 @@ class KeptTemplates:
                 return False
             # Scanned again: the ctimes of a template that was a stage's root moved when its
             # last layer was written out (hard links in and out of the upper dir).
-            found = scan(holder / "tree")
+            found = scan(holder / "tree", manifest)
             if found != manifest:
                 return False
             top = os.lstat(holder / "tree")

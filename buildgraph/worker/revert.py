@@ -34,7 +34,7 @@ def revert(tree: Path, pristine: Manifest, template: Path, wanted: Manifest) -> 
     cp = shutil.which("cp")
     if cp is None:
         return None
-    now = scan(tree)
+    now = scan(tree, pristine)
     removed = _remove_touched(tree, now, pristine)
     if removed is None:
         return None
@@ -55,7 +55,7 @@ def revert(tree: Path, pristine: Manifest, template: Path, wanted: Manifest) -> 
             return None  # a step set an xattr on a dir it kept: not worth putting back
     for path in sorted({*touched_dirs, *(_parent(p) for p in [*removed, *restored])}, key=_depth):
         _set_metadata(tree / path if path else tree, wanted.get(path), template)
-    after = scan(tree)
+    after = scan(tree, now)
     if not _equal(after, wanted) or not _same_top(tree, template):
         return None
     return after

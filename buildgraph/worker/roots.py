@@ -106,7 +106,7 @@ def unpack_onto(root: Root, layers: Sequence[LayerRef], store: LocalStore) -> No
             f"cannot lay out a root for the chroot isolation: {err.strerror}: "
             f"{err.filename or 'a layer entry'} (it needs Docker's default capabilities)"
         ) from err
-    root.manifest = scan(root.tree)
+    root.manifest = scan(root.tree, root.manifest)
 
 
 def remove_all(roots: Sequence[Root]) -> None:

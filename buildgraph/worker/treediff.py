@@ -34,9 +34,12 @@ class Entry:
 Manifest = dict[str, Entry]  # "etc/passwd" -> its entry; the root itself is not in it
 
 
-def scan(tree: Path) -> Manifest:
-    """Every path below `tree`, never following a symlink."""
+def scan(tree: Path, previous: Manifest | None = None) -> Manifest:
+    """Every path below `tree`, never following a symlink. A symlink whose inode and ctime
+    are those `previous` has for its path keeps the target recorded there: no readlink (a
+    busybox root is mostly symlinks, and any change to one moves its ctime)."""
     found: Manifest = {}
+    before = previous or {}
     pending = [("", str(tree))]
     while pending:
         prefix, directory = pending.pop()
@@ -44,7 +47,14 @@ def scan(tree: Path) -> Manifest:
             for entry in entries:
                 info = entry.stat(follow_symlinks=False)
                 relative = prefix + entry.name
-                link = os.readlink(entry.path) if stat.S_ISLNK(info.st_mode) else ""
+                link = ""
+                if stat.S_ISLNK(info.st_mode):
+                    old = before.get(relative)
+                    same = old is not None and old.inode == info.st_ino
+                    if same and old.ctime_ns == info.st_ctime_ns and old.link:
+                        link = old.link
+                    else:
+                        link = os.readlink(entry.path)
                 found[relative] = Entry(
                     info.st_mode,
                     info.st_uid,

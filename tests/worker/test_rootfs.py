@@ -85,6 +85,16 @@ def test_a_new_name_for_a_file_carries_its_link_group(tree: Path, tmp_path: Path
     assert len(links) == 2 and {m.linkname for m in links} == {"bin/tool"}
 
 
+def test_a_scan_given_the_last_manifest_still_sees_a_retargeted_link(tree: Path) -> None:
+    before = scan(tree)
+    os.unlink(tree / "link")
+    os.symlink("elsewhere", tree / "link")  # the freed inode number may well be reused
+    after = scan(tree, before)  # unchanged links keep the target recorded in `before`
+    assert after["link"].link == "elsewhere"
+    assert changes(before, after) == (["link"], [])
+    assert scan(tree, after) == scan(tree)
+
+
 def test_a_file_changed_in_place_is_seen(tree: Path, tmp_path: Path) -> None:
     before = scan(tree)
     with open(tree / "keep", "a") as handle:
