@@ -21,6 +21,7 @@ class DaskCluster:
     workers: int = 3
     threads: int = 1
     cache_dirs: bool = True  # False: workers without BUILDGRAPH_CACHE_DIR (the refusal test)
+    env: dict[str, str] = field(default_factory=dict)  # more of the workers' environment
     scheduler: subprocess.Popen | None = None
     worker_processes: list[subprocess.Popen] = field(default_factory=list)
     address: str = ""
@@ -46,7 +47,7 @@ class DaskCluster:
         return self
 
     def add_worker(self, number: int) -> subprocess.Popen:
-        env = {**os.environ}
+        env = {**os.environ, **self.env}
         env.pop("BUILDGRAPH_CACHE_DIR", None)
         if self.cache_dirs:
             env["BUILDGRAPH_CACHE_DIR"] = str(self.root / f"worker{number}" / "cache")

@@ -13,6 +13,7 @@ from buildgraph.executors.context_blob import ContextBlob, push_context
 from buildgraph.executors.dask_worker import (
     CACHE_DIR_ENV,
     EVENTS_TOPIC,
+    SECRETS_DIR_ENV,
     StepResult,
     WorkerSettings,
     build_step,
@@ -53,18 +54,38 @@ def connect(address: str, timeout: float = CONNECT_TIMEOUT):
 
 
 def refuse_unshippable(plan: Plan) -> None:
-    """What a remote worker cannot be given: a secret file or a bind mount of the context,
-    both on this machine's disk only. One line, before any step runs."""
+    """What a remote worker cannot be given: a bind mount of the context, on this machine's
+    disk only. One line, before any step runs."""
     for key in plan.keys(Action.BUILD):
         step = plan.graph.steps[key]
         if not isinstance(step, RunStep):
             continue
         for mount in step.mounts:
-            if mount.type == "secret" or (mount.type == "bind" and not mount.stage_key):
-                what = "secrets" if mount.type == "secret" else "bind mounts of the build context"
+            if mount.type == "bind" and not mount.stage_key:
                 raise InputError(
-                    f"{step.title}: RUN --mount=type={mount.type}: {what} are not sent to "
-                    "Dask workers; build this target with the local executor",
+                    f"{step.title}: RUN --mount=type=bind: bind mounts of the build context "
+                    "are not sent to Dask workers; build this target with the local executor",
+                    step.where,
+                )
+
+
+def check_worker_secrets(plan: Plan, workers: Mapping[str, Mapping]) -> None:
+    """Secrets are read on the workers ($BUILDGRAPH_SECRETS_DIR), never sent through Dask, and
+    any worker may run a step: a required secret must be on every worker, and an optional
+    one on all or none (else a step's result would depend on where it ran). One line."""
+    for key in plan.keys(Action.BUILD):
+        step = plan.graph.steps[key]
+        for mount in step.mounts if isinstance(step, RunStep) else ():
+            if mount.type != "secret":
+                continue
+            lacking = [addr for addr, facts in sorted(workers.items())
+                       if mount.id not in facts.get("secrets", ())]  # fmt: skip
+            if lacking and (mount.required or len(lacking) < len(workers)):
+                raise InputError(
+                    f"{step.title}: RUN --mount=type=secret,id={mount.id}: dask worker "
+                    f"{lacking[0]} has no such secret: with the Dask executor secrets are read "
+                    f"on the workers, from ${SECRETS_DIR_ENV} (put {mount.id} there on every "
+                    "worker; the coordinator's --secret and Buildfile sources are not sent)",
                     step.where,
                 )
 
@@ -103,7 +124,7 @@ class DaskExecutor:
     def start(self, plan: Plan) -> None:
         refuse_unshippable(plan)
         if plan.keys(Action.BUILD):
-            check_workers(self.client, self.settings.version)
+            check_worker_secrets(plan, check_workers(self.client, self.settings.version))
         self.title = plan.graph.title
         self.consumers = plan.graph.consumers
         if plan.keys(Action.BUILD) and not all(self.client.run(has_sessions).values()):

@@ -23,6 +23,9 @@ from buildgraph.worker.execute import Worker
 from buildgraph.worker.snapshot import SnapshotStore
 
 CACHE_DIR_ENV = "BUILDGRAPH_CACHE_DIR"  # each worker's own local cache, on its own disk
+# Each worker's secrets: a dir with one file per secret id (a Kubernetes Secret volume is one).
+# Secrets are read there, by the worker that runs the step; never sent through Dask.
+SECRETS_DIR_ENV = "BUILDGRAPH_SECRETS_DIR"
 EVENTS_TOPIC = "buildgraph"  # Dask's event log: live output and what each worker built
 PLUGIN_NAME = "buildgraph"  # the worker plugin that keeps a run's registry session
 
@@ -54,9 +57,27 @@ class StepResult:
     exporting: bool = False
 
 
-def probe() -> dict[str, str]:
-    """What the coordinator checks on every worker before a step runs (via `Client.run`)."""
-    return {"version": __version__, "cache_dir": os.environ.get(CACHE_DIR_ENV, "")}
+def probe() -> dict[str, object]:
+    """What the coordinator checks on every worker before a step runs (via `Client.run`):
+    the version, the cache dir, and the ids (never the contents) of the worker's secrets."""
+    return {
+        "version": __version__,
+        "cache_dir": os.environ.get(CACHE_DIR_ENV, ""),
+        "secrets": sorted(worker_secrets()),
+    }
+
+
+def worker_secrets() -> dict[str, Path]:
+    """Secret id -> file, from $BUILDGRAPH_SECRETS_DIR: each file not starting with a dot
+    (a Kubernetes Secret volume's files are links into its `..data` dir: followed)."""
+    directory = os.environ.get(SECRETS_DIR_ENV, "")
+    if not directory or not os.path.isdir(directory):
+        return {}
+    return {
+        name: Path(directory) / name
+        for name in sorted(os.listdir(directory))
+        if not name.startswith(".") and os.path.isfile(os.path.join(directory, name))
+    }
 
 
 def _worker():
@@ -210,6 +231,7 @@ def _execute(
         network=settings.network,
         fetch_layers=remote.ensure_layers,
         isolation=settings.isolation,
+        secrets=worker_secrets(),
     )
     try:
         return worker.execute(step, dict(inputs))

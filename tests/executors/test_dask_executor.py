@@ -364,3 +364,64 @@ def test_a_worker_killed_before_its_export_ended_gets_its_step_built_elsewhere(
     assert len(builders) == 2 and builders[1] != victim  # built again on the other worker
     assert _tag_exists(registry, "lost-export", big)
     assert "big:latest" in digests(tmp_path / "cache")
+
+
+# -- secrets: read on the workers, never sent through Dask -----------------------------------
+
+SECRET = "w0rker-s3cret-value"
+SECRET_BUILD = {
+    "Buildfile.yaml": "version: 1\ntargets:\n  app: {context: app, tags: [app]}\n",
+    "app/Dockerfile": "FROM busybox\n"
+    "RUN --mount=type=secret,id=token,required=true "
+    "sha256sum /run/secrets/token | cut -c1-64 > /token.sha\n",
+}
+
+
+def test_a_secret_is_read_on_the_worker_and_never_sent(
+    tmp_path: Path, busybox_cache: Path, registry, capsys
+) -> None:
+    import hashlib
+    import subprocess
+
+    secrets = tmp_path / "worker-secrets"
+    secrets.mkdir()
+    (secrets / "token").write_text(SECRET)
+    (secrets / ".hidden").write_text("not a secret id")
+    buildfile = tiny(tmp_path / "repo", busybox_cache, SECRET_BUILD["Buildfile.yaml"])
+    (buildfile.parent / "app" / "Dockerfile").write_text(SECRET_BUILD["app/Dockerfile"])
+    env = {"BUILDGRAPH_SECRETS_DIR": str(secrets)}
+    with DaskCluster(tmp_path / "cluster", workers=1, env=env) as cluster:
+        assert dask_run(buildfile, cluster, *remote_args(registry, "secret")) == 0
+        logs = [path.read_bytes() for path in (tmp_path / "cluster").glob("*.log")]
+    image = tmp_path / "image"
+    cache = buildfile.parent / "cache"
+    subprocess.run(
+        ["umoci", "raw", "unpack", "--image", f"{cache}:app:latest", str(image)],
+        check=True,
+        capture_output=True,
+    )
+    assert (image / "token.sha").read_text().strip() == hashlib.sha256(SECRET.encode()).hexdigest()
+    assert not (image / "run" / "secrets" / "token").exists()
+    for place in (cache, tmp_path / "cluster"):  # no layer, entry, event or log holds it
+        found = subprocess.run(["grep", "-rl", SECRET, str(place)], capture_output=True, text=True)
+        assert found.stdout == "", found.stdout
+    assert all(SECRET.encode() not in log for log in logs)
+    assert SECRET not in capsys.readouterr().out
+
+
+def test_a_secret_missing_on_a_worker_is_refused_before_any_step(
+    tmp_path: Path, busybox_cache: Path, registry, one_worker, capsys
+) -> None:
+    secret = tmp_path / "coordinator-token"
+    secret.write_text(SECRET)  # the coordinator's own source is not sent to a worker
+    target = "{context: app, secrets: {token: " + str(secret) + "}}"
+    with_source = f"version: 1\ntargets:\n  app: {target}\n"
+    buildfile = tiny(tmp_path, busybox_cache, with_source)
+    (buildfile.parent / "app" / "Dockerfile").write_text(SECRET_BUILD["app/Dockerfile"])
+    before = len(one_worker.events())
+    assert dask_run(buildfile, one_worker, *remote_args(registry, "nosecret")) == 2
+    assert len(one_worker.events()) == before  # no step started anywhere
+    line = one_error_line(capsys.readouterr().err)
+    assert "RUN --mount=type=secret,id=token: dask worker tcp://127.0.0.1:" in line
+    assert "has no such secret" in line and "BUILDGRAPH_SECRETS_DIR" in line
+    assert "app/Dockerfile:2" in line
