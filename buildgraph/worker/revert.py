@@ -50,10 +50,11 @@ def revert(tree: Path, pristine: Manifest, template: Path, wanted: Manifest) -> 
         and path not in removed
         and _touched(entry, pristine[path])
     ]
-    for path in [*touched_dirs, *{_parent(p) for p in [*removed, *restored]}]:
+    kept_dirs = {*touched_dirs, *(_parent(p) for p in [*removed, *restored])}
+    for path in kept_dirs:
         if path and path in wanted and not _same_xattrs(tree / path, template / path):
             return None  # a step set an xattr on a dir it kept: not worth putting back
-    for path in sorted({*touched_dirs, *(_parent(p) for p in [*removed, *restored])}, key=_depth):
+    for path in sorted(kept_dirs, key=_depth):
         _set_metadata(tree / path if path else tree, wanted.get(path), template)
     after = scan(tree, now)
     if not _equal(after, wanted) or not _same_top(tree, template):

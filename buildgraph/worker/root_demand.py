@@ -33,14 +33,18 @@ class RootDemand:
             if isinstance(step, RunStep | CopyStep):
                 self._reads[key] = tuple(self._holder.get(read, read) for read in _trees(step))
         self._pending = Counter(read for reads in self._reads.values() for read in reads)
-        self._chains: dict[str, tuple[str, ...]] = {}
+        self._chain_of: dict[str, tuple[str, ...]] = {}  # the layers behind each key seen
+        self._keys_of: dict[tuple[str, ...], list[str]] = {}  # and the keys behind each chain
         self._lock = threading.Lock()
 
     def seen(self, key: str, record: StepRecord) -> None:
         """`record` is the result of `key`: roots of its layers are `key`'s tree."""
         chain = tuple(layer.diff_id for layer in record.layers)
+        holder = self._holder.get(key, key)
         with self._lock:
-            self._chains.setdefault(self._holder.get(key, key), chain)
+            if holder not in self._chain_of:  # the first record seen stays
+                self._chain_of[holder] = chain
+                self._keys_of.setdefault(chain, []).append(holder)
 
     def started(self, key: str) -> None:
         """The step `key` has its trees (its own root taken, the stages it reads borrowed)."""
@@ -51,10 +55,8 @@ class RootDemand:
     def pending(self, chain: tuple[str, ...]) -> int:
         """How many steps still to run need a root of these layers (a step that has taken
         its trees no longer counts)."""
-        with self._lock:
-            return sum(
-                count for key, count in self._pending.items() if self._chains.get(key) == chain
-            )
+        with self._lock:  # asked under the root pool's lock, for every idle root: no scan
+            return sum(self._pending[key] for key in self._keys_of.get(chain, ()))
 
 
 def _trees(step: RunStep | CopyStep) -> list[str]:
